@@ -1,0 +1,354 @@
+"""One validated config object carries every MAGTKD toggle.
+
+    cfg = load_config("ablations/demo.yaml-style dict or file", overrides=["fusion.anchor_gating=false"])
+    cfg.flat()          # {"fusion.anchor_gating": False, ...} for MLflow params
+    cfg.content_hash()  # stable hash of the resolved config (deduplication)
+    cfg.stage1_hash()   # hash of what stage 1 depends on (the feature cache key)
+
+Defaults follow the authors' MELD settings (DESIGN.md) unless a comment says otherwise.
+Every ablation is a set of dotted overrides of this object; nothing else carries toggles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+MODALITIES = ("text", "audio", "video")
+
+
+class ConfigError(ValueError):
+    """A config problem, with the file and the full key path in the message."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"      # synthetic | meld | iemocap | csv | features
+    path: str = ""               # dataset directory or file (all but synthetic)
+    mapping: str = ""            # YAML column/label mapping for name=csv
+    media_dir: str = ""          # optional wav/mp4/frames directory; missing clips mask that modality
+    max_dialogues: int = 0       # keep only the first N dialogues of each split (0 = all); quick runs
+    # --- synthetic generator (the embedded default) ---
+    synthetic_dialogues: int = 120   # training dialogues; dev and test get a quarter each
+    synthetic_seed: int = 0          # the data are fixed by this seed, whatever the trial seed
+    text_signal: float = 1.0         # strength of the emotion cue in text (planted: strongest)
+    audio_signal: float = 0.6        # ... in the waveform's pitch/energy/tempo
+    video_signal: float = 0.35       # ... in the frame pattern (planted: weakest)
+    noise_modality: str = ""         # "" | audio | video: that modality carries no signal at all
+    sample_rate: int = 16000
+    audio_seconds: float = 1.0
+    frames: int = 8
+    frame_size: int = 32
+
+
+@dataclass
+class Stage1Config:
+    text_encoder: str = "tiny"       # tiny | minilm | path to a local Hugging Face checkpoint directory
+    audio_encoder: str = "tiny"      # tiny | path to a Data2VecAudio checkpoint | features (pre-extracted vectors)
+    video_encoder: str = "tiny"      # tiny | path to a Timesformer checkpoint | features
+    prompt: bool = True              # prompt learning: context + "</s> Now <sK> feels <mask>"; off: utterance alone
+    max_tokens: int = 512            # prompt length including the mask token (authors: last 511 + mask)
+    finetune_text: bool = True       # False: frozen text encoder, only the projection/classifier train (CPU runs)
+    kd: bool = True                  # distil the text teacher into audio/video students (off: plain encoders)
+    kd_modalities: list = field(default_factory=lambda: ["audio", "video"])  # which get a student (authors' IEMOCAP: audio only)
+    kd_logit_weight: float = 0.1     # w_logit of the logit-relation loss (authors' MELD)
+    kd_feature_weight: float = 1.0   # w_feat of the feature-similarity loss
+    kd_temperature: float = 2.0      # tau of the logit-relation loss
+    feature_temperature: float = 1.0 # t of the feature-similarity softmax
+    width: int = 768                 # text projection width; audio/video vectors are the encoder width
+    tiny_hidden: int = 64            # hidden size of the tiny random encoders
+    tiny_layers: int = 2             # layers of the tiny random encoders
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-5
+    grad_clip: float = 10.0
+    shared_seed: int = -1            # >= 0: every stage-2 seed reuses stage 1 trained with this seed
+
+
+@dataclass
+class FusionConfig:
+    modalities: list = field(default_factory=lambda: list(MODALITIES))  # any non-empty subset of text/audio/video
+    mode: str = "anchor"             # anchor: the anchor gated transformer | concat: plain concatenation fusion
+    anchor_gating: bool = True       # off: nn.Identity() in place of every gate
+    speaker_embeddings: bool = True
+    shared_anchor_layers: bool = True  # authors' code: one layer and one gate for the three text-anchor paths
+    width: int = 768
+    heads: int = 8
+    layers: int = 1                  # transformer layers per path
+    dropout: float = 0.5
+    max_speakers: int = 9            # speaker embeddings per dialogue; one more index is padding
+    kd_audio_weight: float = 0.01    # a: weight of the audio branch's KD term (authors' MELD)
+    kd_video_weight: float = 0.08    # b: weight of the video branch's KD term
+    kd_terms: list = field(default_factory=lambda: ["ce", "logit"])  # any of ce, logit, feature
+    detach_anchor: bool = False      # authors' code does not detach the anchor logits in the KD term
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 16             # dialogues per batch
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup_ratio: float = 0.1        # fraction of steps with linear warm-up, then linear decay
+    grad_clip: float = 10.0
+    select_on: str = "dev"           # dev | test: test reproduces the authors' stage 2 (epoch picked on test)
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class MAGTKDConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    # ---- serialisation -------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to plain values, lists as comma-joined strings (MLflow params)."""
+        out = {}
+        for key, value in _flatten(self.to_dict()):
+            out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def content_hash(self, exclude: Iterable[str] = ("train.device",)) -> str:
+        """Hash of the resolved config; the device does not change what is computed."""
+        flat = {k: v for k, v in self.flat().items() if k not in set(exclude)}
+        return _hash(flat)
+
+    def stage1_hash(self) -> str:
+        """What stage 1 depends on: the stage1 section and the seed stage 1 is trained with."""
+        return _hash({"stage1": dataclasses.asdict(self.stage1), "seed": self.stage1_seed})
+
+    @property
+    def stage1_seed(self) -> int:
+        return self.stage1.shared_seed if self.stage1.shared_seed >= 0 else self.seed
+
+    def replace(self, overrides: Iterable[str] | Mapping[str, Any], source: str = "<overrides>") -> "MAGTKDConfig":
+        """A new validated config with dotted overrides applied."""
+        data = self.to_dict()
+        apply_overrides(data, overrides, source)
+        return from_dict(data, source)
+
+
+# ---- building and validating ------------------------------------------------
+
+SECTIONS = {"data": DataConfig, "stage1": Stage1Config, "fusion": FusionConfig, "train": TrainConfig}
+
+
+def default_config() -> MAGTKDConfig:
+    return MAGTKDConfig()
+
+
+def valid_keys() -> list[str]:
+    return sorted(k for k, _ in _flatten(MAGTKDConfig().to_dict()))
+
+
+def _suggest(key: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_type(value: Any, expected: type, key: str, source: str) -> Any:
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif expected is str:
+        if isinstance(value, str):
+            return value
+    elif expected is list:
+        if isinstance(value, str):  # "text,audio" from a command line
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    raise ConfigError(f"{source}: key '{key}' must be {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(data: Mapping[str, Any] | None, source: str = "<config>") -> MAGTKDConfig:
+    """Build and validate a config from a nested dict; unknown keys and wrong types are refused."""
+    data = dict(data or {})
+    kwargs: dict[str, Any] = {}
+    top_keys = set(SECTIONS) | {"seed"}
+    for key, value in data.items():
+        if key not in top_keys:
+            raise ConfigError(f"{source}: unknown key '{key}'. Valid top-level keys: {sorted(top_keys)}.{_suggest(key, top_keys)}")
+        if key == "seed":
+            kwargs["seed"] = _check_type(value, int, "seed", source)
+            continue
+        cls = SECTIONS[key]
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping of {sorted(f.name for f in dataclasses.fields(cls))}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        section = {}
+        for sub, subval in value.items():
+            path = f"{key}.{sub}"
+            if sub not in names:
+                full = [f"{key}.{n}" for n in sorted(names)]
+                raise ConfigError(f"{source}: unknown key '{path}'. Valid keys: {', '.join(full)}.{_suggest(path, full)}")
+            section[sub] = _check_type(subval, hints[sub], path, source)
+        kwargs[key] = cls(**section)
+    cfg = MAGTKDConfig(**kwargs)
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: key '{key}' {msg}")
+
+    d, s, f, t = cfg.data, cfg.stage1, cfg.fusion, cfg.train
+    need(d.name in ("synthetic", "meld", "iemocap", "csv", "features"), "data.name",
+         f"must be one of synthetic, meld, iemocap, csv, features (got {d.name!r})")
+    need(d.name == "synthetic" or bool(d.path), "data.path", f"is required for data.name={d.name}")
+    need(d.name != "csv" or bool(d.mapping), "data.mapping", "is required for data.name=csv")
+    need(d.max_dialogues >= 0, "data.max_dialogues", "must be >= 0")
+    need(d.synthetic_dialogues >= 4, "data.synthetic_dialogues", "must be >= 4")
+    for key in ("text_signal", "audio_signal", "video_signal"):
+        need(getattr(d, key) >= 0, f"data.{key}", "must be >= 0")
+    need(d.noise_modality in ("", "audio", "video", "text"), "data.noise_modality", "must be '', text, audio or video")
+    need(d.sample_rate >= 1000 and d.audio_seconds > 0, "data.sample_rate", "and data.audio_seconds must be positive (>= 1000 Hz)")
+    need(d.frames >= 1 and d.frame_size >= 8, "data.frames", "must be >= 1 with data.frame_size >= 8")
+
+    need(s.max_tokens >= 8, "stage1.max_tokens", "must be >= 8")
+    for key in ("kd_logit_weight", "kd_feature_weight"):
+        need(getattr(s, key) >= 0, f"stage1.{key}", "must be >= 0")
+    need(s.kd_temperature > 0 and s.feature_temperature > 0, "stage1.kd_temperature", "and stage1.feature_temperature must be > 0")
+    need(s.width >= 1 and s.tiny_hidden >= 4 and s.tiny_layers >= 1, "stage1.width", "stage1.tiny_hidden and stage1.tiny_layers must be positive")
+    need(s.tiny_hidden % 4 == 0, "stage1.tiny_hidden", "must be divisible by 4 (the tiny encoders use 4 heads)")
+    need(s.epochs >= 0 and s.batch_size >= 1 and s.lr > 0, "stage1.epochs", "must be >= 0 with batch_size >= 1 and lr > 0")
+    need(s.grad_clip > 0, "stage1.grad_clip", "must be > 0")
+    bad = [m for m in s.kd_modalities if m not in ("audio", "video")]
+    need(not bad, "stage1.kd_modalities", f"has {bad}; only audio and video have students")
+
+    need(len(f.modalities) > 0, "fusion.modalities", "needs at least one of text, audio, video")
+    bad = [m for m in f.modalities if m not in MODALITIES]
+    need(not bad, "fusion.modalities", f"has unknown modalities {bad}; valid: {list(MODALITIES)}")
+    need(len(set(f.modalities)) == len(f.modalities), "fusion.modalities", "lists a modality twice")
+    f.modalities = [m for m in MODALITIES if m in f.modalities]  # canonical order, stable hash
+    need(f.mode in ("anchor", "concat"), "fusion.mode", "must be anchor or concat")
+    need(f.width >= 1 and f.heads >= 1, "fusion.width", "and fusion.heads must be positive")
+    need(f.width % f.heads == 0, "fusion.heads", f"must divide fusion.width ({f.width} % {f.heads} != 0)")
+    need(f.layers >= 1, "fusion.layers", "must be >= 1")
+    need(0.0 <= f.dropout < 1.0, "fusion.dropout", f"must be in [0, 1) (got {f.dropout})")
+    need(f.max_speakers >= 1, "fusion.max_speakers", "must be >= 1")
+    need(f.kd_audio_weight >= 0 and f.kd_video_weight >= 0, "fusion.kd_audio_weight", "and fusion.kd_video_weight must be >= 0")
+    bad = [k for k in f.kd_terms if k not in ("ce", "logit", "feature")]
+    need(not bad, "fusion.kd_terms", f"has unknown terms {bad}; valid: ce, logit, feature")
+
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(t.lr > 0, "train.lr", "must be > 0")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
+    need(t.grad_clip > 0, "train.grad_clip", "must be > 0")
+    need(t.select_on in ("dev", "test"), "train.select_on", "must be dev or test")
+    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
+         "train.device", "must be auto, cpu, cuda, cuda:N or mps")
+
+
+# ---- overrides and YAML ------------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """A command-line value through YAML's safe scalar rules: 'false' -> False, '3e-4' -> 0.0003."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads '3e-4' as a string
+            return float(value) if any(c in value for c in "eE.") and not value.isalpha() else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str] | Mapping[str, Any], source: str = "<overrides>") -> dict:
+    """Apply dotted overrides ('fusion.width=128' strings or a {dotted: value} mapping) to a nested dict."""
+    items = overrides.items() if isinstance(overrides, Mapping) else [_split_override(o, source) for o in overrides]
+    for key, value in items:
+        parts = str(key).split(".")
+        if len(parts) == 1 and parts[0] == "seed":
+            data["seed"] = value
+            continue
+        if len(parts) != 2:
+            raise ConfigError(f"{source}: override key '{key}' must look like section.key; valid keys: {', '.join(valid_keys())}."
+                              f"{_suggest(str(key), valid_keys())}")
+        section, sub = parts
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown key '{key}'. Valid sections: {sorted(SECTIONS)}.{_suggest(str(key), valid_keys())}")
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: key '{section}' must be a mapping")
+        node[sub] = value
+    return data
+
+
+def _split_override(text: str, source: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"{source}: override '{text}' must be key=value, e.g. train.lr=3e-4")
+    key, value = text.split("=", 1)
+    return key.strip(), parse_value(value)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """yaml.safe_load with errors that name the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> MAGTKDConfig:
+    """Defaults, then the YAML file (a config mapping), then dotted overrides; validated at the end."""
+    data = read_yaml(path) if path else {}
+    source = str(path) if path else "<defaults>"
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    cfg = from_dict(data or {}, source)
+    return cfg.replace(overrides, "<command line>") if overrides else cfg
+
+
+# ---- helpers -----------------------------------------------------------------
+
+def _flatten(d: Mapping, prefix: str = ""):
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, path + ".")
+        else:
+            yield path, value
+
+
+def _hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
