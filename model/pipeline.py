@@ -1,0 +1,75 @@
+"""One trial end to end: dataset -> stage-1 features (cached) -> stage 2 -> metrics.
+
+This is what a Ray Tune trial calls; it knows nothing of Ray or MLflow. `on_epoch(metrics, state)`
+is called after every stage-2 epoch (the trainable reports and checkpoints there) and `resume_state`
+continues from such a checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from model.config import MAGTKDConfig
+from model.features import Stage1Features
+
+
+@dataclass
+class TrialResult:
+    metrics: dict                    # the last epoch's report (holds the selected_* figures)
+    history: list[dict]              # every epoch's report
+    labels: list[str]
+    masked_modalities: list[str]     # asked for in fusion.modalities but absent from the data
+    dataset_fingerprint: str
+    notes: list[str] = field(default_factory=list)
+
+
+def stage1_features(cfg: MAGTKDConfig, cache_dir: str | Path, log: Callable[[str], None] = print):
+    """The stage-1 vectors for this config, from the cache or computed once (file-locked)."""
+    from dialogue_data.cache import Stage1Cache
+    from dialogue_data.registry import load_dataset
+    from model.stage1 import run_stage1
+
+    dataset = load_dataset(cfg.data)
+    fingerprint = dataset.fingerprint()
+    key = f"{fingerprint}-{cfg.stage1_hash()}"
+    features = Stage1Cache(cache_dir).get_or_compute(key, lambda: run_stage1(cfg, dataset, log=log), dataset.labels)
+    return dataset, fingerprint, features
+
+
+def usable_config(cfg: MAGTKDConfig, features: Stage1Features) -> tuple[MAGTKDConfig, list[str]]:
+    """Drop asked-for modalities that the data do not have, loudly: a missing modality is masked, never zeros."""
+    available = features.available()
+    masked = [m for m in cfg.fusion.modalities if m not in available]
+    kept = [m for m in cfg.fusion.modalities if m in available]
+    if not kept:
+        from model.config import ConfigError
+        raise ConfigError(f"fusion.modalities={cfg.fusion.modalities} but the data only have {available}")
+    if masked:
+        cfg = cfg.replace({"fusion.modalities": kept})
+    return cfg, masked
+
+
+def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
+              on_epoch: Optional[Callable[[dict, dict], None]] = None,
+              resume_state: Optional[dict] = None,
+              log: Callable[[str], None] = print) -> TrialResult:
+    from model.train import train_stage2
+
+    dataset, fingerprint, features = stage1_features(cfg, cache_dir, log=log)
+    run_cfg, masked = usable_config(cfg, features)
+    notes = list(dataset.notes)
+    if masked:
+        notes.append(f"modalities absent from the data and masked: {', '.join(masked)}")
+        log(f"WARNING: {notes[-1]}")
+    history: list[dict] = []
+
+    def record(metrics: dict, state: dict) -> None:
+        history.append(dict(metrics))
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+
+    result = train_stage2(run_cfg, features, on_epoch=record, resume_state=resume_state)
+    return TrialResult(metrics=dict(history[-1]) if history else dict(result.metrics), history=history,
+                       labels=list(features.labels), masked_modalities=masked,
+                       dataset_fingerprint=fingerprint, notes=notes)
