@@ -1,0 +1,338 @@
+"""Stage 2 of MAGTKD: the anchor gated transformer over the utterances of a dialogue.
+
+Reads bottom-up: positions and speakers, attention, one transformer layer, a gate, a path (the
+authors' `TransformerEncoder`), a gated block (one target attending to several sources), then
+the two fusion models and the stage-2 loss.
+
+Shapes: B dialogues, T utterances (padded), W = fusion.width, C classes.
+`mask` (B, T) is True at real utterances; `present[m]` (B, T) is True where modality m exists.
+Attention keys of modality m are `mask & present[m]` (a branch's output keeps its modality's key
+mask when the anchor attends to it), so a missing clip (zeros) is never attended to as if it were
+real, and padding never changes the outputs at real positions.
+
+Anchor and branches. The anchor is text when text is among `fusion.modalities`, else the first
+present of audio, video. Every other present modality gets a branch: it attends to itself and to
+each other present modality; the anchor attends to itself and to each branch's output. So
+`text,audio` builds the audio branch (audio <- audio, text) and the anchor (text <- text,
+audio-branch); `audio,video` makes audio the anchor and builds only the video branch. Heads:
+"anchor" plus one per branch modality ("audio", "video"); the prediction is the anchor's.
+
+Known difference from the authors' code (on purpose): their attention computes
+softmax(relu(scores)) and its mask fills the *real* key positions (`mask == 0` on a mask that is
+already `umask.eq(0)`), so real keys get weight exp(0) and padding keys exp(relu(score)). Here the
+DESIGN's intended behaviour is built instead: padded keys get -1e9, then a plain softmax.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.config import FusionConfig
+from model.distill import feature_similarity_loss, logit_relation_loss
+
+STAGE2_TAU = 2.0           # logit-relation temperature of the authors' stage 2 (their Logit_Loss default)
+STAGE2_FEATURE_T = 1.0     # feature-similarity temperature (their Feature_Loss default)
+MASK_FILL = -1e9           # what padded / absent key scores are set to before the softmax
+
+
+# ---- stream inputs: positions, speakers, projection ------------------------------------------------
+
+class SinusoidalPositions(nn.Module):
+    """The fixed sine/cosine table; forward(T) -> (T, W)."""
+
+    def __init__(self, width: int, max_len: int = 1024):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)             # (L, 1)
+        div = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+        pe = torch.zeros(max_len, width)
+        pe[:, 0::2] = torch.sin(position * div)
+        pe[:, 1::2] = torch.cos(position * div[: width // 2])                          # odd widths too
+        self.register_buffer("pe", pe, persistent=False)  # a constant: not part of a checkpoint
+
+    def forward(self, length: int) -> torch.Tensor:
+        if length > self.pe.shape[0]:
+            raise ValueError(f"dialogue of {length} utterances is longer than the position table ({self.pe.shape[0]})")
+        return self.pe[:length]
+
+
+class SpeakerEmbedding(nn.Module):
+    """Dialogue-local speaker index -> vector; index `max_speakers` is a dedicated padding row.
+
+    The authors pad with index 2, which is also a real speaker; a separate row cannot change the
+    outputs at real positions (padded keys are masked) and keeps speaker 2 clean.
+    """
+
+    def __init__(self, max_speakers: int, width: int):
+        super().__init__()
+        self.table = nn.Embedding(max_speakers + 1, width, padding_idx=max_speakers)
+        nn.init.normal_(self.table.weight, mean=0.0, std=0.1)
+        with torch.no_grad():
+            self.table.weight[max_speakers].zero_()
+
+    def forward(self, speakers: torch.Tensor) -> torch.Tensor:
+        return self.table(speakers)                                                   # (B, T, W)
+
+
+class NoSpeakers(nn.Module):
+    """speaker_embeddings=false: a zero that broadcasts, so the stream sum needs no branch."""
+
+    def forward(self, speakers: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=speakers.device)
+
+
+def projection(in_dim: int, width: int) -> nn.Module:
+    """Stage-1 vectors to the fusion width (identity when they already match, as in the authors' MELD)."""
+    return nn.Identity() if in_dim == width else nn.Linear(in_dim, width)
+
+
+class StreamInputs(nn.Module):
+    """Projects each modality, zeroes its absent rows, and builds the shared position+speaker term."""
+
+    def __init__(self, fusion: FusionConfig, input_dims: dict[str, int]):
+        super().__init__()
+        self.modalities = list(fusion.modalities)
+        self.padding_speaker = fusion.max_speakers
+        self.project = nn.ModuleDict({m: projection(input_dims[m], fusion.width) for m in self.modalities})
+        self.positions = SinusoidalPositions(fusion.width)
+        self.speakers = SpeakerEmbedding(fusion.max_speakers, fusion.width) if fusion.speaker_embeddings else NoSpeakers()
+
+    def forward(self, inputs, speakers, mask, present=None):
+        """-> streams {m: (B, T, W)}, key masks {m: (B, T) bool}, stream bias (B, T, W) = pe[:T] + speaker."""
+        present = present or {}
+        keys = {m: mask & present[m] if m in present else mask for m in self.modalities}
+        streams = {m: self.project[m](inputs[m]) * keys[m].unsqueeze(-1).to(inputs[m].dtype) for m in self.modalities}
+        speakers = speakers.masked_fill(~mask, self.padding_speaker)
+        bias = self.positions(mask.shape[1]) + self.speakers(speakers)                 # (B, T, W)
+        return streams, keys, bias
+
+
+# ---- attention, layer, gate ----------------------------------------------------------------------
+
+class MultiHeadCrossAttention(nn.Module):
+    """Queries from one stream, keys and values from another (the same one for self-attention)."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, width // heads
+        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        for proj in (self.q, self.k, self.v):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(width, width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)                 # (B, H, T, hd)
+
+    def forward(self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        b, t, w = query.shape
+        q = self._split(self.q(query)) / math.sqrt(self.head_dim)
+        k, v = self._split(self.k(source)), self._split(self.v(source))
+        keep = key_mask[:, None, None, :]                                               # (B, 1, 1, Tk)
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~keep, MASK_FILL)               # (B, H, Tq, Tk)
+        # A query with no real key at all (a dialogue whose clips are all missing) gets zeros,
+        # not a uniform mix of padding; with any real key this product changes nothing.
+        probs = scores.softmax(dim=-1) * keep
+        context = (self.dropout(probs) @ v).transpose(1, 2).reshape(b, t, w)
+        return self.out(context)
+
+
+class FeedForward(nn.Module):
+    """y + dropout(W2(dropout(gelu(W1(LN(y)))))), inner width = width, LN eps 1e-6."""
+
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.w1, self.w2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.dropout(self.w2(self.dropout(F.gelu(self.w1(self.norm(y))))))
+
+
+class TransformerLayer(nn.Module):
+    """Layer `index` of a path: [LN(query) if index > 0] -> attention -> residual -> feed-forward."""
+
+    def __init__(self, width: int, heads: int, dropout: float, index: int):
+        super().__init__()
+        # The authors normalise the query only from the second layer on; layer 0 has no norm at all.
+        self.query_norm = nn.LayerNorm(width, eps=1e-6) if index > 0 else nn.Identity()
+        self.attention = MultiHeadCrossAttention(width, heads, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = FeedForward(width, dropout)
+
+    def forward(self, query, source, key_mask):
+        """source=None: self-attention, keys and values are the (normalised) query stream itself."""
+        q = self.query_norm(query)
+        kv = q if source is None else source
+        return self.feed_forward(self.dropout(self.attention(q, kv, key_mask)) + q)
+
+
+class Gate(nn.Module):
+    """g(x) = sigmoid(relu(W x)) * x (the authors' unimodal gated fusion)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.relu(self.fc(x))) * x
+
+
+# ---- paths and gated blocks ----------------------------------------------------------------------
+
+class AttentionPath(nn.Module):
+    """target <- source through `layers` transformer layers (the authors' TransformerEncoder).
+
+    Both streams get the position+speaker term. A cross path then drops out both streams; a self
+    path (source=None) does not, as in the authors' code.
+    """
+
+    def __init__(self, width: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(width, heads, dropout, i) for i in range(layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, target, source, key_mask, bias):
+        q = target + bias
+        kv = None
+        if source is not None:
+            q, kv = self.dropout(q), self.dropout(source + bias)
+        for layer in self.layers:
+            q = layer(q, kv, key_mask)
+        return q                                                                        # (B, T, W)
+
+
+class GatedBlock(nn.Module):
+    """The target attends to itself and to each source; each path output is gated; concat; reduce.
+
+    shared=True: one path and one gate serve every source (the authors' text anchor).
+    gating=False: nn.Identity() instead of every gate.
+    """
+
+    def __init__(self, n_paths: int, fusion: FusionConfig, shared: bool):
+        super().__init__()
+        w = fusion.width
+        n_modules = 1 if shared else n_paths
+        self.n_paths = n_paths
+        self.paths = nn.ModuleList(AttentionPath(w, fusion.heads, fusion.layers, fusion.dropout) for _ in range(n_modules))
+        self.gates = nn.ModuleList((Gate(w) if fusion.anchor_gating else nn.Identity()) for _ in range(n_modules))
+        self.reduce = nn.Linear(n_paths * w, w)
+
+    def forward(self, target, target_keys, sources, bias):
+        """sources: [(stream (B, T, W), key mask (B, T))] after the target's own self path."""
+        repeat = self.n_paths // len(self.paths)  # n_paths distinct modules, or one module n_paths times
+        inputs = [(None, target_keys)] + list(sources)
+        outs = [gate(path(target, src, keys, bias))
+                for path, gate, (src, keys) in zip(list(self.paths) * repeat, list(self.gates) * repeat, inputs)]
+        return self.reduce(torch.cat(outs, dim=-1))                                     # (B, T, W)
+
+
+# ---- the fusion models ---------------------------------------------------------------------------
+
+def anchor_modality(modalities: list[str]) -> str:
+    """Text when present, else the first present of audio, video."""
+    return "text" if "text" in modalities else [m for m in ("audio", "video") if m in modalities][0]
+
+
+class AnchorGatedTransformer(nn.Module):
+    """MAGTKD stage 2: modality branches, then the anchor attending to itself and to the branches."""
+
+    def __init__(self, fusion: FusionConfig, num_classes: int, input_dims: dict[str, int]):
+        super().__init__()
+        self.modalities = list(fusion.modalities)
+        self.anchor_modality = anchor_modality(self.modalities)
+        self.branch_modalities = [m for m in self.modalities if m != self.anchor_modality]
+        self.inputs = StreamInputs(fusion, input_dims)
+        self.branches = nn.ModuleDict({m: GatedBlock(len(self.modalities), fusion, shared=False)
+                                       for m in self.branch_modalities})
+        self.anchor = GatedBlock(1 + len(self.branch_modalities), fusion, shared=fusion.shared_anchor_layers)
+        self.heads = nn.ModuleDict({h: nn.Linear(fusion.width, num_classes) for h in ["anchor"] + self.branch_modalities})
+
+    def forward(self, inputs, speakers, mask, present=None):
+        """inputs {m: (B, T, D_m)}, speakers (B, T) int, mask (B, T) bool, present {m: (B, T) bool}.
+
+        -> {"logits": {head: (B, T, C)}, "features": {head: (B, T, W)}, "prediction": "anchor"}
+        """
+        streams, keys, bias = self.inputs(inputs, speakers, mask, present)
+        features = {}
+        for m in self.branch_modalities:
+            others = [(streams[o], keys[o]) for o in self.modalities if o != m]
+            features[m] = self.branches[m](streams[m], keys[m], others, bias)
+        a = self.anchor_modality
+        features["anchor"] = self.anchor(streams[a], keys[a], [(features[m], keys[m]) for m in self.branch_modalities], bias)
+        logits = {h: self.heads[h](f) for h, f in features.items()}
+        return {"logits": logits, "features": features, "prediction": "anchor"}
+
+
+class ConcatFusion(nn.Module):
+    """fusion.mode=concat baseline: per-modality projection + positions/speakers, concat, Linear, classifier."""
+
+    def __init__(self, fusion: FusionConfig, num_classes: int, input_dims: dict[str, int]):
+        super().__init__()
+        self.modalities = list(fusion.modalities)
+        self.inputs = StreamInputs(fusion, input_dims)
+        self.dropout = nn.Dropout(fusion.dropout)
+        self.reduce = nn.Linear(len(self.modalities) * fusion.width, fusion.width)
+        self.heads = nn.ModuleDict({"anchor": nn.Linear(fusion.width, num_classes)})
+
+    def forward(self, inputs, speakers, mask, present=None):
+        streams, _, bias = self.inputs(inputs, speakers, mask, present)
+        fused = self.reduce(torch.cat([self.dropout(streams[m] + bias) for m in self.modalities], dim=-1))
+        return {"logits": {"anchor": self.heads["anchor"](fused)}, "features": {"anchor": fused}, "prediction": "anchor"}
+
+
+def build_fusion(fusion: FusionConfig, num_classes: int, input_dims: dict[str, int]) -> nn.Module:
+    """The stage-2 model for `fusion.mode` (anchor | concat)."""
+    model_cls = {"anchor": AnchorGatedTransformer, "concat": ConcatFusion}[fusion.mode]
+    return model_cls(fusion, num_classes, input_dims)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (a shared anchor layer counts once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- the stage-2 loss ----------------------------------------------------------------------------
+
+def branch_kd_loss(terms, logits, feats, teacher_logits, teacher_feats, labels) -> torch.Tensor:
+    """Sum of the chosen KD terms for one branch; rows are real utterances: (N, C), (N, W), (N,)."""
+    loss = logits.new_zeros(())
+    if "ce" in terms:
+        loss = loss + F.cross_entropy(logits, labels)
+    if "logit" in terms:
+        loss = loss + logit_relation_loss(logits, teacher_logits, STAGE2_TAU)
+    if "feature" in terms:
+        loss = loss + feature_similarity_loss(feats, teacher_feats, STAGE2_FEATURE_T)
+    return loss
+
+
+def stage2_loss(cfg, outputs: dict, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CE(anchor) + a * KD(audio branch) + b * KD(video branch), over real positions only.
+
+        KD(branch) = sum over fusion.kd_terms of
+            ce      : CE(branch logits, labels)
+            logit   : logit_relation_loss(branch logits, anchor logits, tau=2)
+            feature : feature_similarity_loss(branch features, anchor features, t=1)
+        a = fusion.kd_audio_weight, b = fusion.kd_video_weight (a head that is not built is skipped;
+        a zero weight skips the term, so 0 * NaN cannot happen). The anchor is the teacher and is
+        not detached unless fusion.detach_anchor (the authors do not detach it).
+    `cfg` is a MAGTKDConfig or its FusionConfig; labels (B, T) int; mask (B, T) bool.
+    """
+    fusion = getattr(cfg, "fusion", cfg)
+    y = labels[mask]                                                                    # (N,)
+    logits = {h: z[mask] for h, z in outputs["logits"].items()}                         # (N, C)
+    feats = {h: f[mask] for h, f in outputs["features"].items()}                        # (N, W)
+    teacher_logits, teacher_feats = logits["anchor"], feats["anchor"]
+    if fusion.detach_anchor:
+        teacher_logits, teacher_feats = teacher_logits.detach(), teacher_feats.detach()
+    loss = F.cross_entropy(logits["anchor"], y)
+    for head, weight in (("audio", fusion.kd_audio_weight), ("video", fusion.kd_video_weight)):
+        if head in logits and weight > 0 and fusion.kd_terms:
+            loss = loss + weight * branch_kd_loss(fusion.kd_terms, logits[head], feats[head],
+                                                  teacher_logits, teacher_feats, y)
+    return loss
