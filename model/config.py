@@ -62,7 +62,7 @@ class Stage1Config:
     kd_feature_weight: float = 1.0   # w_feat of the feature-similarity loss
     kd_temperature: float = 2.0      # tau of the logit-relation loss
     feature_temperature: float = 1.0 # t of the feature-similarity softmax
-    width: int = 768                 # text projection width; audio/video vectors are the encoder width
+    width: int = 768                 # width of every stage-1 vector (audio/video projected only when their hidden size differs)
     tiny_hidden: int = 64            # hidden size of the tiny random encoders
     tiny_layers: int = 2             # layers of the tiny random encoders
     epochs: int = 10

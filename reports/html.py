@@ -1,0 +1,141 @@
+"""One self-contained HTML page: the table, its caption and footnotes, the figures as base64 PNG, and
+every trial with its run id. No scripts, fonts, stylesheets or images from anywhere else, so the page
+opens offline and can be mailed around as one file.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from html import escape
+
+from reports.render import compare_header, delta_text, per_class_title, test_text
+from reports.stats import pct
+from reports.table import Table
+from reports.tune import TuneView
+
+STYLE = """
+body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px;
+       color: #1a1a1a; line-height: 1.4; padding: 0 12px; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.6em;
+     border-bottom: 1px solid #ccc; padding-bottom: 2px; }
+.caption { font-size: 0.92em; color: #333; }
+.warning { background: #fde2e1; border: 2px solid #c0392b; color: #7b1c12; padding: 8px 12px;
+           font-weight: bold; margin: 10px 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: 0.88em; margin: 8px 0; }
+th, td { padding: 3px 7px; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
+td:first-child { white-space: normal; max-width: 16em; }
+thead tr:first-child th { border-top: 2px solid #000; }
+thead tr:last-child th { border-bottom: 1px solid #000; }
+tbody tr:last-child td { border-bottom: 2px solid #000; }
+th.group { border-bottom: 1px solid #666; text-align: center; }
+td.best { font-weight: bold; }
+td.muted { color: #777; }
+.notes { font-size: 0.85em; color: #333; }
+.notes li { margin-bottom: 3px; }
+figure { margin: 16px 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #444; }
+code, .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 0.85em; }
+.trials td { font-size: 0.95em; }
+.state-FAILED, .state-KILLED { color: #b03a2e; font-weight: bold; }
+.state-RUNNING { color: #9a7d0a; }
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _table(table: Table, columns, compare: bool) -> str:
+    delta_head, test_head = compare_header(table)
+    groups: list[list] = []
+    for _, group, _ in columns:
+        if groups and groups[-1][0] == group:
+            groups[-1][1] += 1
+        else:
+            groups.append([group, 1])
+    tail1 = "<th></th><th></th>" if compare else ""
+    tail2 = f'<th>{escape(delta_head)}</th><th class="text">{escape(test_head)}</th>' if compare else ""
+    head1 = '<tr><th></th><th></th>' + "".join(
+        f'<th class="group" colspan="{n}">{escape(g)}</th>' for g, n in groups) + tail1 + "</tr>"
+    head2 = "<tr><th>Variant</th><th>n</th>" + "".join(f"<th>{escape(s)}</th>" for _, _, s in columns) \
+        + tail2 + "</tr>"
+    body = []
+    for row in table.rows:
+        cells = []
+        for key, _, _ in columns:
+            cell = row.cells[key]
+            cls = "best" if cell.bold else ("muted" if cell.summary.n == 0 else "")
+            title = "runs: " + ", ".join(f"seed {s}: {r}" for s, r in zip(cell.seeds, cell.run_ids))
+            cells.append(f'<td class="{cls}" title="{escape(title)}">{escape(cell.text(row.n))}</td>')
+        name = escape(row.variant) + (f" <sup>{escape(row.marks)}</sup>" if row.marks else "")
+        if compare:
+            cells += [f"<td>{escape(delta_text(row, table.metric))}</td>",
+                      f'<td class="text">{escape(test_text(row, table.metric))}</td>']
+        body.append(f"<tr><td>{name}</td><td>{row.n}</td>{''.join(cells)}</tr>")
+    return f'<div class="scroll"><table><thead>{head1}{head2}</thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _trials_table(table: Table) -> str:
+    head = ("<tr><th>Variant</th><th>seed</th><th class='text'>state</th><th>sel. epoch</th>"
+            "<th>dev wF1</th><th>test wF1</th>"
+            '<th class="text">masked</th><th class="text">run id</th><th class="text">failure reason</th></tr>')
+
+    def num(trial, key):
+        v = trial.metrics.get(key)
+        return "—" if v is None or not math.isfinite(v) else pct(v)
+
+    rows = []
+    for t in table.trials:
+        epoch = t.metrics.get("selected_epoch")
+        rows.append(f"<tr><td>{escape(t.variant)}</td><td>{escape(t.seed)}</td>"
+                    f'<td class="text state-{escape(t.status)}">{escape(t.status)}</td>'
+                    f"<td>{'—' if epoch is None else int(epoch)}</td>"
+                    f"<td>{num(t, 'selected_dev_wf1')}</td><td>{num(t, 'selected_test_wf1')}</td>"
+                    f'<td class="text">{escape(", ".join(t.masked_modalities))}</td>'
+                    f'<td class="text mono">{escape(t.run_id)}</td>'
+                    f'<td class="text">{escape(t.tags.get("failure_reason", ""))}</td></tr>')
+    return (f'<div class="scroll"><table class="trials"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def render_html(table: Table, figures: list[tuple[str, bytes, str]], tune: TuneView | None,
+                tracking_uri: str, command: str) -> str:
+    """`figures`: (title, png, caption) in page order."""
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(table.sweep)}: MAGTKD {escape(table.kind)} report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Sweep <code>{escape(table.sweep)}</code>: {escape(table.kind)} report</h1>",
+    ]
+    if table.warning:
+        parts.append(f'<div class="warning">{escape(table.warning)}</div>')
+    parts.append(f'<p class="caption">{" ".join(escape(c) for c in table.caption)}</p>')
+    parts.append(_table(table, table.columns, table.compares))
+    parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in table.footnotes) + "</ul>")
+    parts.append('<p class="notes">Hover a cell to see the MLflow run ids behind it; the CSV lists them too.</p>')
+    if table.class_columns:
+        parts.append(f"<h2>Per-class F1</h2><p class=\"caption\">{escape(per_class_title(table))}</p>")
+        parts.append(_table(table, table.class_columns, False))
+    for title, png, caption in figures:
+        parts.append(f"<h2>{escape(title)}</h2><figure>{_img(png, title)}"
+                     f"<figcaption>{escape(caption)}</figcaption></figure>")
+    if tune is not None:
+        parts.append("<h2>Parameter importances as numbers</h2>")
+        if tune.importances:
+            rows = "".join(f'<tr><td class="text mono">{escape(k)}</td><td>{v:.3f}</td></tr>'
+                           for k, v in tune.importances.items())
+            parts.append(f"<p class=\"caption\">Importances by {escape(tune.evaluator)} over {len(tune.run_ids)} "
+                         f"finished trials, objective {escape(tune.objective)}.</p>"
+                         f"<table><thead><tr><th>parameter</th><th>importance</th></tr></thead>"
+                         f"<tbody>{rows}</tbody></table>")
+        if tune.note:
+            parts.append(f'<p class="notes">{escape(tune.note)}</p>')
+    parts.append("<h2>Every trial</h2>")
+    parts.append(_trials_table(table))
+    parts.append(f'<p class="notes">Made from MLflow alone ({escape(tracking_uri)}) by <code>{escape(command)}</code>.'
+                 f"</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

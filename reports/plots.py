@@ -1,0 +1,138 @@
+"""Figures for the HTML report as PNG bytes (matplotlib's Agg canvas, no pyplot, no display needed).
+
+Using `Figure` + `FigureCanvasAgg` directly leaves matplotlib's global backend alone, so a report made
+inside another program (the sweep driver) changes nothing there.
+"""
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from reports.table import Table, metric_label
+
+BASE_COLOR = "#1f4e79"
+OTHER_COLOR = "#7fa7cc"
+
+
+def _label(text: str, width: int = 14) -> str:
+    """A variant name safe for matplotlib ('$' would start mathtext) and wrapped for a tick label."""
+    return "\n".join(textwrap.wrap(text.replace("$", r"\$"), width, break_long_words=True)) or " "
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    # No software/date metadata: the same report gives the same image bytes.
+    # bbox_inches="tight": rotated tick labels are never cut off at the figure's edge.
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
+    return buf.getvalue()
+
+
+def variant_bars(table: Table, key: str) -> bytes:
+    """Mean of `key` per variant, error bars = sample std, one dot per seed; the y axis is cut to the data."""
+    rows = table.rows
+    fig = Figure(figsize=(min(11.0, max(5.0, 1.2 * len(rows) + 2)), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    xs = list(range(len(rows)))
+    means = [100 * r.cells[key].summary.mean if r.cells[key].summary.n else 0.0 for r in rows]
+    stds = [100 * r.cells[key].summary.std if r.cells[key].summary.n > 1 else 0.0 for r in rows]
+    colors = [BASE_COLOR if r.variant == table.baseline else OTHER_COLOR for r in rows]
+    ax.bar(xs, means, yerr=stds, color=colors, capsize=5, edgecolor="black", linewidth=0.6, zorder=2)
+    for x, row in zip(xs, rows):
+        values = row.cells[key].values
+        for i, v in enumerate(values):  # fixed offsets instead of random jitter: the image is reproducible
+            offset = (i - (len(values) - 1) / 2) * 0.12
+            ax.plot(x + offset, 100 * v, "o", color="black", markersize=3.5, zorder=3)
+        if not values:  # at the bottom of the axes, whatever the y range (x in data, y in axes units)
+            ax.text(x, 0.02, "no finished run", ha="center", va="bottom", rotation=90, fontsize=8,
+                    transform=ax.get_xaxis_transform())
+    finite = [100 * v for r in rows for v in r.cells[key].values]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        pad = max(1.0, 0.15 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+    labels = [_label(r.variant + (f" {r.marks}" if r.marks else "")) + f"\n(n={r.n})" for r in rows]
+    crowded = len(rows) > 6
+    ax.set_xticks(xs, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=9)
+    ax.set_ylabel(f"{metric_label(key)} (%)")
+    dark = "; dark: baseline" if table.compares else ""
+    ax.set_title(f"{_label(table.sweep, 60)}: {metric_label(key)}, mean ± std over seeds (dots: seeds{dark})",
+                 fontsize=10)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    return _png(fig)
+
+
+def dev_curves(table: Table, histories: dict[str, list[tuple[int, float]]], key: str = "dev_wf1") -> bytes:
+    """Per-epoch dev weighted F1: thin lines per seed, a thick line for the mean over seeds per variant."""
+    fig = Figure(figsize=(8.0, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab10" if len(table.rows) <= 10 else "tab20"]
+    drawn = 0
+    for i, row in enumerate(table.rows):
+        color = cmap(i % cmap.N)
+        run_ids = row.cells[table.metric].run_ids or row.cells["dev_wf1"].run_ids
+        curves = [histories.get(r, []) for r in run_ids]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        for curve in curves:
+            ax.plot([s for s, _ in curve], [100 * v for _, v in curve], color=color, alpha=0.3, linewidth=0.8)
+        steps = sorted({s for c in curves for s, _ in c})
+        mean = []
+        for step in steps:
+            vals = [v for c in curves for s, v in c if s == step]
+            mean.append(100 * math.fsum(vals) / len(vals))
+        ax.plot(steps, mean, color=color, linewidth=2.0, label=f"{_label(row.variant, 40)} (n={len(curves)})")
+        drawn += 1
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric_label(key)} (%)")
+    ax.set_title(f"{_label(table.sweep, 60)}: {metric_label(key)} per epoch (thin: seeds, thick: mean)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if 0 < drawn <= 12:
+        ax.legend(fontsize=8, loc="lower right", ncol=1 if drawn <= 8 else 2)
+    elif drawn:  # a legend of 40 tune trials would hide the curves
+        ax.text(0.99, 0.02, f"{drawn} rows; legend omitted", transform=ax.transAxes, ha="right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no per-epoch history in MLflow", transform=ax.transAxes, ha="center")
+    return _png(fig)
+
+
+def optimisation_history(points: list[tuple[int, float]], objective: str, direction: str = "maximize") -> bytes:
+    """Objective per trial in launch order, with the best so far."""
+    fig = Figure(figsize=(8.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [n for n, _ in points]
+    ys = [100 * v for _, v in points]
+    ax.plot(xs, ys, "o", color=OTHER_COLOR, markeredgecolor="black", markersize=5, label="trial")
+    best, running = [], None
+    for y in ys:
+        running = y if running is None else (max(running, y) if direction == "maximize" else min(running, y))
+        best.append(running)
+    ax.step(xs, best, where="post", color=BASE_COLOR, linewidth=2, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (launch order)")
+    ax.set_ylabel(f"{objective} (%)")
+    ax.set_title(f"Optimisation history: {objective}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def param_importances(importances: dict[str, float], evaluator: str) -> bytes:
+    names = list(importances)[::-1]  # most important at the top
+    fig = Figure(figsize=(7.0, 0.5 * len(names) + 1.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(names, [importances[n] for n in names], color=BASE_COLOR)
+    for y, n in enumerate(names):
+        ax.text(importances[n], y, f" {importances[n]:.2f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(importances.values()) * 1.2 if importances else 1)
+    ax.set_xlabel("importance (normalised to sum 1)")
+    ax.set_title(f"Parameter importances ({evaluator})", fontsize=10)
+    return _png(fig)

@@ -1,0 +1,239 @@
+"""Read one sweep back from MLflow: the parent run's tags and the child runs (CONTRACTS.md schema).
+
+Reports read nothing else: no Ray results, no trial directories, no YAML on disk. Everything a table
+needs must therefore be in the store, which is what makes a table regenerable in seconds.
+
+    sweep = load_sweep("demo", tracking_uri_for("./runs"))
+    sweep.variants, sweep.seeds, [t.run_id for t in sweep.trials]
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Quiet MLflow before it is imported anywhere in this process.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in printed tables
+
+PARENT_TAG = "mlflow.parentRunId"
+STATES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
+
+
+class ReportError(Exception):
+    """A report cannot be made (unknown sweep, empty store, bad option); the message says what to do."""
+
+
+@dataclass
+class Trial:
+    run_id: str
+    variant: str
+    seed: str                       # as the child's `seed` tag holds it (a string in MLflow)
+    status: str                     # FINISHED | FAILED | KILLED | RUNNING | SCHEDULED
+    start_time: int                 # ms since the epoch (0 when unknown)
+    end_time: int
+    metrics: dict[str, float]       # the latest value of every metric
+    params: dict[str, str]
+    tags: dict[str, str]
+    artifact_uri: str = ""
+
+    @property
+    def masked_modalities(self) -> list[str]:
+        return [m.strip() for m in self.tags.get("masked_modalities", "").split(",") if m.strip()]
+
+
+@dataclass
+class Sweep:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_ids: list[str]       # usually one; several when a sweep was relaunched under the same name
+    tags: dict[str, str]            # the (latest) parent's tags
+    start_time: int
+    variants: list[str]             # table order: the parent's `variants`, then unlisted ones found in children
+    seeds: list[str]                # the parent's `seeds`, then unlisted ones found in children
+    trials: list[Trial] = field(default_factory=list)
+    unlisted_variants: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.tags.get("sweep_kind", "ablate")
+
+    @property
+    def baseline(self) -> str:
+        return self.tags.get("baseline") or (self.variants[0] if self.variants else "")
+
+    def artifact_labels(self) -> list[str]:
+        """Label order from the first finished trial's per_class_report.json (the sweep writes the
+        dataset's order there; metric names carry no order). [] when there is none."""
+        from mlflow.tracking import MlflowClient
+
+        for trial in self.trials:
+            if trial.status != "FINISHED":
+                continue
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    client = MlflowClient(self.tracking_uri)
+                    path = client.download_artifacts(trial.run_id, "per_class_report.json", tmp)
+                    labels = json.loads(Path(path).read_text(encoding="utf-8")).get("labels")
+            except Exception:  # no such artifact, unreadable store location: fall back to sorted names
+                return []
+            return [str(v) for v in labels] if isinstance(labels, list) else []
+        return []
+
+    def by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        return counts
+
+
+def tracking_uri_for(output: str | Path) -> str:
+    """The project's default store: sqlite:///<absolute output>/mlflow.db."""
+    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        # MLflow would silently create an empty database: say where we looked instead.
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.exists():
+            raise ReportError(f"no MLflow store at {path} (tracking URI {tracking_uri}); run a sweep first "
+                              f"or pass --output DIR / --tracking-uri URI")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _seed_key(seed: str) -> tuple:
+    """Numeric seeds in numeric order, anything else after them in text order."""
+    try:
+        return (0, int(seed), "")
+    except ValueError:
+        return (1, 0, seed)
+
+
+def _json_list(text: str | None, what: str, sweep: str) -> list[str]:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ReportError(f"sweep '{sweep}': parent tag '{what}' is not JSON: {text!r}") from None
+    if not isinstance(value, list):
+        raise ReportError(f"sweep '{sweep}': parent tag '{what}' must be a JSON list, got {text!r}")
+    return [str(v) for v in value]
+
+
+def known_sweeps(tracking_uri: str) -> list[str]:
+    """Names of the experiments that hold a sweep's parent run, sorted."""
+    client = _client(tracking_uri)
+    experiments = client.search_experiments()
+    ids = [e.experiment_id for e in experiments]
+    if not ids:
+        return []
+    parents = _all_runs(client, ids, "tags.sweep_kind != ''")
+    with_parent = {r.info.experiment_id for r in parents if PARENT_TAG not in r.data.tags}
+    return sorted(e.name for e in experiments if e.experiment_id in with_parent)
+
+
+def _trial(run) -> Trial:
+    tags = dict(run.data.tags)
+    return Trial(run_id=run.info.run_id,
+                 variant=tags.get("variant", ""),
+                 seed=tags.get("seed", run.data.params.get("seed", "")),
+                 status=run.info.status,
+                 start_time=int(run.info.start_time or 0),
+                 end_time=int(run.info.end_time or 0),
+                 metrics=dict(run.data.metrics),
+                 params=dict(run.data.params),
+                 tags=tags,
+                 artifact_uri=run.info.artifact_uri or "")
+
+
+def load_sweep(name: str, tracking_uri: str) -> Sweep:
+    """The sweep called `name`; ReportError listing the known sweeps when there is none."""
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = _all_runs(client, [experiment.experiment_id]) if experiment is not None else []
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags and "sweep_kind" in r.data.tags]
+    if not parents:
+        known = known_sweeps(tracking_uri)
+        listing = ", ".join(known) if known else "none"
+        raise ReportError(f"unknown sweep '{name}' in {tracking_uri}; known sweeps: {listing}")
+    # The latest parent carries the sweep's current spec (a relaunch may have added variants or seeds).
+    parents.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    latest = parents[-1]
+    tags = dict(latest.data.tags)
+    parent_ids = [r.info.run_id for r in parents]
+    trials = [_trial(r) for r in runs if r.data.tags.get(PARENT_TAG) in set(parent_ids)]
+
+    if tags.get("sweep_kind") == "tune":
+        _name_tune_rows(trials)
+    listed = _json_list(tags.get("variants"), "variants", name)
+    # Variants the spec does not list (tune trials, a relaunch with a new variant) follow in launch order.
+    first_seen: dict[str, tuple] = {}
+    for t in sorted(trials, key=lambda t: (t.start_time, t.run_id)):
+        first_seen.setdefault(t.variant, (t.start_time, t.run_id))
+    unlisted = sorted(set(first_seen) - set(listed), key=lambda v: first_seen[v])
+    seeds = _json_list(tags.get("seeds"), "seeds", name)
+    extra_seeds = sorted({t.seed for t in trials} - set(seeds), key=_seed_key)
+    variant_pos = {v: i for i, v in enumerate(listed + unlisted)}
+    seed_pos = {s: i for i, s in enumerate(seeds + extra_seeds)}
+    # One stable order for everything downstream: table order, then seed order, then time, then id.
+    trials.sort(key=lambda t: (variant_pos[t.variant], seed_pos[t.seed], t.start_time, t.run_id))
+    return Sweep(name=name, tracking_uri=tracking_uri, experiment_id=latest.info.experiment_id,
+                 parent_run_ids=parent_ids, tags=tags, start_time=int(latest.info.start_time or 0),
+                 variants=listed + unlisted, seeds=seeds + extra_seeds, trials=trials,
+                 # In a tune sweep every row is found in the runs; flagging them all would be noise.
+                 unlisted_variants=unlisted if tags.get("sweep_kind") != "tune" else [])
+
+
+def _name_tune_rows(trials: list[Trial]) -> None:
+    """Tune trials are rows of their own: when one variant tag covers several configs, name rows by trial.
+
+    Seeds of one config (same config_hash) stay in one row, named after its first trial, so repeated
+    seeds still give a spread.
+    """
+    hashes: dict[str, set[str]] = {}
+    for t in trials:
+        hashes.setdefault(t.variant, set()).add(t.tags.get("config_hash") or t.run_id)
+    names: dict[str, str] = {}
+    for t in sorted(trials, key=lambda t: (t.start_time, t.run_id)):
+        if len(hashes[t.variant]) > 1 or not t.variant:
+            key = t.tags.get("config_hash") or t.run_id
+            names.setdefault(key, f"trial {t.tags.get('trial_id') or key}")
+            t.variant = names[key]
+
+
+def metric_history(tracking_uri: str, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """Per run, (step, value) pairs of one metric sorted by step; a step logged twice keeps its last value."""
+    client = _client(tracking_uri)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for run_id in run_ids:
+        latest: dict[int, Any] = {}
+        for m in client.get_metric_history(run_id, key):
+            if m.step not in latest or m.timestamp >= latest[m.step].timestamp:
+                latest[m.step] = m
+        out[run_id] = [(step, float(latest[step].value)) for step in sorted(latest)]
+    return out
+
+
+def list_sweeps(tracking_uri: str) -> list[Sweep]:
+    return [load_sweep(name, tracking_uri) for name in known_sweeps(tracking_uri)]

@@ -1,0 +1,334 @@
+"""The ablation table as data: rows = variants in sweep order, cells = mean +- std over seeds with run ids.
+
+Every renderer (Markdown, LaTeX, CSV, HTML) draws from one `Table`, so the formats cannot disagree.
+Only FINISHED child runs enter a number; the others are counted in footnotes.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from reports.stats import MIN_PAIRS, TEST_NAME, PairedTest, Summary, paired_test, pct, summarize
+from reports.store import ReportError, Sweep, Trial
+
+# (key, split, short name); the MLflow metric is "selected_" + key.
+MAIN_METRICS = [("dev_wf1", "dev", "wF1"), ("dev_acc", "dev", "Acc"), ("dev_mf1", "dev", "mF1"),
+                ("test_wf1", "test", "wF1"), ("test_acc", "test", "Acc"), ("test_mf1", "test", "mF1")]
+MISSING_MARK = "†"
+UNLISTED_MARK = "‡"
+REASON_CHARS = 80
+
+
+@dataclass
+class Cell:
+    metric: str
+    seeds: list[str]
+    run_ids: list[str]
+    values: list[float]           # in [0, 1], in seed order
+    summary: Summary
+    bold: bool = False
+
+    def text(self, row_n: int) -> str:
+        """'63.21 ± 0.54' in percent; '(n=2)' when this cell has fewer values than its row."""
+        s = self.summary
+        if s.n == 0:
+            return "—"
+        body = pct(s.mean) if s.n < 2 else f"{pct(s.mean)} ± {pct(s.std)}"
+        return body if s.n == row_n else f"{body} (n={s.n})"
+
+
+@dataclass
+class Comparison:
+    delta: float                   # mean(variant) - mean(baseline), in [0, 1] units; nan when either is empty
+    test: PairedTest
+
+
+@dataclass
+class Row:
+    variant: str
+    n: int                                            # finished seeds
+    cells: dict[str, Cell]
+    comparisons: dict[str, Comparison]                # per metric, vs the baseline (empty for the baseline)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (seed, why) for expected seeds without a number
+    unlisted: bool = False
+    masked: list[str] = field(default_factory=list)
+
+    @property
+    def marks(self) -> str:
+        return (MISSING_MARK if self.missing else "") + (UNLISTED_MARK if self.unlisted else "")
+
+
+@dataclass
+class Table:
+    sweep: str
+    kind: str
+    dataset: str
+    metric: str                                       # the compared metric, e.g. test_wf1
+    baseline: str
+    columns: list[tuple[str, str, str]]               # main table: (key, group, short name)
+    class_columns: list[tuple[str, str, str]]         # per-class table (--per-class), may be empty
+    rows: list[Row]
+    caption: list[str]                                # plain-text sentences, renderers escape them
+    warning: str                                      # the loud select-on-test note ("" when not)
+    footnotes: list[str]                              # plain text, the first characters may be a mark
+    trials: list[Trial]                               # every child run, for traceability in HTML/CSV
+    labels: list[str]
+
+    @property
+    def compares(self) -> bool:
+        """False for a tune sweep without a baseline: no difference and test columns."""
+        return bool(self.baseline)
+
+    @property
+    def all_columns(self) -> list[tuple[str, str, str]]:
+        keys = {k for k, _, _ in self.columns}
+        return self.columns + [c for c in self.class_columns if c[0] not in keys]
+
+    def column_name(self, key: str) -> str:
+        for k, group, short in self.all_columns:
+            if k == key:
+                return f"{group} {short}"
+        return key
+
+
+def metric_label(key: str) -> str:
+    for k, split, short in MAIN_METRICS:
+        if k == key:
+            return f"{split} {short}"
+    if "_f1_" in key:
+        split, label = key.split("_f1_", 1)
+        return f"{split} F1 {label}"
+    return key
+
+
+def class_labels(sweep: Sweep) -> list[str]:
+    """Per-class labels in the dataset's order: the parent's `labels` tag, else the `labels` list of a
+    finished trial's per_class_report.json artifact; labels found nowhere else follow sorted."""
+    found: set[str] = set()
+    for trial in sweep.trials:
+        for key in trial.metrics:
+            for split in ("dev", "test"):
+                prefix = f"selected_{split}_f1_"
+                if key.startswith(prefix):
+                    found.add(key[len(prefix):])
+    declared = []
+    if sweep.tags.get("labels"):
+        try:
+            declared = [str(v) for v in json.loads(sweep.tags["labels"])]
+        except (json.JSONDecodeError, TypeError):
+            declared = []
+    if not declared and found:
+        declared = sweep.artifact_labels()
+    return [lbl for lbl in declared if lbl in found] + sorted(found - set(declared))
+
+
+def normalise_metric(metric: str, labels: list[str]) -> str:
+    key = metric[len("selected_"):] if metric.startswith("selected_") else metric
+    valid = [k for k, _, _ in MAIN_METRICS] + [f"{s}_f1_{lbl}" for s in ("dev", "test") for lbl in labels]
+    if key not in valid:
+        raise ReportError(f"--metric {metric!r} is not one of: {', '.join(valid)}")
+    return key
+
+
+def _finished_by_variant_seed(sweep: Sweep) -> tuple[dict[tuple[str, str], Trial], list[Trial]]:
+    """One FINISHED run per (variant, seed): the last to finish; the others are reported as duplicates."""
+    chosen: dict[tuple[str, str], Trial] = {}
+    duplicates: list[Trial] = []
+    for trial in sweep.trials:
+        if trial.status != "FINISHED":
+            continue
+        key = (trial.variant, trial.seed)
+        old = chosen.get(key)
+        if old is None:
+            chosen[key] = trial
+            continue
+        keep, drop = (trial, old) if (trial.end_time, trial.run_id) > (old.end_time, old.run_id) else (old, trial)
+        chosen[key] = keep
+        duplicates.append(drop)
+    duplicates.sort(key=lambda t: t.run_id)
+    return chosen, duplicates
+
+
+def _select_on_test(sweep: Sweep) -> tuple[bool, bool]:
+    """(any trial picked its epoch on test, the trials disagree)."""
+    rule = sweep.tags.get("selection_rule", "").strip().lower()
+    tag_says = rule == "test" or rule.startswith("test") or "select_on=test" in rule.replace(" ", "")
+    values = {t.params.get("train.select_on") for t in sweep.trials if t.params.get("train.select_on")}
+    if values:
+        return "test" in values, len(values) > 1
+    return tag_says, False
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS - 1] + "…"
+
+
+def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = None,
+                per_class: bool = False) -> Table:
+    labels = class_labels(sweep)
+    metric = normalise_metric(metric, labels)
+    # A tune sweep has no natural baseline: without one asked for, its table compares nothing.
+    baseline = baseline or ("" if sweep.kind == "tune" and not sweep.tags.get("baseline") else sweep.baseline)
+    if baseline and baseline not in sweep.variants:
+        raise ReportError(f"baseline {baseline!r} is not a variant of sweep '{sweep.name}'; "
+                          f"variants: {', '.join(sweep.variants) or 'none'}")
+    main = list(MAIN_METRICS)
+    if metric not in [c[0] for c in main]:  # a per-class metric is compared: show it in the main table too
+        split, label = metric.split("_f1_", 1)
+        main.append((metric, f"{split} F1", label))
+    # Per-class F1 goes to a table of its own: seven more columns would not fit a page beside the main ones.
+    per_class_columns = [(f"test_f1_{lbl}", "test F1", lbl) for lbl in labels] if per_class else []
+    columns = main + [c for c in per_class_columns if c[0] not in {m[0] for m in main}]
+
+    chosen, duplicates = _finished_by_variant_seed(sweep)
+    statuses: dict[tuple[str, str], list[str]] = {}
+    for trial in sweep.trials:
+        statuses.setdefault((trial.variant, trial.seed), []).append(trial.status)
+
+    def values_of(variant: str, key: str) -> dict[str, tuple[float, str]]:
+        out = {}
+        for seed in sweep.seeds:
+            trial = chosen.get((variant, seed))
+            value = trial.metrics.get(f"selected_{key}") if trial else None
+            if value is not None and math.isfinite(value):
+                out[seed] = (float(value), trial.run_id)
+        return out
+
+    rows: list[Row] = []
+    base_values = {key: {s: v for s, (v, _) in values_of(baseline, key).items()} if baseline else {}
+                   for key, _, _ in columns}
+    for variant in sweep.variants:
+        cells = {}
+        for key, _, _ in columns:
+            vals = values_of(variant, key)
+            seeds = list(vals)
+            cells[key] = Cell(key, seeds, [vals[s][1] for s in seeds], [vals[s][0] for s in seeds],
+                              summarize([vals[s][0] for s in seeds]))
+        finished_seeds = [s for s in sweep.seeds if (variant, s) in chosen]
+        expected = json.loads(sweep.tags["seeds"]) if sweep.tags.get("seeds") else sweep.seeds
+        expected = [str(s) for s in expected]
+        missing = []
+        for seed in expected:
+            if (variant, seed) not in chosen:
+                states = sorted(set(statuses.get((variant, seed), [])))
+                missing.append((seed, "/".join(states) if states else "no run"))
+        comparisons = {}
+        if baseline and variant != baseline:
+            for key, _, _ in columns:
+                mine = {s: v for s, v in zip(cells[key].seeds, cells[key].values)}
+                base = base_values[key]
+                b = summarize(list(base.values()))
+                delta = cells[key].summary.mean - b.mean if mine and base else math.nan
+                comparisons[key] = Comparison(delta, paired_test(mine, base))
+        masked = sorted({m for t in sweep.trials if t.variant == variant for m in t.masked_modalities})
+        rows.append(Row(variant, len(finished_seeds), cells, comparisons, missing,
+                        variant in sweep.unlisted_variants, masked))
+
+    # Best per column, compared at the printed precision so that equal-looking numbers are all bold.
+    for key, _, _ in columns:
+        shown = [(pct(r.cells[key].summary.mean), r) for r in rows if r.cells[key].summary.n > 0]
+        if shown:
+            best = max(float(v) for v, _ in shown)
+            for v, r in shown:
+                r.cells[key].bold = float(v) == best
+
+    caption, warning = _caption(sweep, metric, baseline)
+    footnotes = _footnotes(sweep, rows, duplicates)
+    return Table(sweep=sweep.name, kind=sweep.kind, dataset=sweep.tags.get("dataset", "?"), metric=metric,
+                 baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
+                 caption=caption, warning=warning,
+                 footnotes=footnotes, trials=list(sweep.trials), labels=labels)
+
+
+def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
+    tags = sweep.tags
+    seeds = ", ".join(sweep.seeds) if sweep.seeds else "none"
+    commit = tags.get("git_commit", "unknown")
+    child_commits = sorted({t.tags.get("git_commit", "") for t in sweep.trials} - {"", commit})
+    commit_text = f"git commit {commit}"
+    if child_commits:
+        commit_text += f" (some trials ran at {', '.join(child_commits)})"
+    caption = [
+        f"Sweep {sweep.name} ({sweep.kind}) on dataset {tags.get('dataset', 'unknown')}, {commit_text}.",
+        f"Scores at the selected epoch as percentages with 2 decimals (the ERC convention): mean ± sample "
+        f"standard deviation over seeds {seeds}; n = finished seeds; best mean per column in bold.",
+    ]
+    rule = tags.get("selection_rule", "").strip()
+    on_test, mixed = _select_on_test(sweep)
+    splits = sorted({r.strip() for r in rule.split(",") if r.strip()})
+    if set(splits) <= {"dev", "test"}:  # the sweep writes cfg.train.select_on (comma-joined); say what it means
+        split = " or ".join(splits) if splits else ("test" if on_test else "dev")
+        rule = f"the epoch with the best {split} weighted F1, all scores reported at that epoch"
+    caption.append(f"Epoch selection: {rule}" + (" (trials disagree on train.select_on)." if mixed else "."))
+    warning = ""
+    if on_test:
+        warning = ("WARNING: epoch picked on test, as in the authors' code; the test scores are optimistic "
+                   "and are not a held-out estimate.")
+    mode = tags.get("stage1_seed_mode", "")
+    if mode == "shared":
+        shared = sorted({t.params.get("stage1.shared_seed", "") for t in sweep.trials} - {""})
+        which = f" (stage-1 seed {', '.join(shared)})" if shared else ""
+        caption.append(f"Stage 1 shared: every stage-2 seed reuses one stage-1 model{which}, so the spread is "
+                       f"that of stage 2 alone.")
+    elif mode == "per-seed":
+        caption.append("Stage 1 trained per seed: the spread covers the whole pipeline.")
+    else:
+        caption.append(f"Stage-1 seed mode: {mode or 'not recorded'}.")
+    if not baseline:
+        caption.append("Rows are trials in launch order; no baseline was named, so no differences or tests "
+                       "(pass --baseline to compare).")
+    else:
+        caption.append(f"Δ = difference of means from the baseline {baseline} on {metric_label(metric)}, in "
+                       f"percentage "
+                       f"points; {TEST_NAME} (two-sided, scipy.stats.ttest_rel) against {baseline} over the seeds "
+                       f"both finished, paired by seed, shown as p with the number of pairs n; no test when "
+                       f"n<{MIN_PAIRS}; "
+                       f"no multiple-comparison correction.")
+    masked: dict[str, list[str]] = {}  # variant -> modalities, in table order
+    for trial in sweep.trials:
+        for m in trial.masked_modalities:
+            if m not in masked.setdefault(trial.variant, []):
+                masked[trial.variant].append(m)
+    masked = {v: ms for v, ms in masked.items() if ms}
+    if masked:
+        parts = [f"{v}: {', '.join(sorted(ms))}" for v, ms in masked.items()]
+        caption.append(f"Masked modalities (asked for but absent from the data, so left out of the model): "
+                       f"{'; '.join(parts)}.")
+    return caption, warning
+
+
+def _footnotes(sweep: Sweep, rows: list[Row], duplicates: list[Trial]) -> list[str]:
+    notes = []
+    # Runs the sweep itself closed as duplicates (KILLED, tag duplicate_of) are not lost trials.
+    closed = [t for t in sweep.trials if t.status != "FINISHED" and t.tags.get("duplicate_of")]
+    left_out = [t for t in sweep.trials if t.status != "FINISHED" and not t.tags.get("duplicate_of")]
+    if left_out:
+        counts: dict[str, int] = {}
+        for t in left_out:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        details = "; ".join(
+            f"{t.variant}/seed {t.seed} {t.status}"
+            + (f" ({_short(t.tags.get('failure_reason') or t.tags['killed_reason'])})"
+               if t.tags.get("failure_reason") or t.tags.get("killed_reason") else "")
+            + f" [run {t.run_id}]" for t in left_out)
+        notes.append(f"Left out of every number: {summary} trial(s): {details}.")
+    else:
+        notes.append("No failed, killed or unfinished trials.")
+    for row in rows:
+        if row.missing:
+            expected = len(row.missing) + row.n
+            miss = ", ".join(f"{seed} ({why})" for seed, why in row.missing)
+            notes.append(f"{MISSING_MARK} {row.variant}: {row.n} of {expected} seeds finished; missing seed(s) {miss}.")
+    unlisted = [r.variant for r in rows if r.unlisted]
+    if unlisted:
+        notes.append(f"{UNLISTED_MARK} not in the sweep's variant list (found in child runs): {', '.join(unlisted)}.")
+    if duplicates:
+        notes.append("Duplicate finished runs of the same variant and seed (the last to finish is used): ignored "
+                     + ", ".join(f"{t.variant}/seed {t.seed} [run {t.run_id}]" for t in duplicates) + ".")
+    if closed:
+        notes.append("Runs closed by the sweep as duplicates of a finished run (tag duplicate_of), ignored: "
+                     + ", ".join(f"{t.variant}/seed {t.seed} [run {t.run_id}]" for t in closed) + ".")
+    return notes

@@ -1,0 +1,113 @@
+"""`ui`: the MLflow UI (`mlflow server`) against the project's store, on 127.0.0.1 unless told otherwise.
+
+The server runs as a child in its own process group; SIGINT/SIGTERM to this process are passed on to
+that group (which we started, by its id), so the server's own workers stop with it and nothing is
+left listening.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_warning(host: str) -> str:
+    if is_loopback(host):
+        return ""
+    return (f"WARNING: binding the MLflow UI to {host}, not loopback: anyone who can reach this machine on that "
+            f"address can read and change every run (MLflow has no authentication here). Use the default "
+            f"127.0.0.1 and an SSH tunnel unless you mean it.")
+
+
+def server_command(tracking_uri: str, host: str, port: int, artifacts: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        # Experiments made by the sweep carry absolute artifact paths; this only serves new ones made in the UI.
+        cmd += ["--artifacts-destination", str(artifacts)]
+    return cmd
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner for a read-mostly UI
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def address(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _reap_group(pgid: int, grace_s: float = 5.0) -> None:
+    """The server's workers (same process group) get a moment to finish, then SIGKILL."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_run: bool = False,
+          out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr  # looked up now, so a redirected stdout is honoured
+    warning = host_warning(host)
+    if warning:
+        print(warning, file=err, flush=True)
+    cmd = server_command(tracking_uri, host, port, artifacts)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        print(f"note: no store yet at {tracking_uri}; runs appear once a sweep writes there", file=err, flush=True)
+    if dry_run:
+        print(" ".join(cmd), file=out, flush=True)
+        return 0
+    child = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+    print(f"MLflow UI for {tracking_uri} at {address(host, port)} (server pid {child.pid}; Ctrl-C stops it)",
+          file=out, flush=True)
+
+    def stop(signum, _frame):
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            stop(signal.SIGINT, None)
+            code = child.wait()
+        _reap_group(child.pid)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    # A server stopped by our signal is a normal end of `ui`.
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
