@@ -56,9 +56,13 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
               log: Callable[[str], None] = print) -> TrialResult:
     from model.train import train_stage2
 
-    dataset, fingerprint, features = stage1_features(cfg, cache_dir, log=log)
+    if cfg.data.name == "features":  # the authors' released stage-1 output: no stage 1 to run
+        from dialogue_data.features_import import cached_author_features
+        fingerprint, features, notes = cached_author_features(cfg, cache_dir, log=log)
+    else:
+        dataset, fingerprint, features = stage1_features(cfg, cache_dir, log=log)
+        notes = list(dataset.notes)
     run_cfg, masked = usable_config(cfg, features)
-    notes = list(dataset.notes)
     if masked:
         notes.append(f"modalities absent from the data and masked: {', '.join(masked)}")
         log(f"WARNING: {notes[-1]}")

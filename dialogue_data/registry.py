@@ -1,0 +1,72 @@
+"""`load_dataset(cfg.data)`: the one entry point from a config to a `DialogueDataset`.
+
+    synthetic  the embedded generator (dialogue_data.synthetic); no path needed
+    meld       data.path = directory of *_sent_emo.csv (dialogue_data.meld)
+    iemocap    data.path = directory of the authors' per-split CSVs (dialogue_data.iemocap)
+    csv        data.path + data.mapping (YAML column/label mapping; dialogue_data.csv_reader)
+    features   the authors' first-stage feature pickles: these ARE stage-1 output, so they do not
+               come through here; use dialogue_data.features_import.cached_author_features(cfg, cache_dir)
+               (or load_author_features(path, cfg)) and skip stage 1.
+
+`data.max_dialogues` keeps the first N dialogues of every split (quick runs); `data.media_dir`
+adds clips to the real datasets.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections import OrderedDict
+
+from dialogue_data.schema import SPLITS, DataError, DialogueDataset
+
+# The synthetic data are a pure function of the data config: keep the last few in memory so a
+# worker that runs many trials (Ray reuse_actors) generates them once. Callers treat datasets as
+# read-only; file-backed datasets are always re-read (the files may change between runs).
+_MEMO: "OrderedDict[str, DialogueDataset]" = OrderedDict()
+_MEMO_SIZE = 2
+
+
+def load_dataset(data_cfg) -> DialogueDataset:
+    """The dataset named by `data_cfg.name` (a `model.config.DataConfig`), max_dialogues applied."""
+    name = data_cfg.name
+    if name == "synthetic":
+        key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
+        if key not in _MEMO:
+            from dialogue_data.synthetic import generate
+            _MEMO[key] = _truncate(generate(data_cfg), data_cfg.max_dialogues)
+            while len(_MEMO) > _MEMO_SIZE:
+                _MEMO.popitem(last=False)
+        _MEMO.move_to_end(key)
+        shared = _MEMO[key]                      # fresh containers, shared (read-only) utterances
+        return dataclasses.replace(shared, splits=dict(shared.splits), notes=list(shared.notes))
+    common = dict(media_dir=data_cfg.media_dir, sample_rate=data_cfg.sample_rate, frames=data_cfg.frames,
+                  frame_size=data_cfg.frame_size)
+    if name == "meld":
+        from dialogue_data.meld import read_meld
+        dataset = read_meld(data_cfg.path, **common)
+    elif name == "iemocap":
+        from dialogue_data.iemocap import read_iemocap
+        dataset = read_iemocap(data_cfg.path, **common)
+    elif name == "csv":
+        from dialogue_data.csv_reader import load_mapping, read_csv_dataset
+        if not data_cfg.mapping:
+            raise DataError("data.mapping: a YAML column/label mapping is required for data.name=csv "
+                            "(see dialogue_data/mappings/example.yaml)")
+        dataset = read_csv_dataset(data_cfg.path, load_mapping(data_cfg.mapping), **common)
+    elif name == "features":
+        raise DataError(f"{data_cfg.path}: data.name=features holds stage-1 vectors, not dialogues to encode: "
+                        "load them with dialogue_data.features_import.cached_author_features(cfg, cache_dir) "
+                        "and go straight to stage 2")
+    else:
+        raise DataError(f"data.name: unknown dataset '{name}'; valid: synthetic, meld, iemocap, csv, features")
+    return _truncate(dataset, data_cfg.max_dialogues)
+
+
+def _truncate(dataset: DialogueDataset, max_dialogues: int) -> DialogueDataset:
+    if not max_dialogues:
+        return dataset
+    out = copy.copy(dataset)
+    out.splits = {split: list(dataset.splits.get(split, []))[:max_dialogues] for split in SPLITS}
+    out.notes = list(dataset.notes) + [f"data.max_dialogues={max_dialogues}: first {max_dialogues} dialogues per split"]
+    return out

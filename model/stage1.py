@@ -1,0 +1,441 @@
+"""Stage 1: train the per-utterance encoders and turn every utterance into vectors for stage 2.
+
+    features = run_stage1(cfg, dataset, log=print)   # -> model.features.Stage1Features
+
+Order: the text model first (cross-entropy, best dev weighted-F1 epoch kept); then audio and
+video, each either a student distilled from the frozen text teacher (`stage1.kd`) or a plain
+encoder; finally every split is encoded. A modality missing for some utterances is trained on the
+rest and gets present=False and a zero row there; a modality missing everywhere is not trained.
+
+Reads bottom-up: batching and metrics, one generic training loop, then the three modalities.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dialogue_data.schema import SPLITS, DataError, DialogueDataset, Utterance
+from model.config import MAGTKDConfig
+from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
+                            build_video_encoder, normalise_waveform, stack_waveforms)
+from model.features import SplitFeatures, Stage1Features
+
+Log = Callable[[str], None]
+# A batch maker: row indices of one split -> the encoder's positional inputs (CPU tensors).
+Batcher = Callable[[Sequence[int]], tuple]
+# Inference batches are larger than training ones: no activations are kept for backward.
+EVAL_BATCH_FACTOR = 8
+MIN_EVAL_BATCH = 32
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_for(seed: int, part: str) -> int:
+    """A stable per-part seed, so e.g. switching KD off does not change the text model's draws."""
+    return zlib.crc32(f"{seed}/{part}".encode())
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)   # data2vec's SpecAugment draws from numpy
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- the dataset, flattened per split -------------------------------------------------------------
+
+@dataclass
+class SplitTable:
+    """One split as flat rows (one per utterance, dialogue order) plus its dialogue structure."""
+    utterances: list[Utterance]
+    dialogues: list[tuple[list[str], list[int]]]   # (texts, dialogue-local speakers) per dialogue
+    labels: torch.Tensor                            # (N,) int64
+    speakers: torch.Tensor                          # (N,) int64
+    lengths: list[int]
+
+
+def split_tables(dataset: DialogueDataset, max_speakers: int) -> dict[str, SplitTable]:
+    tables = {}
+    for split in SPLITS:
+        utterances, dialogues, speakers, lengths = [], [], [], []
+        for dialogue in dataset.splits.get(split, []):
+            local = dialogue.speaker_indices(max_speakers)
+            utterances.extend(dialogue.utterances)
+            dialogues.append(([u.text or "" for u in dialogue.utterances], local))
+            speakers.extend(local)
+            lengths.append(len(dialogue.utterances))
+        labels = torch.tensor([u.label for u in utterances], dtype=torch.long)
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.labels)):
+            bad = next(u for u in utterances if not 0 <= u.label < len(dataset.labels))
+            raise DataError(f"{dataset.source or dataset.name}: utterance '{bad.utterance_id}' of split {split} "
+                            f"has label {bad.label}, outside 0..{len(dataset.labels) - 1}")
+        tables[split] = SplitTable(utterances, dialogues, labels, torch.tensor(speakers, dtype=torch.long), lengths)
+    if not tables["train"].utterances:
+        raise DataError(f"{dataset.source or dataset.name}: the train split has no utterances")
+    return tables
+
+
+# ---- metrics and inference -----------------------------------------------------------------------
+
+def weighted_f1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Support-weighted mean of per-class F1 (sklearn's average='weighted', zero_division=0)."""
+    if len(labels) == 0:
+        return 0.0
+    pred, labels = pred.cpu(), labels.cpu()
+    onehot_p = F.one_hot(pred, num_classes).bool()
+    onehot_y = F.one_hot(labels, num_classes).bool()
+    tp = (onehot_p & onehot_y).sum(0).float()
+    denom = onehot_p.sum(0).float() + onehot_y.sum(0).float()
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
+    support = onehot_y.sum(0).float()
+    return float((f1 * support).sum() / support.sum())
+
+
+def to_device(inputs: tuple, device: torch.device) -> tuple:
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int, device: torch.device,
+            order_key: Optional[Callable[[int], int]] = None, grad_free=torch.inference_mode):
+    """(vectors (N, D), logits (N, C)) on the CPU for `rows`, in eval mode and without autograd.
+
+    `order_key` (e.g. token count) groups similar rows into a batch to cut padding; results come
+    back in the order of `rows`.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("predict() needs at least one row")
+    order = sorted(range(len(rows)), key=lambda i: order_key(rows[i])) if order_key else list(range(len(rows)))
+    model.eval()
+    vecs, logits = [], []
+    with grad_free():
+        for start in range(0, len(order), batch_size):
+            chunk = [rows[i] for i in order[start:start + batch_size]]
+            v, z = model(*to_device(batcher(chunk), device))
+            vecs.append(v.float().cpu())
+            logits.append(z.float().cpu())
+    # Concatenated outside inference mode: ordinary tensors, usable as stage-2 inputs under autograd.
+    vec, logit = torch.cat(vecs), torch.cat(logits)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return vec[inverse].clone(), logit[inverse].clone()
+
+
+# ---- distillation --------------------------------------------------------------------------------
+
+@dataclass
+class TeacherTargets:
+    """The frozen teacher's outputs for training rows, computed once (the teacher never changes)."""
+    rows: torch.Tensor      # (N,) row indices into the train split
+    vectors: torch.Tensor   # (N, width)
+    logits: torch.Tensor    # (N, C)
+
+    def take(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.position[torch.as_tensor(list(rows), dtype=torch.long)]
+        return self.vectors[index], self.logits[index]
+
+    def __post_init__(self):
+        self.position = torch.full((int(self.rows.max()) + 1 if len(self.rows) else 1,), -1, dtype=torch.long)
+        self.position[self.rows] = torch.arange(len(self.rows))
+
+
+def teacher_targets(teacher: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int,
+                    device: torch.device, order_key=None) -> TeacherTargets:
+    """Freeze the teacher (eval mode, requires_grad False) and record its outputs under no_grad."""
+    teacher.requires_grad_(False)
+    vec, logits = predict(teacher, batcher, rows, batch_size, device, order_key, grad_free=torch.no_grad)
+    return TeacherTargets(torch.as_tensor(list(rows), dtype=torch.long), vec, logits)
+
+
+def student_loss(vector: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                 teacher_vector: Optional[torch.Tensor], teacher_logits: Optional[torch.Tensor],
+                 stage1) -> torch.Tensor:
+    """CE, plus (with a teacher) w_logit x logit-relation + w_feat x feature-similarity."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher_logits is not None:
+        from model.distill import feature_similarity_loss, logit_relation_loss
+
+        if stage1.kd_logit_weight > 0:
+            loss = loss + stage1.kd_logit_weight * logit_relation_loss(logits, teacher_logits, stage1.kd_temperature)
+        if stage1.kd_feature_weight > 0:
+            loss = loss + stage1.kd_feature_weight * feature_similarity_loss(vector, teacher_vector,
+                                                                             stage1.feature_temperature)
+    return loss
+
+
+# ---- one training loop for every encoder ---------------------------------------------------------
+
+@dataclass
+class FitResult:
+    best_epoch: int          # 0 = no training (epochs=0)
+    best_dev_wf1: float      # nan when nothing was selected on dev
+    best_dev_acc: float
+    seconds: float
+
+
+def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int], torch.Tensor],
+        dev: tuple[Batcher, Sequence[int], torch.Tensor], num_classes: int, device: torch.device,
+        generator: torch.Generator, log: Log, teacher: Optional[TeacherTargets] = None,
+        order_key=None) -> FitResult:
+    """AdamW + CE (+ KD terms against fixed teacher targets), gradient clipping, and the weights of
+    the best dev weighted-F1 epoch restored at the end (the last epoch when dev has no rows).
+
+    `train`/`dev` are (batcher, row indices, labels of all rows of that split).
+    """
+    start = time.perf_counter()
+    batcher, rows, labels = train
+    dev_batcher, dev_rows, dev_labels = dev
+    rows = torch.as_tensor(list(rows), dtype=torch.long)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage1.lr)
+    eval_batch = max(stage1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
+    best = FitResult(0, float("nan"), float("nan"), 0.0)
+    best_state = None
+    for epoch in range(1, stage1.epochs + 1):
+        model.train()
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        total, count = 0.0, 0
+        for chunk in order.split(stage1.batch_size):
+            chunk = chunk.tolist()
+            vector, logits = model(*to_device(batcher(chunk), device))
+            t_vec, t_logits = (None, None)
+            if teacher is not None:
+                t_vec, t_logits = (t.to(device) for t in teacher.take(chunk))
+            loss = student_loss(vector, logits, labels[chunk].to(device), t_vec, t_logits, stage1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage1 {name}: loss became {loss.item()} in epoch {epoch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, stage1.grad_clip)
+            optimizer.step()
+            total += loss.item() * len(chunk)
+            count += len(chunk)
+        message = f"stage1 {name}: epoch {epoch}/{stage1.epochs} train loss {total / max(count, 1):.4f}"
+        if len(dev_rows):
+            _, logits = predict(model, dev_batcher, dev_rows, eval_batch, device, order_key)
+            target = dev_labels[list(dev_rows)]
+            wf1 = weighted_f1(logits.argmax(1), target, num_classes)
+            acc = float((logits.argmax(1) == target).float().mean())
+            message += f" dev wF1 {wf1:.4f} acc {acc:.4f}"
+            if best_state is None or wf1 > best.best_dev_wf1:
+                best = FitResult(epoch, wf1, acc, 0.0)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log(message + f" ({time.perf_counter() - start:.1f}s)")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log(f"stage1 {name}: kept epoch {best.best_epoch} (dev wF1 {best.best_dev_wf1:.4f})")
+    elif stage1.epochs:
+        best.best_epoch = stage1.epochs
+    best.seconds = time.perf_counter() - start
+    return best
+
+
+# ---- modalities ------------------------------------------------------------------------------------
+
+@dataclass
+class ModalityOutput:
+    """One modality's vectors for every split (zero rows where absent) and a summary for `info`."""
+    vectors: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    info: dict[str, str]
+
+
+def vector_batcher(matrix: torch.Tensor) -> Batcher:
+    return lambda rows: (matrix[list(rows)],)
+
+
+def run_text(cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, SplitTable], device, log: Log):
+    """Train the text model; return (its outputs, a function giving the frozen teacher's targets)."""
+    s1 = cfg.stage1
+    generator = seed_everything(seed_for(cfg.stage1_seed, "text"))
+    train_texts = [u.text or "" for u in tables["train"].utterances]
+    encoder = build_text_encoder(s1, train_texts, len(dataset.labels), cfg.fusion.max_speakers).to(device)
+    ids = {split: encoder.inputs(t.dialogues) for split, t in tables.items()}
+    eval_batch = max(s1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
+    lengths = {split: [len(x) for x in seqs] for split, seqs in ids.items()}
+    log(f"stage1 text: {s1.text_encoder} encoder, prompt {'on' if s1.prompt else 'off'}, "
+        f"{'fine-tuned' if s1.finetune_text else 'frozen backbone'}, "
+        f"tokens per input mean {np.mean(lengths['train']):.0f} max {max(lengths['train'])}")
+
+    if s1.finetune_text:
+        model: nn.Module = encoder
+        batchers = {split: (lambda seqs: (lambda rows: encoder.collate([seqs[i] for i in rows])))(seqs)
+                    for split, seqs in ids.items()}
+        keys = {split: (lambda ls: (lambda i: ls[i]))(ls) for split, ls in lengths.items()}
+    else:
+        # The backbone never changes: run it once over every utterance, then train the head alone.
+        encoder.backbone.requires_grad_(False)
+        hidden_model = _Pooled(encoder.backbone)
+        hidden = {}
+        for split, seqs in ids.items():
+            if seqs:
+                hidden[split], _ = predict(hidden_model, lambda rows, s=seqs: encoder.collate([s[i] for i in rows]),
+                                           range(len(seqs)), eval_batch, device, lambda i, s=seqs: len(s[i]))
+            else:
+                hidden[split] = torch.zeros(0, encoder.backbone.hidden_size)
+        model = encoder.head
+        batchers = {split: vector_batcher(h) for split, h in hidden.items()}
+        keys = {split: None for split in ids}
+
+    num_classes = len(dataset.labels)
+    result = fit("text", model, s1, (batchers["train"], range(len(ids["train"])), tables["train"].labels),
+                 (batchers["dev"], range(len(ids["dev"])), tables["dev"].labels), num_classes, device,
+                 generator, log, order_key=keys["dev"])
+    vectors = {}
+    for split, seqs in ids.items():
+        vectors[split] = (predict(model, batchers[split], range(len(seqs)), eval_batch, device, keys[split])[0]
+                          if seqs else torch.zeros(0, s1.width))
+    present = {split: torch.ones(len(seqs), dtype=torch.bool) for split, seqs in ids.items()}
+    info = {"text_best_epoch": str(result.best_epoch), "text_dev_wf1": f"{result.best_dev_wf1:.4f}",
+            "text_dev_acc": f"{result.best_dev_acc:.4f}", "text_seconds": f"{result.seconds:.1f}"}
+    # Only a KD student needs the teacher's outputs: computed on first use, then shared by audio and video.
+    teacher = functools.cache(lambda: teacher_targets(model, batchers["train"], range(len(ids["train"])),
+                                                      eval_batch, device, keys["train"]))
+    return ModalityOutput(vectors, present, info), teacher
+
+
+class _Pooled(nn.Module):
+    """Adapts the text backbone to predict()'s (vector, logits) convention (logits unused)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.backbone(input_ids, attention_mask)
+        return hidden, hidden[:, :1]
+
+
+def media_of(modality: str, encoder_name: str):
+    """The utterance field that carries this modality for this encoder kind."""
+    if encoder_name == "features":
+        return (lambda u: u.audio_features) if modality == "audio" else (lambda u: u.video_features)
+    return (lambda u: u.waveform) if modality == "audio" else (lambda u: u.frames)
+
+
+def media_batcher(encoder: nn.Module, utterances: list[Utterance], field, sample_rate: int) -> Batcher:
+    """Build the encoder's tensors per batch (no copy of the whole split is kept)."""
+    if isinstance(encoder, FeatureEncoder):
+        return lambda rows: (torch.stack([torch.as_tensor(field(utterances[i]), dtype=torch.float32).reshape(-1)
+                                          for i in rows]),)
+    if isinstance(encoder, AudioEncoder):
+        return lambda rows: stack_waveforms([normalise_waveform(field(utterances[i]), sample_rate, encoder.sample_rate)
+                                             for i in rows])
+    if isinstance(encoder, VideoEncoder):
+        return lambda rows: (torch.stack([encoder.fit_clip(torch.as_tensor(field(utterances[i]), dtype=torch.float32))
+                                          for i in rows]),)
+    raise TypeError(f"no batcher for {type(encoder).__name__}")
+
+
+def check_vector_sizes(modality: str, tables: dict[str, SplitTable], field, size: int,
+                       dataset: DialogueDataset) -> None:
+    """Pre-extracted vectors must all have one length (they are stacked into (B, D) batches)."""
+    for split, table in tables.items():
+        for u in table.utterances:
+            value = field(u)
+            if value is not None and int(np.asarray(value).size) != size:
+                raise DataError(f"{dataset.source or dataset.name}: utterance '{u.utterance_id}' of split {split} has "
+                                f"a {modality} feature vector of length {np.asarray(value).size}; others have {size}")
+
+
+def build_media_encoder(modality: str, s1, num_classes: int, sample) -> nn.Module:
+    name = s1.audio_encoder if modality == "audio" else s1.video_encoder
+    if name == "features":
+        return FeatureEncoder(int(np.asarray(sample).size), num_classes, s1.width)
+    if modality == "audio":
+        return build_audio_encoder(s1, num_classes)
+    frames = np.asarray(sample)
+    if frames.ndim != 4:
+        raise DataError(f"video frames must be (T, C, H, W); got shape {frames.shape}")
+    return build_video_encoder(s1, num_classes, frames=frames.shape[0], size=frames.shape[2], channels=frames.shape[1])
+
+
+def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, SplitTable],
+              teacher: Callable[[], TeacherTargets], device, log: Log) -> ModalityOutput:
+    """Train audio or video (a KD student or a plain encoder) on utterances that have it; encode all."""
+    s1 = cfg.stage1
+    name = s1.audio_encoder if modality == "audio" else s1.video_encoder
+    field = media_of(modality, name)
+    present = {split: torch.tensor([field(u) is not None for u in t.utterances], dtype=torch.bool)
+               for split, t in tables.items()}
+    counts = ", ".join(f"{split} {int(p.sum())}/{len(p)}" for split, p in present.items())
+    carrier = "pre-extracted vectors" if name == "features" else "waveforms" if modality == "audio" else "frames"
+    what = f"{modality} ({carrier})"
+    zeros = {split: torch.zeros(len(p), s1.width) for split, p in present.items()}
+    if not bool(present["train"].any()):
+        log(f"stage1 {modality}: WARNING {what} absent from every training utterance ({counts}); "
+            f"not trained, masked (present=False) for stage 2")
+        return ModalityOutput(zeros, {s: torch.zeros_like(p) for s, p in present.items()},
+                              {f"{modality}_trained": "false", f"{modality}_coverage": counts})
+    if not all(bool(p.all()) for p in present.values()):
+        log(f"stage1 {modality}: WARNING {what} present for {counts} utterances; the rest are masked "
+            f"(present=False, zero rows)")
+
+    distil = s1.kd and modality in s1.kd_modalities
+    generator = seed_everything(seed_for(cfg.stage1_seed, modality))
+    train_rows = present["train"].nonzero().flatten().tolist()
+    sample = field(tables["train"].utterances[train_rows[0]])
+    if name == "features":
+        check_vector_sizes(modality, tables, field, int(np.asarray(sample).size), dataset)
+    encoder = build_media_encoder(modality, s1, len(dataset.labels), sample).to(device)
+    batchers = {split: media_batcher(encoder, t.utterances, field, dataset.sample_rate) for split, t in tables.items()}
+    label = f"{modality} {'student (KD from text)' if distil else 'encoder'}"
+    log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
+    result = fit(label, encoder, s1, (batchers["train"], train_rows, tables["train"].labels),
+                 (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
+                 len(dataset.labels), device, generator, log, teacher=teacher() if distil else None)
+    eval_batch = max(s1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
+    vectors = {}
+    for split, p in present.items():
+        rows = p.nonzero().flatten().tolist()
+        vectors[split] = zeros[split]
+        if rows:
+            vectors[split][rows] = predict(encoder, batchers[split], rows, eval_batch, device)[0]
+    info = {f"{modality}_trained": "true", f"{modality}_kd": str(distil).lower(), f"{modality}_coverage": counts,
+            f"{modality}_best_epoch": str(result.best_epoch), f"{modality}_dev_wf1": f"{result.best_dev_wf1:.4f}",
+            f"{modality}_dev_acc": f"{result.best_dev_acc:.4f}",
+            f"{modality}_seconds": f"{result.seconds:.1f}"}
+    return ModalityOutput(vectors, present, info)
+
+
+# ---- entry point -----------------------------------------------------------------------------------
+
+def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print) -> Stage1Features:
+    """Train stage 1 with seed `cfg.stage1_seed` and encode every split (see the module docstring)."""
+    start = time.perf_counter()
+    s1 = cfg.stage1
+    device = resolve_device(cfg.train.device)
+    tables = split_tables(dataset, cfg.fusion.max_speakers)
+    log(f"stage1: dataset {dataset.name} ({', '.join(f'{s} {len(t.labels)}' for s, t in tables.items())} "
+        f"utterances), seed {cfg.stage1_seed}, device {device}, {s1.epochs} epochs")
+    text, teacher = run_text(cfg, dataset, tables, device, log)
+    outputs = {"text": text}
+    for modality in ("audio", "video"):
+        outputs[modality] = run_media(modality, cfg, dataset, tables, teacher, device, log)
+
+    splits = {}
+    for split, table in tables.items():
+        splits[split] = SplitFeatures(
+            vectors={m: out.vectors[split].float().contiguous() for m, out in outputs.items()},
+            present={m: out.present[split] for m, out in outputs.items()},
+            labels=table.labels.clone(), speakers=table.speakers.clone(), dialogue_lengths=list(table.lengths))
+    info = {"text_encoder": s1.text_encoder, "audio_encoder": s1.audio_encoder, "video_encoder": s1.video_encoder,
+            "prompt": str(s1.prompt).lower(), "kd": str(s1.kd).lower(), "kd_modalities": ",".join(s1.kd_modalities),
+            "finetune_text": str(s1.finetune_text).lower(), "epochs": str(s1.epochs), "seed": str(cfg.stage1_seed),
+            "width": str(s1.width), "device": str(device), "dataset": dataset.name}
+    for out in outputs.values():
+        info.update(out.info)
+    info["seconds"] = f"{time.perf_counter() - start:.1f}"
+    log(f"stage1: done in {info['seconds']}s")
+    return Stage1Features(labels=list(dataset.labels), splits=splits, info=info)

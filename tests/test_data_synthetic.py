@@ -1,0 +1,118 @@
+"""The embedded synthetic default: deterministic, well-formed, cheap, and with its planted effects."""
+import time
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from dialogue_data import synthetic
+from dialogue_data.registry import load_dataset
+from model.config import DataConfig, load_config
+
+
+@pytest.fixture(scope="module")
+def default():
+    start = time.perf_counter()
+    dataset = synthetic.generate(DataConfig())
+    return dataset, time.perf_counter() - start
+
+
+def test_default_is_cheap_and_shaped_as_documented(default):
+    dataset, seconds = default
+    assert seconds < 8.0, f"generating the default took {seconds:.1f} s"  # ~1.2 s here; generous for a busy CI box
+    assert dataset.labels == synthetic.LABELS and len(dataset.labels) == 6
+    assert [len(dataset.splits[s]) for s in ("train", "dev", "test")] == [120, 30, 30]
+    cfg = DataConfig()
+    for split in ("train", "dev", "test"):
+        for dialogue in dataset.splits[split]:
+            assert 4 <= len(dialogue.utterances) <= 12
+            speakers = [u.speaker for u in dialogue.utterances]
+            assert 2 <= len(set(speakers)) <= 4
+            assert all(a != b for a, b in zip(speakers, speakers[1:]))  # nobody speaks twice in a row
+        cov = dataset.coverage(split)
+        assert cov["text"] == cov["audio"] == cov["video"] == cov["utterances"]
+    u = dataset.splits["train"][0].utterances[0]
+    assert u.waveform.dtype == np.float32 and u.waveform.shape == (cfg.sample_rate,)
+    assert u.frames.dtype == np.float32 and u.frames.shape == (cfg.frames, 3, cfg.frame_size, cfg.frame_size)
+    assert 0.0 <= u.frames.min() and u.frames.max() <= 1.0 and np.abs(u.waveform).max() <= 1.0
+    labels = np.bincount([u.label for u in dataset.utterances("train")], minlength=6)
+    assert labels.min() > 0.5 * labels.mean()  # roughly balanced
+
+
+def test_deterministic_by_synthetic_seed_only():
+    small = DataConfig(synthetic_dialogues=8)
+    a, b = synthetic.generate(small), synthetic.generate(small)
+    assert a.fingerprint() == b.fingerprint()
+    assert synthetic.generate(DataConfig(synthetic_dialogues=8, synthetic_seed=1)).fingerprint() != a.fingerprint()
+    # dev/test do not move when only the training set grows
+    bigger = synthetic.generate(DataConfig(synthetic_dialogues=9))
+    assert [d.utterances[0].text for d in bigger.splits["dev"][:2]] == [d.utterances[0].text for d in a.splits["dev"][:2]]
+
+
+def test_registry_applies_max_dialogues_and_overrides():
+    cfg = load_config(None, ["data.max_dialogues=3", "data.synthetic_dialogues=8", "data.frames=2",
+                             "data.audio_seconds=0.25"])
+    dataset = load_dataset(cfg.data)
+    assert [len(dataset.splits[s]) for s in ("train", "dev", "test")] == [3, 2, 2]
+    assert dataset.splits["train"][0].utterances[0].waveform.shape == (4000,)
+    assert dataset.splits["train"][0].utterances[0].frames.shape[0] == 2
+    assert any("max_dialogues" in n for n in dataset.notes)
+    again = load_dataset(cfg.data)          # memoised: same content, separate containers
+    assert again.fingerprint() == dataset.fingerprint() and again.notes is not dataset.notes
+
+
+# ---- planted effects, checked with logistic regression on simple hand features ----------------
+
+def _features(dataset, split):
+    utts = list(dataset.utterances(split))
+    y = np.array([u.label for u in utts])
+    waves = np.stack([u.waveform for u in utts])                          # (N, samples)
+    mag = np.abs(np.fft.rfft(waves, axis=1))
+    freqs = np.fft.rfftfreq(waves.shape[1], 1.0 / dataset.sample_rate)
+    edges = np.geomspace(100, 500, 25)                                     # FFT magnitude in pitch bins
+    audio = np.log1p(np.stack([mag[:, (freqs >= lo) & (freqs < hi)].mean(1) for lo, hi in zip(edges[:-1], edges[1:])], 1))
+    frames = np.stack([u.frames.mean(0) for u in utts])                   # (N, 3, S, S), time-pooled
+    s = frames.shape[-1]
+    video = frames.reshape(len(utts), 3, 4, s // 4, 4, s // 4).mean((3, 5)).reshape(len(utts), -1)
+    return [u.text for u in utts], audio, video, y
+
+
+def _dev_scores(dataset):
+    text_tr, audio_tr, video_tr, y_tr = _features(dataset, "train")
+    text_dv, audio_dv, video_dv, y_dv = _features(dataset, "dev")
+    bow = CountVectorizer(token_pattern=r"[a-z']+").fit(text_tr)
+    sa, sv = StandardScaler().fit(audio_tr), StandardScaler().fit(video_tr)
+    mods = {"text": (bow.transform(text_tr).toarray(), bow.transform(text_dv).toarray()),
+            "audio": (sa.transform(audio_tr), sa.transform(audio_dv)),
+            "video": (sv.transform(video_tr), sv.transform(video_dv))}
+    mods["all"] = tuple(np.concatenate([mods[m][i] for m in ("text", "audio", "video")], 1) for i in (0, 1))
+    scores = {}
+    with threadpool_limits(1):  # tiny problems: threaded BLAS only fights over the 2 shared cores (50x slower)
+        for name, (train, dev) in mods.items():
+            pred = LogisticRegression(max_iter=3000).fit(train, y_tr).predict(dev)
+            scores[name] = (accuracy_score(y_dv, pred), f1_score(y_dv, pred, average="weighted"))
+    return scores
+
+
+def test_planted_order_all_over_text_over_audio_over_video(default):
+    dataset, _ = default
+    scores = _dev_scores(dataset)
+    chance = 1.0 / len(dataset.labels)
+    for i, metric in enumerate(("accuracy", "weighted F1")):
+        got = {m: round(s[i], 3) for m, s in scores.items()}
+        assert got["all"] > got["text"] > got["audio"] > got["video"] > chance + 0.08, f"{metric}: {got}"
+    assert scores["all"][0] - scores["text"][0] > 0.03       # combining genuinely helps (0.05 here)
+    assert scores["text"][0] - scores["audio"][0] > 0.08     # audio clearly worse than text (0.16 here)
+    assert scores["audio"][0] - scores["video"][0] > 0.08     # (0.17 here)
+
+
+def test_noise_modality_carries_no_label_information():
+    dataset = synthetic.generate(DataConfig(noise_modality="audio"))
+    scores = _dev_scores(dataset)
+    assert scores["audio"][0] < 1.0 / 6 + 0.1, scores         # chance level
+    assert scores["text"][0] > 0.55 and scores["video"][0] > 0.28
+    assert any("audio" in n for n in dataset.notes)
