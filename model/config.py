@@ -137,6 +137,25 @@ class MAGTKDConfig:
     def stage1_seed(self) -> int:
         return self.stage1.shared_seed if self.stage1.shared_seed >= 0 else self.seed
 
+    def with_absolute_paths(self, base: str | Path = ".") -> "MAGTKDConfig":
+        """Relative file paths made absolute against `base`; Ray trials run in their own directories.
+
+        Refuses a path that does not exist, so a typo fails before any trial starts."""
+        updates = {}
+        candidates = {"data.path": self.data.path, "data.mapping": self.data.mapping, "data.media_dir": self.data.media_dir}
+        for key in ("text_encoder", "audio_encoder", "video_encoder"):
+            value = getattr(self.stage1, key)
+            if value not in ("tiny", "minilm", "features"):
+                candidates[f"stage1.{key}"] = value
+        for key, value in candidates.items():
+            if not value:
+                continue
+            path = (Path(base) / Path(value).expanduser()).resolve()
+            if not path.exists():
+                raise ConfigError(f"key '{key}': {value} does not exist (resolved to {path})")
+            updates[key] = str(path)
+        return self.replace(updates, "<paths>") if updates else self
+
     def replace(self, overrides: Iterable[str] | Mapping[str, Any], source: str = "<overrides>") -> "MAGTKDConfig":
         """A new validated config with dotted overrides applied."""
         data = self.to_dict()

@@ -70,3 +70,14 @@ def test_flat_params_and_hashes():
     assert cfg.stage1_hash() != cfg.replace(["seed=1"]).stage1_hash()
     shared = cfg.replace(["stage1.shared_seed=0"])
     assert shared.stage1_hash() == shared.replace(["seed=5"]).stage1_hash()
+
+
+def test_paths_become_absolute_and_missing_ones_are_refused(tmp_path):
+    (tmp_path / "meld").mkdir()
+    cfg = load_config(None, ["data.name=meld", "data.path=meld"]).with_absolute_paths(tmp_path)
+    assert cfg.data.path == str((tmp_path / "meld").resolve())
+    with pytest.raises(ConfigError, match=r"data\.path.*does not exist"):
+        load_config(None, ["data.name=meld", "data.path=nope"]).with_absolute_paths(tmp_path)
+    with pytest.raises(ConfigError, match=r"stage1\.text_encoder"):
+        load_config(None, ["stage1.text_encoder=/no/such/checkpoint"]).with_absolute_paths(tmp_path)
+    assert load_config().with_absolute_paths(tmp_path) == load_config()  # tiny/minilm are not paths
