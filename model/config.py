@@ -138,22 +138,9 @@ class MAGTKDConfig:
         return self.stage1.shared_seed if self.stage1.shared_seed >= 0 else self.seed
 
     def with_absolute_paths(self, base: str | Path = ".") -> "MAGTKDConfig":
-        """Relative file paths made absolute against `base`; Ray trials run in their own directories.
-
-        Refuses a path that does not exist, so a typo fails before any trial starts."""
-        updates = {}
-        candidates = {"data.path": self.data.path, "data.mapping": self.data.mapping, "data.media_dir": self.data.media_dir}
-        for key in ("text_encoder", "audio_encoder", "video_encoder"):
-            value = getattr(self.stage1, key)
-            if value not in ("tiny", "minilm", "features"):
-                candidates[f"stage1.{key}"] = value
-        for key, value in candidates.items():
-            if not value:
-                continue
-            path = (Path(base) / Path(value).expanduser()).resolve()
-            if not path.exists():
-                raise ConfigError(f"key '{key}': {value} does not exist (resolved to {path})")
-            updates[key] = str(path)
+        """Relative file paths made absolute against `base` (Ray trials run in their own directories);
+        a path that does not exist is refused, so a typo fails before any trial starts."""
+        updates = absolute_path_overrides(self.flat(), base)
         return self.replace(updates, "<paths>") if updates else self
 
     def replace(self, overrides: Iterable[str] | Mapping[str, Any], source: str = "<overrides>") -> "MAGTKDConfig":
@@ -289,6 +276,25 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
 
 
 # ---- overrides and YAML ------------------------------------------------------
+
+NAMED_ENCODERS = ("tiny", "minilm", "features")   # stage1.*_encoder values that are not paths
+PATH_KEYS = ("data.path", "data.mapping", "data.media_dir",
+             "stage1.text_encoder", "stage1.audio_encoder", "stage1.video_encoder")
+
+
+def absolute_path_overrides(overrides: Mapping[str, Any], base: str | Path = ".") -> dict[str, str]:
+    """The file-path entries of a {dotted key: value} mapping, made absolute against `base` and checked to exist."""
+    out = {}
+    for key in PATH_KEYS:
+        value = overrides.get(key)
+        if not value or not isinstance(value, str) or value in NAMED_ENCODERS:
+            continue
+        path = (Path(base) / Path(value).expanduser()).resolve()
+        if not path.exists():
+            raise ConfigError(f"key '{key}': {value} does not exist (resolved to {path})")
+        out[key] = str(path)
+    return out
+
 
 def parse_value(text: str) -> Any:
     """A command-line value through YAML's safe scalar rules: 'false' -> False, '3e-4' -> 0.0003."""

@@ -1,0 +1,629 @@
+"""The sweep engine: an ablation (variants x seeds) or an Optuna search, on Ray Tune, into MLflow.
+
+    outcome = run_sweep("ablate", "ablations/demo.yaml", ["train.epochs=2"], SweepOptions(output=Path("runs")))
+
+Order of work (so that bad input costs a second and leaves nothing behind):
+ 1. validate: output directory writable, tracking store reachable, the spec and every trial's config,
+    every dataset loadable (its fingerprint, labels and modalities go into each trial's settings),
+    resources possible on this machine;
+ 2. only then create the output directory, take the sweep's lock, open the MLflow experiment and the
+    sweep's parent run, and start (or join) Ray;
+ 3. resume, or skip, or start fresh:
+    - the same command again after an interrupt (same plan, Ray state present) -> `Tuner.restore`;
+      child runs left RUNNING are closed as KILLED first and taken up again by their trials;
+    - the same command after the sweep completed -> nothing is trained;
+    - otherwise a fresh Ray experiment with only the (config, seed) pairs MLflow does not already
+      hold FINISHED (the count skipped is printed);
+ 4. after `fit()`: `sync` writes anything MLflow missed from Ray's storage, duplicates are closed, and
+    an interrupted sweep (Ctrl-C, a lost driver) is reported as such with a non-zero exit:
+    rerun the same command to resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+# Quiet, offline, loopback-only defaults for Ray and MLflow (before either is imported).
+for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                     "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
+                     "TOKENIZERS_PARALLELISM": "false",
+                     # Ray's own tables and the snapshot warning: our progress line replaces them.
+                     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+                     # A tracking server that is down should cost seconds, not MLflow's minutes of retries.
+                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+                     }.items():
+    os.environ.setdefault(_key, _value)
+
+from model.config import ConfigError  # noqa: E402
+from sweep import tracking  # noqa: E402
+from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,  # noqa: E402
+                        load_search_space, parse_cli_overrides, within)
+from sweep.sync import read_state, stored_trials, sync_trials, write_state  # noqa: E402
+from sweep.tracking import SweepError  # noqa: E402
+from sweep.trainable import trial_config  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INTERRUPTED_EXIT = 130
+# Passed to every trial worker (also on a cluster joined with --address).
+WORKER_ENV = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+                                         "MLFLOW_DISABLE_TELEMETRY") if k in os.environ}
+
+
+@dataclass
+class SweepOptions:
+    output: Path = Path("runs")
+    tracking_uri: Optional[str] = None
+    address: Optional[str] = None          # join a running Ray cluster ("auto" or host:port)
+    max_concurrent: Optional[int] = None
+    cpus_per_trial: Optional[float] = None
+    gpus_per_trial: Optional[float] = None
+    max_failures: Optional[int] = None
+    num_samples: Optional[int] = None      # tune only
+    time_budget: Optional[float] = None    # tune only, seconds
+    from_tune: Optional[str] = None        # ablate only: start from the best config of this tune sweep
+    cache_dir: Optional[Path] = None       # stage-1 feature cache (default <output>/cache)
+    num_cpus: Optional[int] = None         # CPUs of a local Ray (default: all)
+    verbose: bool = False
+    callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests use them to inject faults)
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    kind: str
+    status: str                            # finished | interrupted | unrecorded (MLflow failed at the end)
+    trained: int = 0                       # trials run by this invocation
+    skipped: int = 0                       # (config, seed) pairs already FINISHED in MLflow
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    ray_path: str = ""
+    messages: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return {"finished": 0, "interrupted": INTERRUPTED_EXIT}.get(self.status, 1)
+
+
+# ---- validation before anything is created ---------------------------------------------------------
+
+def check_output_dir(output: Path) -> Path:
+    """The output directory (or the nearest existing parent, when it does not exist yet) must be a
+    writable directory. Nothing is created here."""
+    output = output.expanduser().resolve()
+    probe = output
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--output {output}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {output}: {probe} is not writable")
+    try:  # access() says yes on read-only mounts and to root: really try
+        fd, path = tempfile.mkstemp(prefix=".magtkd-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(path)
+    except OSError as err:
+        raise ConfigError(f"--output {output}: cannot write in {probe} ({err.strerror})") from None
+    return output
+
+
+def _data_info(cfgs) -> dict[str, dict]:
+    """Load each distinct dataset once (errors here name the file and line, before Ray starts) and keep
+    what the trials' MLflow tags need: fingerprint, label order and the modalities the data carry."""
+    from dialogue_data.registry import load_dataset
+
+    out: dict[str, dict] = {}
+    for cfg in cfgs:
+        key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+        if key in out:
+            continue
+        dataset = load_dataset(cfg.data)
+        coverage = dataset.coverage("train")
+        out[key] = {"fingerprint": dataset.fingerprint(), "labels": list(dataset.labels),
+                    "available": [m for m in ("text", "audio", "video") if coverage.get(m, 0) > 0],
+                    "name": dataset.name}
+    return out
+
+
+def _check_local_paths(cfgs) -> None:
+    """Checkpoint paths given for the encoders must exist here (a typo would otherwise fail every trial
+    after Ray started). Named encoders ('tiny', 'minilm', 'features') are the stage-1 code's business."""
+    for cfg in cfgs:
+        for key in ("text_encoder", "audio_encoder", "video_encoder"):
+            value = getattr(cfg.stage1, key)
+            if ("/" in value or value.startswith(("~", "."))) and not Path(value).expanduser().exists():
+                raise ConfigError(f"stage1.{key}: {value} does not exist (a local checkpoint directory is "
+                                  f"expected; nothing is downloaded)")
+
+
+def _data_key(cfg) -> str:
+    return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+
+
+def _check_local_resources(resources, opts: SweepOptions) -> None:
+    """A local Ray has this machine's CPUs and GPUs: a trial asking for more would wait forever."""
+    if opts.address:
+        return  # checked against the cluster once joined
+    cpus = opts.num_cpus or os.cpu_count() or 1
+    if resources.cpu > cpus:
+        raise ConfigError(f"each trial asks for {resources.cpu:g} CPUs (resources.cpu / --cpus-per-trial) but this "
+                          f"machine has {cpus}; lower it (fractions such as 0.5 are fine)")
+    if resources.gpu > 0:
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(f"trials ask for {resources.gpu:g} GPU each (resources.gpu / --gpus-per-trial) but "
+                              f"this machine has none: use --gpus-per-trial 0, or --address to join a cluster "
+                              f"with GPUs")
+
+
+def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
+    """Overrides of the best FINISHED trial of tune sweep `name` (by its own metric and mode)."""
+    db = tracking.sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        raise ConfigError(f"--from-tune {name}: there is no MLflow store at {db} yet")
+    client = tracking.make_client(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    parents = sorted(tracking.parent_runs(client, exp.experiment_id) if exp is not None else [],
+                     key=lambda r: r.info.start_time or 0)
+    if not parents or parents[-1].data.tags.get("sweep_kind") != "tune":
+        raise ConfigError(f"--from-tune {name}: no tune sweep called '{name}' in {tracking_uri}")
+    tags = parents[-1].data.tags
+    metric, mode = tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
+    runs = [r for r in tracking.child_runs(client, exp.experiment_id)
+            if r.info.status == "FINISHED" and metric in r.data.metrics and "overrides" in r.data.tags]
+    if not runs:
+        raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
+    best = (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
+    overrides = json.loads(best.data.tags["overrides"])
+    return overrides, (f"best trial of tune sweep '{name}': run {best.info.run_id}, {metric} "
+                       f"{best.data.metrics[metric]:.4f}, {overrides}")
+
+
+@dataclass
+class _Plan:
+    """Everything validated, ready to run."""
+    spec: Any                               # AblationSpec | SearchSpec
+    kind: str
+    output: Path
+    tracking_uri: str
+    cache_dir: Path
+    resources: Any
+    max_concurrent: int
+    max_failures: int
+    trial_settings: list[dict]              # ablate: one per variant x seed (before dedup)
+    plan_key: str
+    parent_tags: dict[str, str]
+    data_info: dict[str, dict]
+    notes: list[str]
+
+
+def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> _Plan:
+    """Step 1: every check that needs neither Ray nor a write."""
+    output = check_output_dir(Path(opts.output))
+    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri(output)
+    tracking.check_reachable(tracking_uri)
+    db = tracking.sqlite_path(tracking_uri)
+    if db is not None and output not in db.resolve().parents:
+        check_output_dir(db.parent)  # a store elsewhere must be writable too
+    cli = parse_cli_overrides(overrides)
+    notes: list[str] = []
+    git = tracking.git_commit(PROJECT_ROOT)
+    cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
+
+    if kind == "ablate":
+        extra = None
+        if opts.from_tune:
+            extra, note = _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri)
+            notes.append(f"starting from the {note}")
+        spec = load_ablation(spec_path, cli, extra_base=extra)
+        plans = spec.trials()
+        _check_local_paths([p.cfg for p in plans])
+        data = _data_info([p.cfg for p in plans])
+        base = spec.base.to_dict()
+        settings = []
+        for p in plans:
+            settings.append({"sweep": spec.name, "variant": p.variant, "slug": f"{p.slug}-s{p.seed}",
+                             "run_name": f"{p.variant} s{p.seed}", "seed": p.seed, "base": base,
+                             "overrides": p.overrides,
+                             "cache_dir": str(cache_dir), "data": data[_data_key(p.cfg)],
+                             "config_hash": p.config_hash})
+        for s in settings:  # the trainable rebuilds each config from base + overrides: it must be the same one
+            if trial_config({"trial": s}).content_hash() != s["config_hash"]:
+                raise AssertionError(f"trial settings do not reproduce the config of {s['run_name']}")
+        plan_key = spec.plan_key(plans)
+        select = sorted({p.cfg.train.select_on for p in plans})
+        parent_tags = {"dataset": spec.base.data.name, "variants": json.dumps([v.name for v in spec.variants]),
+                       "seeds": json.dumps(spec.seeds), "baseline": spec.baseline,
+                       "stage1_seed_mode": spec.stage1_seed_mode, "from_tune": opts.from_tune or ""}
+    else:
+        spec = load_search_space(spec_path, cli)
+        if opts.num_samples is not None:
+            if opts.num_samples < 1:
+                raise ConfigError(f"--num-samples must be >= 1, got {opts.num_samples}")
+            spec.num_samples = opts.num_samples
+        if opts.time_budget is not None:
+            if opts.time_budget < 0:
+                raise ConfigError(f"--time-budget must be >= 0 seconds, got {opts.time_budget}")
+            spec.time_budget_s = float(opts.time_budget)
+        bad = [k for k in spec.searched_keys if k.startswith("data.")]
+        if bad:
+            raise ConfigError(f"{spec.path}: a search space may not search data.* keys ({', '.join(bad)}): "
+                              f"the dataset is fixed for a search")
+        _check_local_paths([spec.base])
+        data = _data_info([spec.base])
+        settings = []
+        plan_key = spec.plan_key()
+        select = [spec.base.train.select_on]
+        parent_tags = {"dataset": spec.base.data.name, "variants": json.dumps([]), "seeds": json.dumps([spec.seed]),
+                       "baseline": "", "metric": spec.metric, "mode": spec.mode,
+                       "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
+                       "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}
+
+    resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
+                                opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,
+                                "--cpus-per-trial/--gpus-per-trial")
+    _check_local_resources(resources, opts)
+    max_concurrent = opts.max_concurrent if opts.max_concurrent is not None else spec.max_concurrent
+    if max_concurrent < 0:
+        raise ConfigError(f"--max-concurrent must be >= 0 (0 = as many as fit), got {max_concurrent}")
+    max_failures = opts.max_failures if opts.max_failures is not None else spec.max_failures
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+    within(output, "ray", spec.name)  # the name was checked; this is the belt to its braces
+    parent_tags.update({"git_commit": git, "selection_rule": ",".join(select), "spec_path": str(spec.path),
+                        "dataset_path": spec.base.data.path, "plan_key": plan_key})
+    return _Plan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures, settings,
+                 plan_key, parent_tags, data, notes)
+
+
+# ---- running ---------------------------------------------------------------------------------------
+
+def trial_dirname(trial) -> str:
+    """Trial directories are named from slugs only (variant names may hold '/', e.g. 'w/o prompt')."""
+    settings = (trial.config or {}).get("trial") or {}
+    return f"{settings.get('slug', 'trial')}-{trial.trial_id}"
+
+
+def _ray_init(opts: SweepOptions) -> bool:
+    """Start a local Ray or join --address; returns whether this call started it (and must stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    level = logging.INFO if opts.verbose else logging.WARNING
+    kwargs: dict[str, Any] = dict(log_to_driver=opts.verbose, logging_level=level,
+                                  runtime_env={"env_vars": WORKER_ENV})
+    if opts.address:
+        try:
+            ray.init(address=opts.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise SweepError(f"cannot join the Ray cluster at --address {opts.address}: {err}") from None
+    else:
+        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, object_store_memory=256 * 1024 ** 2, **kwargs)
+    return True
+
+
+def _check_cluster(resources) -> None:
+    import ray
+
+    total = ray.cluster_resources()
+    for key, need in (("CPU", resources.cpu), ("GPU", resources.gpu)):
+        have = total.get(key, 0.0)
+        if need > have:
+            raise ConfigError(f"each trial asks for {need:g} {key} but the Ray cluster has {have:g} in all; "
+                              f"lower --{key.lower()}s-per-trial")
+
+
+def _quiet(verbose: bool) -> None:
+    """Ray's and MLflow's own chatter only with -v; our progress line says what matters."""
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    import mlflow  # noqa: F401  (MLflow sets its loggers' levels when imported: import first, then quiet them)
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepOutcome:
+    if kind not in ("ablate", "tune"):
+        raise ValueError(kind)
+    _quiet(opts.verbose)
+    plan = prepare(kind, spec_path, overrides, opts)
+    for note in plan.notes:
+        print(note, flush=True)
+    from filelock import FileLock, Timeout
+
+    sweep_root = within(plan.output, "ray", plan.spec.name)
+    sweep_root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(sweep_root / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SweepError(f"sweep '{plan.spec.name}' is already running from another command (lock "
+                         f"{sweep_root / '.lock'}); wait for it, or give this sweep another name") from None
+    try:
+        return _Run(plan, opts, sweep_root).run()
+    finally:
+        lock.release()
+
+
+class _Run:
+    """One invocation of a sweep, holding the sweep's lock."""
+
+    def __init__(self, plan: _Plan, opts: SweepOptions, sweep_root: Path):
+        self.plan, self.opts, self.sweep_root = plan, opts, sweep_root
+        self.spec, self.sweep = plan.spec, plan.spec.name
+        # The sweep name is part of it: Ray stages driver files per cluster session under this name, so two
+        # sweeps on one cluster must not share it.
+        self.exp_name = f"{self.sweep}-{plan.kind}-{plan.plan_key}"
+        self.exp_path = sweep_root / self.exp_name
+
+    def say(self, text: str) -> None:
+        self.outcome.messages.append(text)
+        print(text, flush=True)
+
+    def save_state(self) -> None:
+        write_state(self.sweep_root, self.state)
+
+    def run(self) -> SweepOutcome:
+        plan, spec = self.plan, self.spec
+        self.client = tracking.make_client(plan.tracking_uri)
+        artifact_root = plan.output / "mlartifacts" if tracking.sqlite_path(plan.tracking_uri) else None
+        self.experiment_id = tracking.ensure_experiment(self.client, self.sweep, artifact_root)
+        self.parent_id = tracking.ensure_parent(self.client, self.experiment_id, self.sweep, plan.kind,
+                                                plan.parent_tags, spec.text, str(spec.path))
+        self.git = plan.parent_tags["git_commit"]
+        self.state = read_state(self.sweep_root)
+        self.state["parent"] = {"kind": plan.kind, "tags": plan.parent_tags, "spec_text": spec.text,
+                                "spec_path": str(spec.path)}
+        self.entry = self.state.setdefault("experiments", {}).setdefault(self.exp_name, {"status": "new"})
+        self.save_state()
+        self.outcome = SweepOutcome(self.sweep, plan.kind, "finished", experiment_id=self.experiment_id,
+                                    parent_run_id=self.parent_id, ray_path=str(self.exp_path))
+
+        # We hold the sweep's lock, so a child run still RUNNING belongs to a driver that is gone.
+        tracking.close_stale_runs(self.client, self.experiment_id)
+        # Whatever Ray's storage holds and MLflow lacks (a tracking server that was away, a killed driver).
+        synced = sync_trials(self.client, self.experiment_id, self.parent_id, self.git, stored_trials(self.sweep_root))
+        if synced.written:
+            self.say(f"wrote {synced.written} trial(s) from Ray's storage into MLflow")
+        if self.entry["status"] == "complete":
+            self.say(f"sweep '{self.sweep}' is already complete (Ray storage {self.exp_path}): nothing to train")
+            return self.finish()
+
+        from ray import tune
+
+        self.resume = tune.Tuner.can_restore(str(self.exp_path))
+        self.pending = None
+        if not self.resume and plan.kind == "ablate":
+            done = tracking.finished_hashes(self.client, self.experiment_id)
+            self.pending = [s for s in plan.trial_settings if s["config_hash"] not in done]
+            self.outcome.skipped = len(plan.trial_settings) - len(self.pending)
+            if self.outcome.skipped:
+                self.say(f"{self.outcome.skipped} of {len(plan.trial_settings)} (config, seed) pairs are already "
+                         f"FINISHED in MLflow: skipped")
+            if not self.pending:
+                self.entry["status"] = "complete"
+                self.save_state()
+                self.say(f"sweep '{self.sweep}': nothing left to train")
+                return self.finish()
+
+        started_ray = _ray_init(self.opts)
+        try:
+            _check_cluster(plan.resources)
+            return self.train()
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+
+    def train(self) -> SweepOutcome:
+        from ray import tune
+
+        from sweep.mlflow_callback import MLflowSweepCallback, SweepRecord
+        from sweep.progress import ProgressCallback
+        from sweep.trainable import train_trial
+
+        plan, spec = self.plan, self.spec
+        record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id, self.git)
+        trainable = tune.with_resources(train_trial, plan.resources.as_ray())
+        if self.resume:
+            total = int(self.entry.get("trials", 0))
+        else:
+            total = len(self.pending) if self.pending is not None else spec.num_samples
+        metric, mode, budget = ("selected_dev_wf1", "max", 0.0) if plan.kind == "ablate" else \
+            (spec.metric, spec.mode, spec.time_budget_s)
+        progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
+        callbacks = [MLflowSweepCallback(record), progress, *self.opts.callbacks]
+
+        if self.resume:
+            self.say(f"resuming sweep '{self.sweep}' from {self.exp_path} (interrupted trials continue from their "
+                     f"last checkpoint)")
+            tuner = tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
+            _replace_callbacks(tuner, callbacks)
+        else:
+            if plan.kind == "ablate":
+                tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(self.pending)},
+                                   tune_config=tune.TuneConfig(reuse_actors=True,
+                                                               max_concurrent_trials=plan.max_concurrent or None,
+                                                               trial_dirname_creator=trial_dirname),
+                                   run_config=_run_config(plan, self.exp_name, self.sweep_root, callbacks, self.opts))
+            else:
+                tuner = _tuner_for_search(plan, self.exp_name, self.sweep_root, trainable, callbacks, self.opts)
+            self.entry["trials"] = total
+            self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
+                     f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
+                     f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
+        self.entry["status"] = "running"
+        self.save_state()
+
+        before = {t.trial_id for t in stored_trials(self.sweep_root) if t.path.parent == self.exp_path and t.status}
+        started = time.time()
+        previous = _sigterm_as_sigint()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the state saved before still resumes
+            pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        elapsed = time.time() - started
+
+        errored = callbacks[0].errored_paths  # trials Ray gave up on (retries exhausted): final, not unfinished
+        trials = [t for t in stored_trials(self.sweep_root, errored) if t.path.parent == self.exp_path]
+        self.outcome.trained = len([t for t in trials if t.trial_id not in before])
+        missing = _unfinished(plan, total, trials, elapsed)
+        self.entry["status"] = "interrupted" if missing else "complete"
+        self.save_state()
+        try:
+            sync_trials(self.client, self.experiment_id, self.parent_id, self.git, trials)
+            if missing:
+                tracking.close_stale_runs(self.client, self.experiment_id)   # taken up again on resume
+                tracking.end_parent(self.client, self.parent_id, "KILLED")
+        except Exception as err:  # the store went away: the results are in Ray's storage, sync writes them later
+            self.outcome.status = "unrecorded"
+            self.say(f"warning: MLflow ({plan.tracking_uri}) failed at the end of the sweep ({type(err).__name__}: "
+                     f"{str(err)[:300]}). Every result is kept in Ray's storage ({self.exp_path}); once the store "
+                     f"is back, run: python run_sweep.py sync {self.sweep} --output {plan.output}"
+                     + (f" --tracking-uri {self.opts.tracking_uri}" if self.opts.tracking_uri else ""))
+            if not missing:
+                return self.outcome
+        if missing:
+            self.outcome.status = "interrupted"
+            self.say(f"sweep '{self.sweep}' was interrupted ({missing}). Rerun the same command to resume; "
+                     f"finished trials are kept.")
+            return self.outcome
+        return self.finish()
+
+    def finish(self) -> SweepOutcome:
+        return _finish(self.plan, self.client, self.outcome, self.experiment_id, self.parent_id)
+
+
+def _sigterm_as_sigint():
+    """A batch system stops jobs with SIGTERM: treat it like Ctrl-C, so Tune saves its state and the sweep
+    resumes later. Returns the previous handler (None when not in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
+def _unfinished(plan: _Plan, expected: int, trials, elapsed: float) -> str:
+    """Why the experiment is not complete ('' when it is), from what Ray's storage holds."""
+    if plan.kind == "tune" and plan.spec.time_budget_s and elapsed >= plan.spec.time_budget_s * 0.95:
+        return ""  # the budget ran out: trials cut short stay as they are
+    unfinished = [t for t in trials if t.status is None]
+    if unfinished:
+        return f"{len(unfinished)} trial(s) unfinished"
+    if len(trials) < expected:
+        return f"{len(trials)} of {expected} trial(s) started"
+    return ""
+
+
+def _run_config(plan: _Plan, exp_name: str, sweep_root: Path, callbacks, opts: SweepOptions):
+    from ray import tune
+
+    return tune.RunConfig(name=exp_name, storage_path=str(sweep_root), callbacks=callbacks,
+                          verbose=1 if opts.verbose else 0,
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                          failure_config=tune.FailureConfig(max_failures=plan.max_failures))
+
+
+def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, callbacks, opts: SweepOptions):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec: SearchSpec = plan.spec
+    optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
+    constants = {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
+                 "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
+                 "data": plan.data_info[_data_key(spec.base)]}
+    optuna_dir = plan.output / "optuna"
+    optuna_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
+    searcher = OptunaSearch(space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
+                            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage,
+                            study_name=exp_name)
+    asha_mode = "min" if "loss" in spec.asha.metric else "max"
+    scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode,
+                              max_t=spec.asha.max_t or spec.base.train.epochs, grace_period=spec.asha.grace_period,
+                              reduction_factor=spec.asha.reduction_factor)
+    return tune.Tuner(trainable, tune_config=tune.TuneConfig(
+        search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+        max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,
+        reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=_run_config(plan, exp_name, sweep_root, callbacks, opts))
+
+
+def _replace_callbacks(tuner, callbacks) -> None:
+    """A restored Tuner brings back the callbacks pickled at the first launch; use this run's (its
+    tracking URI and options may differ). Tuner.restore has no public way to pass them."""
+    local = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(local, "_run_config", None)
+    if run_config is not None:
+        run_config.callbacks = list(callbacks)
+    else:
+        print("warning: could not refresh the restored sweep's callbacks; using those of its first launch",
+              file=sys.stderr)
+
+
+def _finish(plan: _Plan, client, outcome: SweepOutcome, experiment_id: str, parent_id: str) -> SweepOutcome:
+    closed = tracking.deduplicate(client, experiment_id)
+    if closed:
+        outcome.messages.append(f"closed {closed} duplicate run(s)")
+    runs = tracking.child_runs(client, experiment_id)
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    tracking.end_parent(client, parent_id, "FINISHED")
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"sweep '{plan.spec.name}' complete: {text or 'no runs'} in MLflow experiment '{plan.spec.name}' "
+          f"({plan.tracking_uri})", flush=True)
+    if plan.kind == "ablate":
+        _print_table(plan)
+    else:
+        _print_best(plan, runs)
+    return outcome
+
+
+def _print_table(plan: _Plan) -> None:
+    """The ablation table, made by the reports package (reports.cli.print_table_after_sweep)."""
+    try:
+        from reports.cli import print_table_after_sweep
+    except ImportError:
+        print(f"(table: python run_sweep.py report {plan.spec.name} --output {plan.output})")
+        return
+    try:
+        print_table_after_sweep(plan.spec.name, plan.output, tracking_uri=plan.tracking_uri)
+    except Exception as err:  # a table problem must not turn a finished sweep into a failure
+        print(f"warning: the table could not be made ({type(err).__name__}: {err}); "
+              f"try: python run_sweep.py report {plan.spec.name} --output {plan.output}", file=sys.stderr)
+
+
+def _print_best(plan: _Plan, runs) -> None:
+    spec: SearchSpec = plan.spec
+    scored = [r for r in runs if r.info.status == "FINISHED" and spec.metric in r.data.metrics
+              and math.isfinite(r.data.metrics[spec.metric])]
+    if not scored:
+        return
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r.data.metrics[spec.metric])
+    print(f"best trial: {best.data.tags.get('trial_id')} {spec.metric} {best.data.metrics[spec.metric]:.4f} "
+          f"with {best.data.tags.get('overrides')}\n"
+          f"ablate from it: python run_sweep.py ablate ablations/FILE.yaml --from-tune {spec.name}", flush=True)

@@ -1,0 +1,177 @@
+"""Driver-side Tune callback that writes every trial into MLflow (CONTRACTS.md schema).
+
+Trials never touch MLflow: results come to the driver anyway, and one writer per sweep means
+concurrent trials cannot race on the store (the `setup_mlflow`-inside-trials way left runs of
+ASHA-stopped trials RUNNING and raced on experiment creation; see ENVIRONMENT.md).
+
+- a trial's first start opens its child run (params = the resolved config flattened, tags);
+  a trial resumed after an interrupt takes up its old run again instead of opening a second one;
+- each result logs that epoch's metrics with step = epoch (Ray's bookkeeping filtered out);
+- on completion any epoch the run is missing (written while MLflow was away, or before a resume) is
+  filled in from the trial's latest checkpoint, then the selected_* figures, the artifacts and
+  FINISHED; a trial that reported `failed` or errored becomes FAILED with tag `failure_reason`.
+
+Ray pickles callbacks (into the experiment's tuner.pkl): only the plain `SweepRecord` is pickled,
+the client and the per-trial bookkeeping are rebuilt on first use. A failing MLflow write never
+stops the sweep: the trial is noted, and `sync` (run at the end of every sweep, or by hand as
+`run_sweep.py sync NAME`) writes it from Ray's storage later.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ray import tune
+
+from sweep import tracking
+from sweep.trainable import FAILED, FAILURE_REASON, read_history, trial_config, trial_settings
+
+# After a failed write, leave the store alone this long: every Tune event would otherwise wait out
+# the client's retries against a store that is down.
+RETRY_AFTER_S = 30.0
+
+
+@dataclass
+class SweepRecord:
+    """What the callback needs to know about the sweep: plain data, pickled with the callback."""
+    sweep: str
+    kind: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    git_commit: str
+
+
+@dataclass
+class _TrialRun:
+    run_id: Optional[str]              # None: already recorded (FINISHED/FAILED) before this driver started
+    logged: set = field(default_factory=set)
+    closed: bool = False
+
+
+class MLflowSweepCallback(tune.Callback):
+    def __init__(self, record: SweepRecord):
+        self.record = record
+        self._client = None
+        self._runs: dict[str, _TrialRun] = {}
+        self.unsynced: set[str] = set()   # trial ids whose MLflow record is incomplete (sync fills them in)
+        self.errored_paths: set[str] = set()  # trial directories of trials Ray gave up on (retries exhausted)
+        self._warned = False
+        self._down_until = 0.0
+
+    # Pickle only the plain record: the client and the bookkeeping are per process.
+    def __getstate__(self) -> dict:
+        return {"record": self.record}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["record"])
+
+    # ---- Tune hooks ------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._guard(trial, self._open, trial)
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self._guard(trial, self._open, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._guard(trial, self._result, trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._guard(trial, self._close, trial, trial.last_result or {}, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if getattr(trial, "path", None):
+            self.errored_paths.add(trial.path)
+        self._guard(trial, self._close, trial, trial.last_result or {}, _error_reason(trial))
+
+    # ---- work --------------------------------------------------------------------------------------
+    def _guard(self, trial, fn, *args) -> None:
+        if time.time() < self._down_until:  # the store failed a moment ago: do not stall the sweep on it
+            self.unsynced.add(trial.trial_id)
+            return
+        try:
+            fn(*args)
+        except Exception as err:  # the sweep goes on; its results stay in Ray's storage
+            self.unsynced.add(trial.trial_id)
+            self._down_until = time.time() + RETRY_AFTER_S
+            if not self._warned:
+                self._warned = True
+                print(f"warning: MLflow write failed ({type(err).__name__}: {str(err)[:300]}); training goes on, "
+                      f"results stay in Ray's storage and are written to MLflow by `run_sweep.py sync "
+                      f"{self.record.sweep}` (tried again at the end of this sweep)", file=sys.stderr, flush=True)
+
+    def _client_(self):
+        if self._client is None:
+            self._client = tracking.make_client(self.record.tracking_uri)
+        return self._client
+
+    def _open(self, trial) -> _TrialRun:
+        state = self._runs.get(trial.trial_id)
+        if state is not None:
+            return state
+        client = self._client_()
+        config = dict(trial.config)
+        cfg = trial_config(config)
+        tags = tracking.child_tags(trial_settings(config), cfg, trial.trial_id, self.record.git_commit)
+        run_id, logged = tracking.open_trial_run(client, self.record.experiment_id, self.record.parent_run_id,
+                                                 trial.trial_id, tags, cfg.flat())
+        state = _TrialRun(run_id, logged)
+        self._runs[trial.trial_id] = state
+        return state
+
+    def _result(self, trial, result: dict) -> None:
+        state = self._open(trial)
+        if state.run_id is None or state.closed:
+            return
+        if result.get(FAILED):
+            self._close(trial, result, str(result.get(FAILURE_REASON) or "failed"))
+            return
+        tracking.log_epochs(self._client_(), state.run_id, [result], state.logged)
+
+    def _close(self, trial, last: dict, reason: Optional[str]) -> None:
+        state = self._open(trial)
+        if state.run_id is None or state.closed:
+            return
+        client = self._client_()
+        config = dict(trial.config)
+        cfg = trial_config(config)
+        history = _checkpoint_history(trial)
+        tracking.log_epochs(client, state.run_id, history.get("epochs", []), state.logged)
+        if last.get(FAILED) or history.get(FAILURE_REASON):
+            reason = reason or str(last.get(FAILURE_REASON) or history.get(FAILURE_REASON))
+        final = dict(history["epochs"][-1]) if history.get("epochs") else dict(last)
+        extra = {}
+        epochs = int(final.get("epoch", 0) or 0)
+        if not reason and epochs < cfg.train.epochs:
+            extra["stopped_early"] = f"after epoch {epochs} of {cfg.train.epochs} (scheduler)"
+        labels = (trial_settings(config).get("data") or {}).get("labels")
+        tracking.finish_trial_run(client, state.run_id, cfg, None if reason else final,
+                                  "FAILED" if reason else "FINISHED", labels, reason=reason, extra_tags=extra)
+        state.closed = True
+        self.unsynced.discard(trial.trial_id)
+
+
+def _checkpoint_history(trial) -> dict:
+    """The trial's record from its latest checkpoint (every epoch so far, or its failure)."""
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return {"epochs": [], FAILURE_REASON: None}
+    try:
+        with checkpoint.as_directory() as directory:
+            return read_history(directory)
+    except (OSError, ValueError):
+        return {"epochs": [], FAILURE_REASON: None}
+
+
+def _error_reason(trial) -> str:
+    """The last line of Ray's error trace for the trial (the exception itself)."""
+    attempts = getattr(trial.run_metadata, "num_failures", "?")
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the trace is a convenience; the status is what matters
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    last = lines[-1] if lines else "the trial errored"
+    return f"{last} (after {attempts} attempt(s); full trace in {trial.error_file or 'the trial directory'})"[:2000]

@@ -1,0 +1,370 @@
+"""MLflow writes of the sweep, in the schema of CONTRACTS.md: experiment, parent run, child runs.
+
+Only the driver writes (the Tune callback in `mlflow_callback.py` while a sweep runs, `sync.py`
+afterwards from Ray's storage), through one explicit `MlflowClient` per process: no fluent global
+state, so nothing here depends on which thread or trial is current. The helpers that record a trial
+(`open_trial_run`, `log_epochs`, `finish_trial_run`) are the same for both writers, so a run written
+live and a run written by `sync` look alike.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PARENT_TAG = "mlflow.parentRunId"
+FINAL = ("FINISHED", "FAILED")
+# Ray's bookkeeping in every result (ray.tune.result AUTO_RESULT_KEYS / DEBUG_METRICS and friends): never metrics.
+RAY_KEYS = frozenset({"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
+                      "timesteps_total", "timesteps_since_restore", "episodes_total", "iterations_since_restore",
+                      "pid", "hostname", "node_ip", "date", "config", "trial_id", "experiment_id", "experiment_tag",
+                      "done", "should_checkpoint", "checkpoint_dir_name", "warmup_time", "__duplicate__"})
+NOT_EPOCH_METRICS = frozenset({"epoch", "failed"})
+
+
+class SweepError(RuntimeError):
+    """A problem outside the config (tracking server, storage, a sweep already running): one clear line."""
+
+
+# ---- the store ----------------------------------------------------------------------------------
+
+def default_tracking_uri(output: str | Path) -> str:
+    return f"sqlite:///{Path(output).resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in a second, before any training, when a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (user-given server)
+                if response.status >= 400:
+                    raise SweepError(f"MLflow tracking server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise SweepError(f"MLflow tracking server {uri} is unreachable ({reason}). Start it, or drop "
+                             f"--tracking-uri to use the local store under --output. Nothing was trained.") from None
+    elif not uri.startswith("sqlite:///") and "://" in uri and not uri.startswith("file:"):
+        pass  # databricks, postgresql, ...: MLflow itself reports problems at the first call below
+
+
+def retrying(fn: Callable, *args, attempts: int = 8, **kwargs):
+    """Call an MLflow client method, retrying SQLite lock contention (two sweeps on one store) and
+    transient connection errors with a growing pause."""
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
+            text = str(err).lower()
+            locked = any(s in text for s in ("database is locked", "database table is locked", "busy"))
+            # A server that does not answer has had MLflow's own retries already: one more try only.
+            unreachable = any(s in text for s in ("connection", "timed out", "temporarily")) and attempt < 1
+            if not (locked or unreachable) or attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def make_client(uri: str):
+    """An MlflowClient; for SQLite the first use (schema creation) is serialised by a file lock, so two
+    sweeps starting at once on a fresh store do not both migrate it."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    with FileLock(str(db) + ".lock"):  # the client builds (and migrates) the store right away
+        client = retrying(MlflowClient, tracking_uri=uri)
+        retrying(client.search_experiments, max_results=1)
+    return client
+
+
+def ensure_experiment(client, name: str, artifact_root: Optional[Path]) -> str:
+    """The experiment called `name` (created with artifacts under artifact_root/name for a local store)."""
+    exp = retrying(client.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise SweepError(f"MLflow experiment '{name}' exists but is deleted; restore it in the MLflow UI "
+                             f"or choose another sweep name")
+        return exp.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+    try:
+        return retrying(client.create_experiment, name, artifact_location=location)
+    except Exception:
+        exp = retrying(client.get_experiment_by_name, name)  # another process created it meanwhile
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def search_all(client, experiment_id: str, filter_string: str = "") -> list:
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = retrying(client.search_runs, [experiment_id], filter_string=filter_string,
+                        run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def git_commit(root: Path) -> str:
+    """HEAD of the project checkout, '+dirty' when it has uncommitted changes; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        if not head:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---- the parent run ---------------------------------------------------------------------------------
+
+def parent_runs(client, experiment_id: str) -> list:
+    return [r for r in search_all(client, experiment_id, "tags.sweep_kind != ''") if PARENT_TAG not in r.data.tags]
+
+
+def ensure_parent(client, experiment_id: str, sweep: str, kind: str, tags: dict[str, str],
+                  spec_text: str, spec_name: str) -> str:
+    """One parent run per sweep: reused (and set RUNNING again) when the sweep is rerun or resumed, its
+    tags updated to the current spec."""
+    parents = parent_runs(client, experiment_id)
+    other = [r for r in parents if r.data.tags.get("sweep_kind") != kind]
+    if other:
+        raise SweepError(f"sweep '{sweep}' already exists as a {other[0].data.tags.get('sweep_kind')} sweep in "
+                         f"this store; give this {kind} sweep another name")
+    if parents:
+        parents.sort(key=lambda r: r.info.start_time or 0)
+        run_id = parents[-1].info.run_id
+        retrying(client.update_run, run_id, status="RUNNING")
+    else:
+        run_id = retrying(client.create_run, experiment_id, run_name=sweep).info.run_id
+    from mlflow.entities import RunTag
+
+    retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in {**tags, "sweep": sweep,
+                                                                             "sweep_kind": kind}.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(f"# {spec_name}\n{spec_text}")
+        retrying(client.log_artifact, run_id, str(path))
+    return run_id
+
+
+def end_parent(client, run_id: str, status: str) -> None:
+    retrying(client.set_terminated, run_id, status=status)
+
+
+# ---- child runs ----------------------------------------------------------------------------------------
+
+def trial_runs(client, experiment_id: str, trial_id: str) -> list:
+    return search_all(client, experiment_id, f"tags.trial_id = '{trial_id}'")
+
+
+def child_runs(client, experiment_id: str) -> list:
+    return [r for r in search_all(client, experiment_id) if PARENT_TAG in r.data.tags]
+
+
+def finished_hashes(client, experiment_id: str) -> set[str]:
+    """config_hash of every FINISHED child run: what a rerun does not train again."""
+    return {r.data.tags.get("config_hash") for r in child_runs(client, experiment_id)
+            if r.info.status == "FINISHED" and r.data.tags.get("config_hash")}
+
+
+def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, str]:
+    """The child-run tags of CONTRACTS.md, from a trial's Ray config and its resolved MAGTKD config."""
+    data = trial_config.get("data") or {}
+    available = data.get("available")
+    masked = [m for m in cfg.fusion.modalities if available is not None and m not in available]
+    return {
+        "sweep": trial_config.get("sweep", ""),
+        "variant": trial_config.get("variant", ""),
+        "seed": str(cfg.seed),
+        "config_hash": cfg.content_hash(),
+        "dataset_fingerprint": data.get("fingerprint", "unknown"),
+        "git_commit": git,
+        "selection_rule": cfg.train.select_on,
+        "masked_modalities": ",".join(masked),
+        "trial_id": trial_id,
+        "overrides": json.dumps(trial_config.get("overrides") or {}, sort_keys=True, default=str),
+        "mlflow.runName": trial_config.get("run_name") or trial_id,
+    }
+
+
+def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, tags: dict[str, str],
+                   params: dict[str, Any]) -> tuple[Optional[str], set[int]]:
+    """The run that records a trial: (run_id, epochs it already holds), or (None, _) when the trial is
+    already recorded FINISHED/FAILED. A run left RUNNING or KILLED by an interrupted driver is taken up
+    again (set RUNNING, tagged `resumed`), so a resumed trial stays one run."""
+    from mlflow.entities import Param
+
+    runs = trial_runs(client, experiment_id, trial_id)
+    if any(r.info.status in FINAL for r in runs):
+        return None, set()
+    if runs:
+        runs.sort(key=lambda r: r.info.start_time or 0)
+        run = runs[-1]
+        run_id = run.info.run_id
+        retrying(client.update_run, run_id, status="RUNNING")
+        resumed = int(run.data.tags.get("resumed", "0")) + 1
+        retrying(client.set_tag, run_id, "resumed", str(resumed))
+        return run_id, logged_steps(client, run_id)
+    run_id = retrying(client.create_run, experiment_id,
+                      tags={PARENT_TAG: parent_id, **{k: v for k, v in tags.items() if k != "mlflow.runName"}},
+                      run_name=tags.get("mlflow.runName")).info.run_id
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        retrying(client.log_batch, run_id, params=items[start:start + 100])
+    return run_id, set()
+
+
+def logged_steps(client, run_id: str, key: str = "dev_wf1") -> set[int]:
+    return {int(m.step) for m in retrying(client.get_metric_history, run_id, key)}
+
+
+def epoch_metrics(result: dict) -> dict[str, float]:
+    """The per-epoch metrics of a report: numbers, without Ray's bookkeeping or the selected_* figures."""
+    return {k: float(v) for k, v in result.items()
+            if k not in RAY_KEYS and k not in NOT_EPOCH_METRICS and not k.startswith("selected_")
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def log_epochs(client, run_id: str, epochs: Iterable[dict], logged: set[int]) -> None:
+    """Log each epoch not yet in the run (step = epoch); `logged` is updated in place."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = []
+    for row in epochs:
+        step = int(row.get("epoch", 0))
+        if step < 1 or step in logged:
+            continue
+        batch += [Metric(k, v, now, step) for k, v in epoch_metrics(row).items()]
+        logged.add(step)
+    for start in range(0, len(batch), 1000):
+        retrying(client.log_batch, run_id, metrics=batch[start:start + 1000])
+
+
+def labels_of(result: dict, fallback: Optional[list[str]] = None) -> list[str]:
+    """Class labels in the pipeline's order: the dataset's when known, else the order of the
+    selected_test_f1_<label> keys (the pipeline writes them in label order)."""
+    if fallback:
+        return list(fallback)
+    prefix = "selected_test_f1_"
+    return [k[len(prefix):] for k in result if k.startswith(prefix)]
+
+
+def finish_trial_run(client, run_id: str, cfg, last: Optional[dict], status: str, labels: Optional[list[str]],
+                     reason: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None) -> None:
+    """Selected figures, artifacts (config.yaml, confusion_matrix.csv, per_class_report.json), status."""
+    from mlflow.entities import Metric, RunTag
+
+    tags = dict(extra_tags or {})
+    if reason:
+        tags["failure_reason"] = reason[:5000]
+    if last and not last.get("failed"):
+        step = int(last.get("epoch", 0))
+        now = int(time.time() * 1000)
+        selected = [Metric(k, float(v), now, step) for k, v in last.items()
+                    if k.startswith("selected_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(float(v))]
+        retrying(client.log_batch, run_id, metrics=selected)
+    if tags:
+        retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"config.yaml": cfg.to_yaml()}
+        if last and not last.get("failed") and "selected_test_confusion" in last:
+            names = labels_of(last, labels)
+            files["confusion_matrix.csv"] = confusion_csv(last["selected_test_confusion"], names)
+            files["per_class_report.json"] = json.dumps(per_class_report(last, names, cfg.train.select_on), indent=2)
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+            retrying(client.log_artifact, run_id, str(Path(tmp) / name))
+    retrying(client.set_terminated, run_id, status=status)
+
+
+def confusion_csv(confusion: Any, labels: list[str]) -> str:
+    matrix = json.loads(confusion) if isinstance(confusion, str) else confusion
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["true \\ predicted"] + labels)
+    for label, row in zip(labels, matrix):
+        writer.writerow([label] + [int(v) for v in row])
+    return out.getvalue()
+
+
+def per_class_report(last: dict, labels: list[str], select_on: str) -> dict:
+    """Per class at the selected epoch: dev and test F1, and test precision, recall, support from the
+    confusion matrix (rows = true label)."""
+    matrix = json.loads(last["selected_test_confusion"]) if isinstance(last.get("selected_test_confusion"), str) \
+        else last.get("selected_test_confusion") or []
+    classes = {}
+    for i, label in enumerate(labels):
+        support = sum(matrix[i]) if i < len(matrix) else 0
+        predicted = sum(row[i] for row in matrix if i < len(row))
+        hit = matrix[i][i] if i < len(matrix) and i < len(matrix[i]) else 0
+        classes[label] = {"dev_f1": last.get(f"selected_dev_f1_{label}"),
+                          "test_f1": last.get(f"selected_test_f1_{label}"),
+                          "test_precision": hit / predicted if predicted else 0.0,
+                          "test_recall": hit / support if support else 0.0,
+                          "test_support": int(support)}
+    return {"selection": {"rule": f"epoch with the best {select_on} weighted F1", "select_on": select_on,
+                          "epoch": int(last.get("selected_epoch", 0))},
+            "labels": labels, "classes": classes,
+            "summary": {k: last[k] for k in ("selected_dev_wf1", "selected_dev_acc", "selected_dev_mf1",
+                                              "selected_test_wf1", "selected_test_acc", "selected_test_mf1")
+                        if k in last}}
+
+
+# ---- housekeeping on resume and at the end --------------------------------------------------------------
+
+def close_stale_runs(client, experiment_id: str) -> int:
+    """Child runs still RUNNING when no trial runs (an interrupted sweep, or a rerun after a driver that
+    is gone: we hold the sweep's lock) become KILLED. A trial that resumes takes its run up again
+    (open_trial_run)."""
+    stale = [r for r in child_runs(client, experiment_id) if r.info.status == "RUNNING"]
+    for run in stale:
+        retrying(client.set_tag, run.info.run_id, "killed_reason", "the sweep's driver stopped while it ran")
+        retrying(client.set_terminated, run.info.run_id, status="KILLED")
+    return len(stale)
+
+
+def deduplicate(client, experiment_id: str) -> int:
+    """At most one FINISHED run per config hash (which covers the seed): later duplicates become KILLED
+    with a `duplicate_of` tag. Returns how many were closed."""
+    keep: dict[str, str] = {}
+    closed = 0
+    runs = sorted(child_runs(client, experiment_id), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    for run in runs:
+        key = run.data.tags.get("config_hash")
+        if run.info.status != "FINISHED" or not key:
+            continue
+        if key in keep:
+            retrying(client.set_tag, run.info.run_id, "duplicate_of", keep[key])
+            retrying(client.set_terminated, run.info.run_id, status="KILLED")
+            closed += 1
+        else:
+            keep[key] = run.info.run_id
+    return closed

@@ -1,0 +1,125 @@
+"""The Ray Tune function trainable: one MAGTKD trial through `model.pipeline.run_trial`.
+
+Every stage-2 epoch is reported with `tune.report` together with a checkpoint directory holding
+  state.pt      the pipeline's resume state (torch.save; read back with weights_only=True)
+  history.json  {"epochs": [every epoch's metrics so far], "failure_reason": null}
+so a retried or resumed trial continues from its last epoch, and the driver (MLflow callback, `sync`)
+can rebuild a trial's whole record from its latest checkpoint alone.
+
+A trial that cannot succeed whatever the retries (a diverged loss, a config or data problem) is not
+raised to Ray, which would retry it `max_failures` times: it reports one last result with
+`failed=1` and `failure_reason` (metrics NaN, so Optuna records the trial as failed and ASHA ignores
+it) and returns. Anything else (a crash, a killed worker) raises and Ray retries from the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from model.config import ConfigError, MAGTKDConfig, from_dict
+
+HISTORY = "history.json"
+STATE = "state.pt"
+FAILED = "failed"
+FAILURE_REASON = "failure_reason"
+
+# Keys a failure report carries as NaN, so that schedulers and searchers that expect them find them.
+_METRIC_KEYS = ("train_loss", "dev_loss", "dev_wf1", "dev_acc", "dev_mf1", "test_loss", "test_wf1", "test_acc",
+                "test_mf1", "selected_dev_wf1", "selected_dev_acc", "selected_dev_mf1", "selected_test_wf1",
+                "selected_test_acc", "selected_test_mf1")
+
+
+def trial_settings(config: Mapping[str, Any]) -> dict:
+    """A trial's settings from its Ray config. Both kinds of sweep put them under "trial": the sweep
+    name, variant, run name, seed, the sweep's base config (nested dict), the trial's overrides, the
+    cache directory and what the driver found in the data (fingerprint, labels, modalities)."""
+    return dict(config["trial"])
+
+
+def trial_config(config: Mapping[str, Any]) -> MAGTKDConfig:
+    """The resolved MAGTKD config of a trial from its Ray config: the sweep base plus the trial's overrides.
+
+    Used on the worker (to train) and on the driver (tags, params, hashes): both see the same config."""
+    settings = trial_settings(config)
+    where = f"trial {settings.get('run_name', '')}"
+    cfg = from_dict(settings["base"], source=where)
+    overrides = dict(settings.get("overrides") or {})
+    overrides["seed"] = int(settings["seed"])
+    return cfg.replace(overrides, source=f"{where} overrides")
+
+
+def read_history(checkpoint_dir: str | Path) -> dict:
+    path = Path(checkpoint_dir) / HISTORY
+    if not path.exists():
+        return {"epochs": [], FAILURE_REASON: None}
+    return json.loads(path.read_text())
+
+
+def _failure_reason(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def train_trial(config: dict) -> None:
+    """Ray Tune function trainable (module level: Ray pickles it by reference)."""
+    import torch
+    from ray import tune
+
+    from dialogue_data.schema import DataError
+    from model.pipeline import run_trial
+    from model.train import DivergedError
+
+    history: list[dict] = []
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            record = read_history(ckpt_dir)
+            history = list(record["epochs"])
+            if record.get(FAILURE_REASON):  # restored after a recorded failure: report it again, train nothing
+                _report_failure(record[FAILURE_REASON], history)
+                return
+            if (Path(ckpt_dir) / STATE).exists():
+                # weights_only: a checkpoint is data, never code (the pipeline keeps its state to tensors and
+                # plain Python values for exactly this reason).
+                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)
+
+    def on_epoch(metrics: dict, state: dict) -> None:
+        history.append(dict(metrics))
+        with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+            torch.save(state, os.path.join(tmp, STATE))
+            _write_history(tmp, history, None)
+            tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    try:
+        cfg = trial_config(config)
+        if history and int(history[-1]["epoch"]) >= cfg.train.epochs:
+            return  # restored from the final epoch's checkpoint: the trial is already complete
+        run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log)
+    except (DivergedError, ConfigError, DataError) as err:
+        _report_failure(_failure_reason(err), history)
+
+
+def _write_history(directory: str, history: list[dict], failure: str | None) -> None:
+    with open(os.path.join(directory, HISTORY), "w") as f:
+        json.dump({"epochs": history, FAILURE_REASON: failure}, f)
+
+
+def _report_failure(reason: str, history: list[dict]) -> None:
+    from ray import tune
+
+    _log(f"trial failed: {reason}")
+    result = {k: math.nan for k in _METRIC_KEYS}
+    result.update({"epoch": float(history[-1]["epoch"]) if history else 0.0, FAILED: 1.0, FAILURE_REASON: reason})
+    with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+        _write_history(tmp, history, reason)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _log(message: str) -> None:
+    # Goes to the worker's stdout: shown on the driver's terminal only with -v (log_to_driver).
+    print(message, flush=True)

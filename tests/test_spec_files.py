@@ -1,0 +1,72 @@
+"""Every YAML shipped in ablations/ and search_spaces/ loads, validates, and opens with its command."""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+
+from sweep.spec import load_ablation, load_search_space
+
+ROOT = Path(__file__).resolve().parent.parent
+ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+MELD = ROOT.parent / "shared" / "data" / "meld"
+# Specs on real data name the dataset path on the command line, as their opening comment shows.
+PATH_OVERRIDE = [f"data.path={MELD}"]
+
+
+def _opening_command(path: Path, command: str) -> str:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    match = re.match(rf"^# python run_sweep\.py {command} (\S+)(.*)$", first)
+    assert match, f"{path.name} must open with '# python run_sweep.py {command} {path.parent.name}/{path.name} ...'"
+    assert match.group(1) == f"{path.parent.name}/{path.name}", f"{path.name}: the opening command runs another file"
+    return match.group(2)
+
+
+def _overrides(path: Path, rest: str) -> list[str]:
+    """The dotted overrides the opening command passes (paths swapped for one that exists here)."""
+    given = [tok for tok in rest.split() if "=" in tok and not tok.startswith("-")]
+    return [f"data.path={MELD}" if tok.startswith("data.path=") else tok for tok in given
+            if tok.split("=", 1)[0] not in ("stage1.text_encoder", "stage1.audio_encoder", "stage1.video_encoder",
+                                            "data.media_dir")]
+
+
+def test_the_shipped_files_are_there():
+    names = {p.name for p in ABLATIONS} | {p.name for p in SPACES}
+    assert {"magtkd.yaml", "demo.yaml", "fusion.yaml", "stage1.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_ablation_file_validates(path):
+    rest = _opening_command(path, "ablate")
+    spec = load_ablation(path, _overrides(path, rest))
+    trials = spec.trials()
+    assert len(trials) == len(spec.variants) * len(spec.seeds)
+    assert len({t.config_hash for t in trials}) == len(trials)  # every variant x seed is a distinct config
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_search_space_file_validates(path):
+    rest = _opening_command(path, "tune")
+    spec = load_search_space(path, _overrides(path, rest))
+    assert spec.params and spec.num_samples >= 1
+    pickle.dumps(spec.define_by_run({"x": 1}))  # OptunaSearch pickles its space with the experiment
+
+
+def test_the_ablation_study_has_the_papers_rows():
+    magtkd = load_ablation(ROOT / "ablations" / "magtkd.yaml", PATH_OVERRIDE)
+    rows = ["full", "w/o prompt", "w/o stage-1 KD", "w/o stage-2 KD", "w/o any KD", "w/o anchor gating",
+            "T", "A", "V", "T+A", "T+V", "A+V"]
+    assert [v.name for v in magtkd.variants] == rows
+    assert magtkd.base.data.name == "meld" and magtkd.baseline == "full"
+    demo = load_ablation(ROOT / "ablations" / "demo.yaml")
+    assert [v.name for v in demo.variants] == rows      # the same study, sized for the synthetic default
+    assert demo.base.data.name == "synthetic"
+    by_name = {t.variant: t.cfg for t in demo.trials() if t.seed == demo.seeds[0]}
+    assert by_name["w/o prompt"].stage1.prompt is False
+    assert by_name["w/o stage-1 KD"].stage1.kd is False
+    assert by_name["w/o stage-2 KD"].fusion.kd_audio_weight == 0 == by_name["w/o stage-2 KD"].fusion.kd_video_weight
+    assert by_name["w/o anchor gating"].fusion.anchor_gating is False
+    assert by_name["T+V"].fusion.modalities == ["text", "video"]

@@ -1,0 +1,188 @@
+"""Sweep drivers as real subprocesses: Ctrl-C (SIGINT) and SIGKILL of the driver, then the same command
+again; two sweeps writing one SQLite store at once. Only processes these tests started are signalled, by id."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import alive, child_runs, descendants, kill_pids, wait_for, write_ablation
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"full": {}, "w/o anchor gating": {"fusion.anchor_gating": False}, "T": {"fusion.modalities": ["text"]}}
+
+
+class Driver:
+    """`python run_sweep.py ...` in a subprocess; remembers every descendant process it ever had."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self.file = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "run_sweep.py", *args], cwd=ROOT, stdout=self.file,
+                                     stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.family: set[int] = set()
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._track, daemon=True)
+        self._watch.start()
+
+    def _track(self) -> None:
+        while not self._stop.is_set() and self.proc.poll() is None:
+            self.family |= descendants(self.proc.pid)
+            time.sleep(0.3)
+
+    def text(self) -> str:
+        if not self.file.closed:
+            self.file.flush()
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._stop.set()
+            self.file.close()
+
+    def leftovers(self) -> set[int]:
+        return {pid for pid in self.family if alive(pid)}
+
+
+def _finished_pairs(output: Path, sweep: str, running_ok: bool = False) -> Counter:
+    runs = child_runs(output, sweep)
+    assert running_ok or not [r for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
+    return Counter((r.data.tags["variant"], r.data.tags["seed"]) for r in runs if r.info.status == "FINISHED")
+
+
+def _interrupt_after_first_trial(driver: Driver, sig: int) -> None:
+    assert wait_for(lambda: "  finished " in driver.text() or driver.proc.poll() is not None, 240), driver.text()
+    assert driver.proc.poll() is None, f"the sweep ended before it could be interrupted:\n{driver.text()}"
+    os.kill(driver.proc.pid, sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_driver_then_the_same_command_resumes(tmp_path, stage1_cache, sig):
+    name = f"int-{sig.name.lower()}"
+    spec = write_ablation(tmp_path, name, VARIANTS, seeds=(0, 1), epochs=8)
+    out = tmp_path / "runs"
+    args = ["ablate", str(spec), "--output", str(out), "--cache-dir", str(stage1_cache)]
+
+    first = Driver(args, tmp_path / "first.log")
+    _interrupt_after_first_trial(first, sig)
+    code = first.wait(120)
+    if sig == signal.SIGINT:
+        assert code == 130, first.text()
+        assert "was interrupted" in first.text() and "Rerun the same command to resume" in first.text()
+        # Stopped cleanly: nothing of this driver's Ray (or anything else it started) is left running.
+        assert first.family, "never saw the driver's child processes"
+        assert wait_for(lambda: not first.leftovers(), 30), f"left running: {first.leftovers()}"
+    else:
+        assert code == -signal.SIGKILL
+        wait_for(lambda: not first.leftovers(), 10)
+        kill_pids(first.leftovers())  # Ray's agents outlive a SIGKILLed driver: stop ours, by id
+    # A clean stop closes the runs of unfinished trials (KILLED); a SIGKILLed driver cannot.
+    done_before = sum(_finished_pairs(out, name, running_ok=sig == signal.SIGKILL).values())
+    assert 1 <= done_before < 6
+
+    second = Driver(args, tmp_path / "second.log")
+    assert second.wait(300) == 0, second.text()
+    assert "resuming sweep" in second.text()
+    pairs = _finished_pairs(out, name)
+    assert pairs == Counter({(v, s): 1 for v in VARIANTS for s in ("0", "1")}), pairs
+    assert len(child_runs(out, name)) == 6        # an interrupted trial's run was taken up again, not doubled
+    kill_pids(second.leftovers())
+
+
+def test_two_sweeps_write_one_sqlite_store_at_once(tmp_path, ray_local, stage1_cache):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address  # both drivers join this test session's Ray
+    out = tmp_path / "runs"
+    drivers = []
+    for name in ("left", "right"):
+        spec = write_ablation(tmp_path, name, {"full": {}, "T": {"fusion.modalities": ["text"]}}, seeds=(0, 1),
+                              epochs=3, max_concurrent=1)
+        drivers.append(Driver(["ablate", str(spec), "--output", str(out), "--cache-dir", str(stage1_cache),
+                               "--address", address], tmp_path / f"{name}.log"))
+    for driver in drivers:
+        assert driver.wait(300) == 0, driver.text()
+    for name in ("left", "right"):
+        assert _finished_pairs(out, name) == Counter({(v, s): 1 for v in ("full", "T") for s in ("0", "1")})
+        # Each sweep's Ray storage holds its own four trials only (Ray stages files per experiment name).
+        assert len([p for p in (out / "ray" / name).glob("*/*") if (p / "params.json").exists()]) == 4
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 (one worker, no job execution), stopped by its process ids."""
+
+    def __init__(self, db: Path, artifacts: Path, port: int, log: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(log, "a")
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                                      "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                                      "--port", str(port), "--workers", "1"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        import urllib.request
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        assert wait_for(up, 60), log.read_text()
+
+    def stop(self) -> None:
+        family = descendants(self.proc.pid) | {self.proc.pid}
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_pids(pid for pid in family if alive(pid))
+        self.log.close()
+
+
+def test_a_tracking_server_lost_mid_sweep_loses_nothing(tmp_path, ray_local, stage1_cache):
+    import socket
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db, artifacts = tmp_path / "server.db", tmp_path / "server-artifacts"
+    server = MlflowServer(db, artifacts, port, tmp_path / "server.log")
+    out = tmp_path / "runs"
+    spec = write_ablation(tmp_path, "lost", {"full": {}, "T": {"fusion.modalities": ["text"]}}, seeds=(0, 1), epochs=6)
+    try:
+        driver = Driver(["ablate", str(spec), "--output", str(out), "--cache-dir", str(stage1_cache),
+                         "--tracking-uri", server.url, "--address", ray.get_runtime_context().gcs_address],
+                        tmp_path / "driver.log")
+        assert wait_for(lambda: "  finished " in driver.text() or driver.proc.poll() is not None, 240)
+        server.stop()                                   # the tracking server goes away mid-sweep
+        assert driver.wait(300) == 1, driver.text()     # training went on; the MLflow record is unfinished
+        text = driver.text()
+        assert "MLflow write failed" in text and f"python run_sweep.py sync lost --output {out}" in text
+        assert text.count("  finished ") == 4
+
+        server = MlflowServer(db, artifacts, port, tmp_path / "server.log")   # back again
+        sync = subprocess.run([sys.executable, "run_sweep.py", "sync", "lost", "--output", str(out),
+                               "--tracking-uri", server.url], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        client = MlflowClient(server.url)
+        runs = [r for r in client.search_runs([client.get_experiment_by_name("lost").experiment_id])
+                if "mlflow.parentRunId" in r.data.tags]
+        assert sorted((r.data.tags["variant"], r.data.tags["seed"], r.info.status) for r in runs) == \
+            [(v, s, "FINISHED") for v in ("T", "full") for s in ("0", "1")]
+        for run in runs:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_wf1")] == [1, 2, 3, 4, 5, 6]
+    finally:
+        server.stop()
