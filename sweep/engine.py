@@ -149,6 +149,18 @@ def _check_local_paths(cfgs) -> None:
                                   f"expected; nothing is downloaded)")
 
 
+def stage1_first_order(plans: list) -> list:
+    """Launch order: one trial of each distinct stage-1 config first (round robin), so concurrent
+    trials compute different stage-1 entries instead of queueing on one cache lock."""
+    groups: dict[str, list] = {}
+    for plan in plans:
+        groups.setdefault(plan.cfg.stage1_hash(), []).append(plan)
+    order = []
+    for rank in range(max(len(g) for g in groups.values())):
+        order += [g[rank] for g in groups.values() if rank < len(g)]
+    return order
+
+
 def _data_key(cfg) -> str:
     return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
 
@@ -235,7 +247,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         data = _data_info([p.cfg for p in plans])
         base = spec.base.to_dict()
         settings = []
-        for p in plans:
+        for p in stage1_first_order(plans):
             settings.append({"sweep": spec.name, "variant": p.variant, "slug": f"{p.slug}-s{p.seed}",
                              "run_name": f"{p.variant} s{p.seed}", "seed": p.seed, "base": base,
                              "overrides": p.overrides,

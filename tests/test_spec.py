@@ -1,6 +1,7 @@
 """Ablation and search-space specs: bad input fails at load time with file, line, key and a suggestion."""
 from __future__ import annotations
 
+from pathlib import Path
 import pickle
 import textwrap
 
@@ -216,3 +217,14 @@ def test_metric_must_be_a_reported_dev_metric(tmp_path):
 
 def test_define_by_run_is_module_level():
     assert define_by_run.__module__ == "sweep.spec" and "<locals>" not in define_by_run.__qualname__
+
+
+def test_launch_order_starts_every_distinct_stage1_first():
+    from sweep.engine import stage1_first_order
+    spec = load_ablation(Path(__file__).resolve().parent.parent / "ablations" / "demo.yaml")
+    plans = spec.trials()
+    order = stage1_first_order(plans)
+    assert sorted((p.variant, p.seed) for p in order) == sorted((p.variant, p.seed) for p in plans)
+    distinct = {p.cfg.stage1_hash() for p in plans}
+    assert len(distinct) == 3  # prompt on/off x stage-1 KD on/off, minus prompt-off without KD (not a variant)
+    assert {p.cfg.stage1_hash() for p in order[:len(distinct)]} == distinct
