@@ -54,6 +54,7 @@ class Stage1Config:
     audio_encoder: str = "tiny"      # tiny | path to a Data2VecAudio checkpoint | features (pre-extracted vectors)
     video_encoder: str = "tiny"      # tiny | path to a Timesformer checkpoint | features
     prompt: bool = True              # prompt learning: context + "</s> Now <sK> feels <mask>"; off: utterance alone
+    text_pooling: str = "auto"       # auto: the mask with a prompt, the first token without | mask | first | mean
     max_tokens: int = 512            # prompt length including the mask token (authors: last 511 + mask)
     finetune_text: bool = True       # False: frozen text encoder, only the projection/classifier train (CPU runs)
     kd: bool = True                  # distil the text teacher into audio/video students (off: plain encoders)
@@ -239,6 +240,8 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(d.frames >= 1 and d.frame_size >= 8, "data.frames", "must be >= 1 with data.frame_size >= 8")
 
     need(s.max_tokens >= 8, "stage1.max_tokens", "must be >= 8")
+    need(s.text_pooling in ("auto", "mask", "first", "mean"), "stage1.text_pooling", "must be auto, mask, first or mean")
+    need(not (s.text_pooling == "mask" and not s.prompt), "stage1.text_pooling", "mask needs stage1.prompt=true")
     for key in ("kd_logit_weight", "kd_feature_weight"):
         need(getattr(s, key) >= 0, f"stage1.{key}", "must be >= 0")
     need(s.kd_temperature > 0 and s.feature_temperature > 0, "stage1.kd_temperature", "and stage1.feature_temperature must be > 0")

@@ -211,12 +211,13 @@ def load_text_backbone(name: str, train_texts: Sequence[str], max_speakers: int,
 
 class TextBackbone(nn.Module):
     """Runs the language model and pools one hidden state per sequence: the last position (the
-    mask, prompts are left-padded) or the first (the [CLS]/<s> token, prompt off)."""
+    mask, prompts are left-padded), the first (the [CLS]/<s> token, prompt off), or the mean over
+    real tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained for)."""
 
     def __init__(self, model: nn.Module, pool: str):
         super().__init__()
-        if pool not in ("last", "first"):
-            raise ValueError(f"pool must be 'last' or 'first', got {pool!r}")
+        if pool not in ("last", "first", "mean"):
+            raise ValueError(f"pool must be 'last', 'first' or 'mean', got {pool!r}")
         self.model = model
         self.pool = pool
         self.hidden_size = int(model.config.hidden_size)
@@ -232,15 +233,20 @@ class TextBackbone(nn.Module):
         if self.explicit_positions and self.pool == "last":
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)   # (B, L)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if self.pool == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)                   # (B, L, 1)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)          # (B, H)
         return hidden[:, -1] if self.pool == "last" else hidden[:, 0]               # (B, H)
 
 
 class TextEncoder(nn.Module):
     """Language model + projection to `width` + classifier; `prompts` builds its inputs."""
 
-    def __init__(self, model: nn.Module, tokenizer, num_classes: int, width: int, prompt: bool, max_tokens: int):
+    def __init__(self, model: nn.Module, tokenizer, num_classes: int, width: int, prompt: bool, max_tokens: int,
+                 pooling: str = "auto"):
         super().__init__()
-        self.backbone = TextBackbone(model, "last" if prompt else "first")
+        pool = {"auto": "last" if prompt else "first", "mask": "last", "first": "first", "mean": "mean"}[pooling]
+        self.backbone = TextBackbone(model, pool)
         self.head = ClassifierHead(self.backbone.hidden_size, width, num_classes, always_project=True)
         self.tokenizer = tokenizer
         self.prompt = prompt
@@ -263,7 +269,8 @@ class TextEncoder(nn.Module):
 def build_text_encoder(stage1, train_texts: Sequence[str], num_classes: int, max_speakers: int) -> TextEncoder:
     model, tokenizer = load_text_backbone(stage1.text_encoder, train_texts, max_speakers, stage1.max_tokens,
                                           stage1.tiny_hidden, stage1.tiny_layers)
-    return TextEncoder(model, tokenizer, num_classes, stage1.width, stage1.prompt, stage1.max_tokens)
+    return TextEncoder(model, tokenizer, num_classes, stage1.width, stage1.prompt, stage1.max_tokens,
+                       stage1.text_pooling)
 
 
 # ---- audio --------------------------------------------------------------------------------------

@@ -242,4 +242,19 @@ def test_feature_encoder_is_an_mlp_to_the_width():
 def test_text_backbone_rejects_unknown_pooling():
     model, _ = load_text_backbone("tiny", TEXTS, 2, 32, 32, 1)
     with pytest.raises(ValueError):
-        TextBackbone(model, "mean")
+        TextBackbone(model, "max")
+
+
+def test_mean_pooling_averages_real_tokens_only():
+    from model.encoders import TextBackbone
+
+    class Echo(torch.nn.Module):  # a stand-in language model whose hidden states are its input ids
+        config = type("C", (), {"hidden_size": 1})()
+
+        def forward(self, input_ids, attention_mask):
+            return type("O", (), {"last_hidden_state": input_ids.float().unsqueeze(-1)})()
+
+    ids = torch.tensor([[2, 4, 0], [3, 0, 0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    pooled = TextBackbone(Echo(), "mean")(ids, mask)
+    assert pooled.squeeze(-1).tolist() == [3.0, 3.0]
