@@ -20,15 +20,6 @@ from model.encoders import (PromptBuilder, TextBackbone, TextEncoder, build_audi
 TEXTS = ["I am so happy today", "that is awful news", "okay, fine. whatever you say", "we went to the house"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def stage1(**overrides):
     base = {"stage1.width": 32, "stage1.tiny_hidden": 32, "stage1.tiny_layers": 1, "stage1.max_tokens": 64}
     base.update(overrides)

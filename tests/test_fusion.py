@@ -13,15 +13,6 @@ W, C, S = 16, 5, 9           # width, classes, fusion.max_speakers
 MODS = ("text", "audio", "video")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds spin-waits on a shared 2-core machine (8x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fusion_cfg(*overrides):
     return load_config(None, [f"fusion.width={W}", "fusion.heads=4", "fusion.dropout=0.3", *overrides])
 

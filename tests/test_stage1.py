@@ -20,15 +20,6 @@ FILLER = ["the", "we", "went", "to", "a", "house", "it", "was", "then", "you", "
 PITCH = {0: 220.0, 1: 440.0, 2: 880.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_utterance(rng: np.random.Generator, label: int, speaker: str, uid: str, sample_rate: int,
                    seconds: float, frames: int, size: int, audio: bool = True, video: bool = True) -> Utterance:
     words = list(rng.choice(FILLER, size=4)) + [str(rng.choice(CUE_WORDS[label]))]

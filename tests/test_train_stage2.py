@@ -14,15 +14,6 @@ LABELS = ["neutral", "joy", "sadness", "anger"]
 DIM = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second intra-op thread only adds spin-waits on a shared 2-core machine (8x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_features(n_train=32, seed=0, signal=(1.5, 0.8, 0.4)) -> Stage1Features:
     """Label-dependent Gaussian vectors: a class centre times a per-modality signal strength plus noise."""
     g = torch.Generator().manual_seed(seed)
