@@ -132,7 +132,10 @@ def print_table_after_sweep(sweep_name: str, output_dir: str | Path, tracking_ur
     again = f"python run_sweep.py report {sweep_name} --output {output_dir}"
     if uri != tracking_uri_for(output_dir):
         again += f" --tracking-uri {uri}"
-    print(f"report files (regenerate with: {again}):\n{_paths_text(result.paths)}", flush=True)
+    print(f"report files (regenerate with: {again}):\n{_paths_text(result.paths)}")
+    where = "" if str(output_dir) in ("runs", "./runs") else f" --output {output_dir}"
+    print(f"MLflow store: {uri}\nbrowse every run: python run_sweep.py ui{where}   (MLflow UI on 127.0.0.1)\n"
+          f"list its trials: python run_sweep.py runs {sweep_name}{where}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

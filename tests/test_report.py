@@ -292,6 +292,7 @@ def test_print_table_after_sweep(store, tmp_path, capsys):
     print_table_after_sweep("demo", out, None)
     printed = capsys.readouterr().out
     assert "| no_kd |" in printed and "regenerate with: python run_sweep.py report demo" in printed
+    assert f"python run_sweep.py ui --output {out}" in printed and "MLflow store: sqlite:///" in printed
     assert sorted(p.name for p in (out / "reports" / "demo").iterdir()) == [
         "report.html", "table.csv", "table.md", "table.tex"]
     print_table_after_sweep("nope", out, f"sqlite:///{out / 'mlflow.db'}")  # warns, never raises
