@@ -164,9 +164,17 @@ def valid_keys() -> list[str]:
     return sorted(k for k, _ in _flatten(MAGTKDConfig().to_dict()))
 
 
-def _suggest(key: str, choices: Iterable[str]) -> str:
+def suggest(key: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_key_message(key: str) -> str:
+    """'unknown key X. Valid keys: <the keys of X's section>. Did you mean Y?' (all keys for an unknown section)."""
+    every = valid_keys() + ["seed"]
+    section = key.split(".", 1)[0] + "."
+    same = [k for k in every if k.startswith(section)] or every
+    return f"unknown key '{key}'. Valid keys: {', '.join(same)}.{suggest(key, every)}"
 
 
 def _check_type(value: Any, expected: type, key: str, source: str) -> Any:
@@ -197,7 +205,7 @@ def from_dict(data: Mapping[str, Any] | None, source: str = "<config>") -> MAGTK
     top_keys = set(SECTIONS) | {"seed"}
     for key, value in data.items():
         if key not in top_keys:
-            raise ConfigError(f"{source}: unknown key '{key}'. Valid top-level keys: {sorted(top_keys)}.{_suggest(key, top_keys)}")
+            raise ConfigError(f"{source}: unknown key '{key}'. Valid top-level keys: {sorted(top_keys)}.{suggest(key, top_keys)}")
         if key == "seed":
             kwargs["seed"] = _check_type(value, int, "seed", source)
             continue
@@ -212,8 +220,7 @@ def from_dict(data: Mapping[str, Any] | None, source: str = "<config>") -> MAGTK
         for sub, subval in value.items():
             path = f"{key}.{sub}"
             if sub not in names:
-                full = [f"{key}.{n}" for n in sorted(names)]
-                raise ConfigError(f"{source}: unknown key '{path}'. Valid keys: {', '.join(full)}.{_suggest(path, full)}")
+                raise ConfigError(f"{source}: {unknown_key_message(path)}")
             section[sub] = _check_type(subval, hints[sub], path, source)
         kwargs[key] = cls(**section)
     cfg = MAGTKDConfig(**kwargs)
@@ -320,10 +327,10 @@ def apply_overrides(data: dict, overrides: Iterable[str] | Mapping[str, Any], so
             continue
         if len(parts) != 2:
             raise ConfigError(f"{source}: override key '{key}' must look like section.key; valid keys: {', '.join(valid_keys())}."
-                              f"{_suggest(str(key), valid_keys())}")
+                              f"{suggest(str(key), valid_keys())}")
         section, sub = parts
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown key '{key}'. Valid sections: {sorted(SECTIONS)}.{_suggest(str(key), valid_keys())}")
+            raise ConfigError(f"{source}: unknown key '{key}'. Valid sections: {sorted(SECTIONS)}.{suggest(str(key), valid_keys())}")
         node = data.setdefault(section, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{source}: key '{section}' must be a mapping")

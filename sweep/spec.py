@@ -37,7 +37,6 @@ now with the offending values rather than as a crashed trial an hour into the sw
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import itertools
@@ -51,7 +50,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from model.config import (absolute_path_overrides, ConfigError, MAGTKDConfig, default_config, parse_value, read_yaml,
+from model.config import (absolute_path_overrides, suggest, unknown_key_message, ConfigError, MAGTKDConfig, default_config, parse_value, read_yaml,
                           valid_keys)
 
 # The per-epoch report of CONTRACTS.md: what a tune metric or an ASHA metric may name.
@@ -159,17 +158,12 @@ def _load(path: str | Path) -> tuple[Path, str, dict, _Lines]:
     return path, text, data, _Lines(path, text)
 
 
-def _suggest(key: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
 def _check_keys(data: Mapping, allowed: Iterable[str], where: str, lines: _Lines, *prefix) -> None:
     allowed = list(allowed)
     for key in data:
         if key not in allowed:
             raise ConfigError(f"{lines.at(*prefix, key)}: unknown key '{key}'{' in ' + where if where else ''}. "
-                              f"Valid keys: {', '.join(allowed)}.{_suggest(str(key), allowed)}")
+                              f"Valid keys: {', '.join(allowed)}.{suggest(str(key), allowed)}")
 
 
 # ---- overrides ------------------------------------------------------------------------------------
@@ -193,11 +187,10 @@ def flatten_overrides(value: Any, where: str) -> dict[str, Any]:
 
 def _check_override_keys(overrides: Mapping[str, Any], where_of) -> None:
     """Every key must be a config key; the message names the file:line and suggests the closest key."""
-    keys = valid_keys() + ["seed"]
+    keys = set(valid_keys() + ["seed"])
     for key in overrides:
         if key not in keys:
-            raise ConfigError(f"{where_of(key)}: unknown key '{key}'. Valid keys: {', '.join(keys)}."
-                              f"{_suggest(key, keys)}")
+            raise ConfigError(f"{where_of(key)}: {unknown_key_message(key)}")
 
 
 def _coerce_numbers(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -665,7 +658,7 @@ def load_search_space(path: str | Path, overrides: Iterable[str] | Mapping[str, 
         if value not in TUNABLE_METRICS:
             extra = " (tuning on the test split would leak it into model selection)" if "test" in str(value) else ""
             raise ConfigError(f"{lines.at(key)}: '{key}' must be one of {', '.join(TUNABLE_METRICS)}, "
-                              f"got {value!r}{extra}.{_suggest(str(value), TUNABLE_METRICS)}")
+                              f"got {value!r}{extra}.{suggest(str(value), TUNABLE_METRICS)}")
     if mode not in ("max", "min"):
         raise ConfigError(f"{lines.at('mode')}: 'mode' must be max or min, got {mode!r}")
 
@@ -680,7 +673,7 @@ def load_search_space(path: str | Path, overrides: Iterable[str] | Mapping[str, 
                         max_t=_int(asha_raw.get("max_t", 0), "asha.max_t", lines.at("asha")))
     if asha.metric not in TUNABLE_METRICS:
         raise ConfigError(f"{lines.at('asha', 'metric')}: 'asha.metric' must be one of {', '.join(TUNABLE_METRICS)}"
-                          f", got {asha.metric!r}.{_suggest(str(asha.metric), TUNABLE_METRICS)}")
+                          f", got {asha.metric!r}.{suggest(str(asha.metric), TUNABLE_METRICS)}")
     if asha.reduction_factor <= 1:
         raise ConfigError(f"{lines.at('asha')}: 'asha.reduction_factor' must be > 1")
     if asha.max_t and asha.max_t > base.train.epochs:
