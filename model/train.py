@@ -4,7 +4,7 @@
 
 Every epoch trains once over the training dialogues (shuffled by a local generator), evaluates
 dev and test, updates the selected epoch (best weighted F1 on `cfg.train.select_on`), and calls
-`on_epoch(metrics, state)` with exactly the keys of CONTRACTS.md's per-epoch report. `state` holds
+`on_epoch(metrics, state)` with exactly the keys of the per-epoch report (README: What MLflow holds). `state` holds
 everything needed to continue (model, optimizer, scheduler, epoch, selection, history, RNG states),
 as CPU tensors and plain Python values, so it survives `torch.save` / `torch.load(weights_only=True)`;
 passed back as `resume_state` the run continues from the next epoch with identical results.
@@ -182,7 +182,7 @@ def evaluate(cfg, model, data: PaddedSplit, labels: list[str]) -> dict:
 # ---- reports, selection, state -------------------------------------------------------------------
 
 def epoch_report(epoch: int, train_loss: float, dev: dict, test: dict, selected: dict, labels: list[str]) -> dict:
-    """The per-epoch metrics of CONTRACTS.md, in its order."""
+    """the per-epoch metrics (README: What MLflow holds), in its order."""
     report = {"epoch": float(epoch), "train_loss": float(train_loss)}
     for split, scores in (("dev", dev), ("test", test)):
         report.update({f"{split}_loss": float(scores["loss"]), f"{split}_wf1": scores["wf1"],

@@ -1,4 +1,4 @@
-"""Read one sweep back from MLflow: the parent run's tags and the child runs (CONTRACTS.md schema).
+"""Read one sweep back from MLflow: the parent run's tags and the child runs (the schema in the README, What MLflow holds).
 
 Reports read nothing else: no Ray results, no trial directories, no YAML on disk. Everything a table
 needs must therefore be in the store, which is what makes a table regenerable in seconds.

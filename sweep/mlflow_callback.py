@@ -1,4 +1,4 @@
-"""Driver-side Tune callback that writes every trial into MLflow (CONTRACTS.md schema).
+"""Driver-side Tune callback that writes every trial into MLflow (the schema in the README, What MLflow holds).
 
 Trials never touch MLflow: results come to the driver anyway, and one writer per sweep means
 concurrent trials cannot race on the store (the `setup_mlflow`-inside-trials way left runs of

@@ -53,7 +53,7 @@ import yaml
 from model.config import (absolute_path_overrides, suggest, unknown_key_message, ConfigError, MAGTKDConfig, default_config, parse_value, read_yaml,
                           valid_keys)
 
-# The per-epoch report of CONTRACTS.md: what a tune metric or an ASHA metric may name.
+# The per-epoch report (README: What MLflow holds): what a tune metric or an ASHA metric may name.
 EPOCH_METRICS = ("train_loss", "dev_loss", "dev_wf1", "dev_acc", "dev_mf1",
                  "test_loss", "test_wf1", "test_acc", "test_mf1")
 SELECTED_METRICS = ("selected_epoch", "selected_dev_wf1", "selected_dev_acc", "selected_dev_mf1",

@@ -1,4 +1,4 @@
-"""MLflow writes of the sweep, in the schema of CONTRACTS.md: experiment, parent run, child runs.
+"""MLflow writes of the sweep, in the schema the README describes (What MLflow holds): experiment, parent run, child runs.
 
 Only the driver writes (the Tune callback in `mlflow_callback.py` while a sweep runs, `sync.py`
 afterwards from Ray's storage), through one explicit `MlflowClient` per process: no fluent global
@@ -194,7 +194,7 @@ def finished_hashes(client, experiment_id: str) -> set[str]:
 
 
 def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, str]:
-    """The child-run tags of CONTRACTS.md, from a trial's Ray config and its resolved MAGTKD config."""
+    """The child-run tags (README: What MLflow holds), from a trial's Ray config and its resolved MAGTKD config."""
     data = trial_config.get("data") or {}
     available = data.get("available")
     masked = [m for m in cfg.fusion.modalities if available is not None and m not in available]

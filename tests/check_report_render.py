@@ -4,7 +4,7 @@ real headless browser, leaving a PDF, PNGs of it and screenshots of the page for
 
     .venv/bin/python tests/check_report_render.py [--out DIR]
 
-Builds a sample MLflow store (reports/sample_store.py: an ablation with a failed and a killed trial,
+Builds a sample MLflow store (tests/sample_store.py: an ablation with a failed and a killed trial,
 masked modalities, and an Optuna-style tune sweep), makes the reports, then
   - wraps table.tex in a minimal article with booktabs, runs pdflatex, fails on a LaTeX error and
     lists overfull boxes; pdftoppm turns the PDF into PNG;
@@ -43,7 +43,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def build_reports(out: Path) -> dict[str, dict[str, Path]]:
     from reports.report import make_report
-    from reports.sample_store import sample_ablation, sample_tune
+    from tests.sample_store import sample_ablation, sample_tune
 
     store = out / "store"
     uri = sample_ablation(store, "demo", masked={"text_only": "audio,video"})

@@ -1,4 +1,4 @@
-"""Reports from a real MLflow SQLite store written in the CONTRACTS.md schema (reports/sample_store.py).
+"""Reports from a real MLflow SQLite store written in the schema the sweeps write (README, "What MLflow holds") (tests/sample_store.py).
 
 The store holds: `demo` (5 variants x 3 seeds; no_gate seed 2 FAILED, no_speaker seed 1 KILLED;
 text_only with masked audio and video), `authors` (epoch picked on test, stage 1 shared), `fusion`
@@ -18,7 +18,7 @@ import pytest
 
 from reports.cli import main as cli_main, print_table_after_sweep
 from reports.report import make_report
-from reports.sample_store import ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, sample_ablation, sample_tune
+from tests.sample_store import ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, sample_ablation, sample_tune
 from reports.store import ReportError, load_sweep
 
 METRICS = ["dev_wf1", "dev_acc", "dev_mf1", "test_wf1", "test_acc", "test_mf1"]

@@ -1,4 +1,4 @@
-"""`runs` and `ui` against a real MLflow SQLite store (reports/sample_store.py) and a real `mlflow server`."""
+"""`runs` and `ui` against a real MLflow SQLite store (tests/sample_store.py) and a real `mlflow server`."""
 from __future__ import annotations
 
 import os
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reports.cli import main as cli_main
-from reports.sample_store import sample_ablation, sample_tune
+from tests.sample_store import sample_ablation, sample_tune
 from reports.ui import is_loopback, server_env
 
 ROOT = Path(__file__).resolve().parents[1]

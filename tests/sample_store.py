@@ -1,4 +1,4 @@
-"""A small MLflow store in exactly the CONTRACTS.md schema, for the report tests and the render check.
+"""A small MLflow store in exactly the schema the sweeps write (README: What MLflow holds), for the report tests and the render check.
 
 It is written through the real MLflow client into a real SQLite store, like the sweep's driver
 callback writes it, with numbers drawn from a seeded generator (so the store is the same each time):
