@@ -21,16 +21,10 @@ import argparse
 import os
 import sys
 
+from sweep.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
+
 # Offline, quiet, loopback-only defaults; set before Ray, MLflow or transformers are imported.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
+for _key, _value in DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 
 
