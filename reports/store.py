@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweep.tracking import search_all
+
 # Quiet MLflow before it is imported anywhere in this process.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in printed tables
@@ -108,19 +110,6 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
-    from mlflow.entities import ViewType
-
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _seed_key(seed: str) -> tuple:
     """Numeric seeds in numeric order, anything else after them in text order."""
     try:
@@ -148,7 +137,7 @@ def known_sweeps(tracking_uri: str) -> list[str]:
     ids = [e.experiment_id for e in experiments]
     if not ids:
         return []
-    parents = _all_runs(client, ids, "tags.sweep_kind != ''")
+    parents = search_all(client, ids, "tags.sweep_kind != ''")
     with_parent = {r.info.experiment_id for r in parents if PARENT_TAG not in r.data.tags}
     return sorted(e.name for e in experiments if e.experiment_id in with_parent)
 
@@ -171,7 +160,7 @@ def load_sweep(name: str, tracking_uri: str) -> Sweep:
     """The sweep called `name`; ReportError listing the known sweeps when there is none."""
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    runs = _all_runs(client, [experiment.experiment_id]) if experiment is not None else []
+    runs = search_all(client, [experiment.experiment_id]) if experiment is not None else []
     parents = [r for r in runs if PARENT_TAG not in r.data.tags and "sweep_kind" in r.data.tags]
     if not parents:
         known = known_sweeps(tracking_uri)

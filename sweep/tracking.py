@@ -114,12 +114,14 @@ def ensure_experiment(client, name: str, artifact_root: Optional[Path]) -> str:
         return exp.experiment_id
 
 
-def search_all(client, experiment_id: str, filter_string: str = "") -> list:
+def search_all(client, experiment_ids: str | list[str], filter_string: str = "") -> list:
+    """Every active run of the experiment(s) matching the filter, page by page."""
     from mlflow.entities import ViewType
 
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
     runs, token = [], None
     while True:
-        page = retrying(client.search_runs, [experiment_id], filter_string=filter_string,
+        page = retrying(client.search_runs, ids, filter_string=filter_string,
                         run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
