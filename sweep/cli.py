@@ -76,13 +76,22 @@ def _options(args: argparse.Namespace):
 
 
 def _guard(func):
-    """SweepError (tracking server, a sweep already running, storage) -> one line on stderr, exit 1.
+    """SweepError (tracking server, a sweep already running, storage) -> one line on stderr, exit 1;
+    Ray that cannot be started or reached -> exit 2.
     ConfigError and DataError are reported by run_sweep.py's main (exit 2)."""
     def run(args: argparse.Namespace) -> int:
+        from sweep.ray_start import RayStartError
         from sweep.tracking import SweepError
 
         try:
             return int(func(args) or 0)
+        except RayStartError as err:  # nothing was trained; the message says what was tried and the fix
+            if getattr(args, "verbose", False):
+                import traceback
+
+                traceback.print_exc()
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         except SweepError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

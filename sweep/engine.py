@@ -50,6 +50,7 @@ from model.config import ConfigError  # noqa: E402
 from sweep import tracking  # noqa: E402
 from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,  # noqa: E402
                         load_search_space, parse_cli_overrides, within)
+from sweep.ray_start import cluster_address, describe, probe, start_ray  # noqa: E402
 from sweep.sync import read_state, stored_trials, sync_trials, write_state  # noqa: E402
 from sweep.tracking import SweepError  # noqa: E402
 from sweep.trainable import trial_config  # noqa: E402
@@ -167,7 +168,7 @@ def _data_key(cfg) -> str:
 
 def _check_local_resources(resources, opts: SweepOptions) -> None:
     """A local Ray has this machine's CPUs and GPUs: a trial asking for more would wait forever."""
-    if opts.address:
+    if cluster_address(opts.address):
         return  # checked against the cluster once joined
     cpus = opts.num_cpus or os.cpu_count() or 1
     if resources.cpu > cpus:
@@ -296,6 +297,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     if max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
     within(output, "ray", spec.name)  # the name was checked; this is the belt to its braces
+    if cluster_address(opts.address):
+        probe(cluster_address(opts.address))  # a cluster that is not there: seconds, and nothing written yet
     parent_tags.update({"git_commit": git, "selection_rule": ",".join(select), "spec_path": str(spec.path),
                         "dataset_path": spec.base.data.path, "plan_key": plan_key})
     return _Plan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures, settings,
@@ -311,22 +314,9 @@ def trial_dirname(trial) -> str:
 
 
 def _ray_init(opts: SweepOptions) -> bool:
-    """Start a local Ray or join --address; returns whether this call started it (and must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    level = logging.INFO if opts.verbose else logging.WARNING
-    kwargs: dict[str, Any] = dict(log_to_driver=opts.verbose, logging_level=level,
-                                  runtime_env={"env_vars": WORKER_ENV})
-    if opts.address:
-        try:
-            ray.init(address=opts.address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise SweepError(f"cannot join the Ray cluster at --address {opts.address}: {err}") from None
-    else:
-        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, object_store_memory=256 * 1024 ** 2, **kwargs)
-    return True
+    """Start a private local Ray, or join --address / RAY_ADDRESS (sweep/ray_start.py); returns whether
+    this call started it (and must stop it)."""
+    return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, WORKER_ENV)
 
 
 def _check_cluster(resources) -> None:
@@ -436,6 +426,7 @@ class _Run:
 
         started_ray = _ray_init(self.opts)
         try:
+            self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
             _check_cluster(plan.resources)
             return self.train()
         finally:

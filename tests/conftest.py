@@ -78,7 +78,7 @@ def ensure_local_ray(num_cpus: int = 2) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=150 * 1024 ** 2,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=150 * 1024 ** 2,
                  log_to_driver=False, logging_level="WARNING")
 
 
