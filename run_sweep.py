@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from sweep.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
+from core.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
 
 # Offline, quiet, loopback-only defaults; set before Ray, MLflow or transformers are imported.
 for _key, _value in DEFAULTS.items():
@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.config import ConfigError
-    from dialogue_data.schema import DataError
+    from core.config import ConfigError
+    from core.schema import DataError
 
     args = build_parser().parse_args(argv)
     try:

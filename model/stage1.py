@@ -1,6 +1,6 @@
 """Stage 1: train the per-utterance encoders and turn every utterance into vectors for stage 2.
 
-    features = run_stage1(cfg, dataset, log=print)   # -> model.features.Stage1Features
+    features = run_stage1(cfg, dataset, log=print)   # -> core.features.Stage1Features
 
 Order: the text model first (cross-entropy, best dev weighted-F1 epoch kept); then audio and
 video, each either a student distilled from the frozen text teacher (`stage1.kd`) or a plain
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dialogue_data.schema import SPLITS, DataError, DialogueDataset, Utterance
-from model.config import MAGTKDConfig
+from core.schema import SPLITS, DataError, DialogueDataset, Utterance
+from core.config import MAGTKDConfig
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
                             build_video_encoder, normalise_waveform, stack_waveforms)
-from model.features import SplitFeatures, Stage1Features
+from core.features import SplitFeatures, Stage1Features
 
 Log = Callable[[str], None]
 # A batch maker: row indices of one split -> the encoder's positional inputs (CPU tensors).

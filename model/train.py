@@ -21,9 +21,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from dialogue_data.schema import DataError
-from model.config import ConfigError, MAGTKDConfig
-from model.features import SplitFeatures, Stage1Features
+from core.schema import DataError
+from core.config import ConfigError, MAGTKDConfig
+from core.features import SplitFeatures, Stage1Features
 from model.fusion import build_fusion, count_parameters, stage2_loss
 from model.metrics import classification_scores
 

@@ -21,7 +21,7 @@ _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw --from-tune fusion
   python run_sweep.py ablate ablations/demo.yaml --output /scratch/runs --max-concurrent 4 --cpus-per-trial 0.5
 
-Overrides are dotted config keys (see model/config.py); they apply to every variant and win over the
+Overrides are dotted config keys (see core/config.py); they apply to every variant and win over the
 variants' own overrides. Rerun the same command to resume an interrupted sweep; (config, seed) pairs
 already FINISHED in MLflow are skipped."""
 

@@ -46,7 +46,7 @@ for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_
                      }.items():
     os.environ.setdefault(_key, _value)
 
-from model.config import ConfigError  # noqa: E402
+from core.config import ConfigError  # noqa: E402
 from sweep import tracking  # noqa: E402
 from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,  # noqa: E402
                         load_search_space, parse_cli_overrides, within)

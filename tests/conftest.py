@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweep.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
+from core.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
 
 for _key, _value in {
     **DEFAULTS,

@@ -109,7 +109,7 @@ def _log_trial(client, experiment_id: str, parent_id: str, *, sweep: str, varian
 
 
 def _flat(overrides: dict) -> dict:
-    from model.config import default_config
+    from core.config import default_config
 
     return default_config().replace(overrides).flat()
 

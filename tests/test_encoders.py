@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import ConfigError, default_config
+from core.config import ConfigError, default_config
 from model.encoders import (PromptBuilder, TextBackbone, TextEncoder, build_audio_encoder, build_text_encoder,
                             build_tiny_tokenizer, build_video_encoder, FeatureEncoder, load_text_backbone,
                             normalise_waveform, pad_batch, speaker_token, stack_waveforms, tiny_data2vec_audio_config,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dialogue_data.schema import DataError, Dialogue, DialogueDataset, Utterance
-from model.config import default_config
+from core.schema import DataError, Dialogue, DialogueDataset, Utterance
+from core.config import default_config
 from model.encoders import build_audio_encoder, build_text_encoder
 from model.stage1 import predict, run_stage1, split_tables, student_loss, teacher_targets, weighted_f1
 
