@@ -2,10 +2,6 @@
 from a local directory), pooling, and the audio/video/feature encoders' shapes."""
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import numpy as np
 import pytest
 import torch
