@@ -18,34 +18,42 @@ Everything a sweep writes lives under --output (default ./runs).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from sweep.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
+from core.environment import apply_defaults
 
-# Offline, quiet, loopback-only defaults; set before Ray, MLflow or transformers are imported.
-for _key, _value in DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
+# Offline, quiet, loopback-only defaults, set before any import below can pull in Ray, MLflow or
+# transformers (some of them read these variables when imported).
+apply_defaults()
+
+from core.config import ConfigError  # noqa: E402
+from core.schema import DataError  # noqa: E402
+from dialogue_data import cli as data_cli  # noqa: E402
+from reports import cli as report_cli  # noqa: E402
+from sweep import cli as sweep_cli  # noqa: E402
+
+
+def print_ablation_table(outcome) -> None:
+    """After a finished ablation: its table, made by the reports package from MLflow (the sweep engine
+    knows nothing of reports). A table problem must not turn a finished sweep into a failure."""
+    try:
+        report_cli.print_table_after_sweep(outcome.name, outcome.output, tracking_uri=outcome.tracking_uri)
+    except Exception as err:
+        print(f"warning: the table could not be made ({type(err).__name__}: {err}); "
+              f"try: python run_sweep.py report {outcome.name} --output {outcome.output}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dialogue_data import cli as data_cli
-    from reports import cli as report_cli
-    from sweep import cli as sweep_cli
-
     parser = argparse.ArgumentParser(prog="run_sweep.py", description=__doc__.split("\n")[0],
                                      epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sweep_cli.add_commands(sub)    # ablate, tune, sync
+    sweep_cli.add_commands(sub, after_ablate=print_ablation_table)    # ablate, tune, sync
     report_cli.add_commands(sub)   # report, runs, ui
     data_cli.add_commands(sub)     # data, cache
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.config import ConfigError
-    from dialogue_data.schema import DataError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from model.fusion import build_fusion, count_parameters, stage2_loss  # noqa: E402
 
 MODALITIES = ("text", "audio", "video")

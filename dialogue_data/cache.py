@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from filelock import FileLock
 
-from dialogue_data.schema import DataError
+from core.schema import DataError
 
 if TYPE_CHECKING:  # torch is imported only when features are actually built or read
-    from model.features import Stage1Features
+    from core.features import Stage1Features
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 FORMAT = "magtkd-stage1-v1"
@@ -100,7 +100,7 @@ class Stage1Cache:
         """The verified entry, or None (missing; or unusable, with a CacheWarning). Call under lock(key)."""
         from safetensors.torch import load_file
 
-        from model.features import Stage1Features
+        from core.features import Stage1Features
 
         tensor_path, sidecar_path, _ = self._paths(key)
         if not tensor_path.exists() and not sidecar_path.exists():

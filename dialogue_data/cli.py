@@ -38,7 +38,7 @@ def add_commands(subparsers) -> None:
 # ---- data -----------------------------------------------------------------------------------
 
 def _config(args):
-    from model.config import load_config
+    from core.config import load_config
 
     overrides = [f"data.name={args.name}"]
     for flag, key in (("path", "data.path"), ("mapping", "data.mapping"), ("media_dir", "data.media_dir")):

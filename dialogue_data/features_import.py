@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
-from dialogue_data.schema import SPLITS, DataError, Dialogue, DialogueDataset, Utterance
+from core.schema import SPLITS, DataError, Dialogue, DialogueDataset, Utterance
 
 if TYPE_CHECKING:  # torch is imported only when features are actually built
-    from model.features import Stage1Features
+    from core.features import Stage1Features
 
 MELD_LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 IEMOCAP_LABELS = ["ang", "exc", "fru", "hap", "neu", "sad"]
@@ -149,7 +149,7 @@ def _sources(cfg) -> dict[str, str]:
 
 def _label_names(cfg, path: Path, raw_labels: list) -> list[str]:
     if cfg.data.mapping:
-        from model.config import read_yaml
+        from core.config import read_yaml
         spec = read_yaml(cfg.data.mapping)
         labels = spec.get("labels") if isinstance(spec, dict) else None
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
@@ -184,7 +184,7 @@ def load_author_features(path: str | Path, cfg) -> tuple[DialogueDataset, "Stage
     """(a text-less, media-less dataset skeleton, the features); the skeleton's fingerprint() hashes the vectors."""
     import torch
 
-    from model.features import SplitFeatures, Stage1Features
+    from core.features import SplitFeatures, Stage1Features
 
     path = Path(path)
     payloads = _split_payloads(path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dialogue_data.csv_reader import CsvSpec, read_csv_dataset
-from dialogue_data.schema import DialogueDataset
+from core.schema import DialogueDataset
 
 LABELS = ["ang", "exc", "fru", "hap", "neu", "sad"]
 _ALIASES = {"train": ["train"], "dev": ["dev", "valid", "val"], "test": ["test"]}

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from dialogue_data.schema import SPLITS, DataError, Dialogue
+from core.schema import SPLITS, DataError, Dialogue
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 CLIP_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")

@@ -18,7 +18,7 @@ import dataclasses
 import json
 from collections import OrderedDict
 
-from dialogue_data.schema import SPLITS, DataError, DialogueDataset
+from core.schema import SPLITS, DataError, DialogueDataset
 
 # The synthetic data are a pure function of the data config: keep the last few in memory so a
 # worker that runs many trials (Ray reuse_actors) generates them once. Callers treat datasets as
@@ -28,7 +28,7 @@ _MEMO_SIZE = 2
 
 
 def load_dataset(data_cfg) -> DialogueDataset:
-    """The dataset named by `data_cfg.name` (a `model.config.DataConfig`), max_dialogues applied."""
+    """The dataset named by `data_cfg.name` (a `core.config.DataConfig`), max_dialogues applied."""
     name = data_cfg.name
     if name == "synthetic":
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)

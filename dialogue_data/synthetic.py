@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dialogue_data.schema import SPLITS, Dialogue, DialogueDataset, Utterance
+from core.schema import SPLITS, Dialogue, DialogueDataset, Utterance
 
 LABELS = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 PARTNER = {"anger": "disgust", "disgust": "anger", "fear": "sadness", "sadness": "fear",
@@ -109,7 +109,7 @@ TEMPO = {"anger": 7.0, "disgust": 3.0, "fear": 8.0, "joy": 5.0, "sadness": 2.0, 
 
 
 def generate(data_cfg) -> DialogueDataset:
-    """The synthetic dataset for `data_cfg` (a `model.config.DataConfig`); deterministic by its seed."""
+    """The synthetic dataset for `data_cfg` (a `core.config.DataConfig`); deterministic by its seed."""
     counts = {"train": data_cfg.synthetic_dialogues,
               "dev": max(1, data_cfg.synthetic_dialogues // 4),
               "test": max(1, data_cfg.synthetic_dialogues // 4)}

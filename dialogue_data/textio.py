@@ -13,7 +13,7 @@ import threading
 import unicodedata
 from pathlib import Path
 
-from dialogue_data.schema import DataError
+from core.schema import DataError
 
 # Bytes 0x80-0x9F are never valid on their own in UTF-8 and are punctuation in cp1252 (smart
 # quotes, dashes, ellipsis, euro): a file with a few of them was almost certainly edited on

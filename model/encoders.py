@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ConfigError
+from core.config import ConfigError
 
 # Dropout in front of every classifier (the heads are tiny next to the backbones).
 HEAD_DROPOUT = 0.1

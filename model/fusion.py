@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import FusionConfig
+from core.config import FusionConfig
 from model.distill import feature_similarity_loss, logit_relation_loss
 
 STAGE2_TAU = 2.0           # logit-relation temperature of the authors' stage 2 (their Logit_Loss default)

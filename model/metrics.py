@@ -14,6 +14,12 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
+def weighted_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    """Support-weighted mean of per-class F1 (0.0 for a class never predicted); stage 1 selects its epoch by it."""
+    return float(f1_score(np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64),
+                          average="weighted", zero_division=0))
+
+
 def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
     """-> {"wf1", "acc", "mf1": float, "f1": {label: float}, "confusion": list[list[int]]}."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
@@ -22,7 +28,7 @@ def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     ids = list(range(len(labels)))
     per_class = f1_score(y_true, y_pred, labels=ids, average=None, zero_division=0)
     return {
-        "wf1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "wf1": weighted_f1(y_true, y_pred),
         "acc": float(accuracy_score(y_true, y_pred)),
         "mf1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "f1": {name: float(score) for name, score in zip(labels, per_class)},

@@ -1,6 +1,6 @@
 """Stage 1: train the per-utterance encoders and turn every utterance into vectors for stage 2.
 
-    features = run_stage1(cfg, dataset, log=print)   # -> model.features.Stage1Features
+    features = run_stage1(cfg, dataset, log=print)   # -> core.features.Stage1Features
 
 Order: the text model first (cross-entropy, best dev weighted-F1 epoch kept); then audio and
 video, each either a student distilled from the frozen text teacher (`stage1.kd`) or a plain
@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dialogue_data.schema import SPLITS, DataError, DialogueDataset, Utterance
-from model.config import MAGTKDConfig
+from core.schema import SPLITS, DataError, DialogueDataset, Utterance
+from core.config import MAGTKDConfig
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
                             build_video_encoder, normalise_waveform, stack_waveforms)
-from model.features import SplitFeatures, Stage1Features
+from core.features import SplitFeatures, Stage1Features
+from model.metrics import weighted_f1
+from model.runtime import resolve_device, seed_everything
 
 Log = Callable[[str], None]
 # A batch maker: row indices of one split -> the encoder's positional inputs (CPU tensors).
@@ -36,21 +38,9 @@ EVAL_BATCH_FACTOR = 8
 MIN_EVAL_BATCH = 32
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_for(seed: int, part: str) -> int:
     """A stable per-part seed, so e.g. switching KD off does not change the text model's draws."""
     return zlib.crc32(f"{seed}/{part}".encode())
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)   # data2vec's SpecAugment draws from numpy
-    return torch.Generator().manual_seed(seed)
 
 
 # ---- the dataset, flattened per split -------------------------------------------------------------
@@ -87,20 +77,6 @@ def split_tables(dataset: DialogueDataset, max_speakers: int) -> dict[str, Split
 
 
 # ---- metrics and inference -----------------------------------------------------------------------
-
-def weighted_f1(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Support-weighted mean of per-class F1 (sklearn's average='weighted', zero_division=0)."""
-    if len(labels) == 0:
-        return 0.0
-    pred, labels = pred.cpu(), labels.cpu()
-    onehot_p = F.one_hot(pred, num_classes).bool()
-    onehot_y = F.one_hot(labels, num_classes).bool()
-    tp = (onehot_p & onehot_y).sum(0).float()
-    denom = onehot_p.sum(0).float() + onehot_y.sum(0).float()
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
-    support = onehot_y.sum(0).float()
-    return float((f1 * support).sum() / support.sum())
-
 
 def to_device(inputs: tuple, device: torch.device) -> tuple:
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
@@ -225,7 +201,7 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         if len(dev_rows):
             _, logits = predict(model, dev_batcher, dev_rows, eval_batch, device, order_key)
             target = dev_labels[list(dev_rows)]
-            wf1 = weighted_f1(logits.argmax(1), target, num_classes)
+            wf1 = weighted_f1(target.cpu().numpy(), logits.argmax(1).cpu().numpy())
             acc = float((logits.argmax(1) == target).float().mean())
             message += f" dev wF1 {wf1:.4f} acc {acc:.4f}"
             if best_state is None or wf1 > best.best_dev_wf1:

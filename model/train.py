@@ -21,11 +21,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from dialogue_data.schema import DataError
-from model.config import ConfigError, MAGTKDConfig
-from model.features import SplitFeatures, Stage1Features
+from core.schema import DataError
+from core.config import ConfigError, MAGTKDConfig
+from core.features import SplitFeatures, Stage1Features
 from model.fusion import build_fusion, count_parameters, stage2_loss
 from model.metrics import classification_scores
+from model.runtime import resolve_device, seed_everything
 
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -100  # label at padded positions (never read: losses and scores use the mask)
@@ -42,20 +43,6 @@ class Stage2Result:
     labels: list[str]
     n_parameters: int
     info: dict = field(default_factory=dict)  # device, anchor modality, steps per epoch
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch (all devices) global generators; dropout and initialisation use them."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

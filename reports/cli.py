@@ -14,9 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from core.environment import apply_defaults
 from reports.store import ReportError, tracking_uri_for
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +138,7 @@ def print_table_after_sweep(sweep_name: str, output_dir: str | Path, tracking_ur
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_defaults()   # an entry point of its own: MLflow is imported later, inside the commands
     parser = argparse.ArgumentParser(prog="python -m reports.cli", description=__doc__.split("\n")[0])
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

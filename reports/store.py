@@ -9,17 +9,12 @@ needs must therefore be in the store, which is what makes a table regenerable in
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sweep.tracking import search_all
-
-# Quiet MLflow before it is imported anywhere in this process.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in printed tables
 
 PARENT_TAG = "mlflow.parentRunId"
 STATES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")

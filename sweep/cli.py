@@ -12,8 +12,10 @@ Rerunning the same command resumes an interrupted sweep and trains nothing for a
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/demo.yaml
@@ -21,7 +23,7 @@ _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw --from-tune fusion
   python run_sweep.py ablate ablations/demo.yaml --output /scratch/runs --max-concurrent 4 --cpus-per-trial 0.5
 
-Overrides are dotted config keys (see model/config.py); they apply to every variant and win over the
+Overrides are dotted config keys (see core/config.py); they apply to every variant and win over the
 variants' own overrides. Rerun the same command to resume an interrupted sweep; (config, seed) pairs
 already FINISHED in MLflow are skipped."""
 
@@ -98,10 +100,15 @@ def _guard(func):
     return run
 
 
-def cmd_ablate(args: argparse.Namespace) -> int:
+def cmd_ablate(args: argparse.Namespace, after_ablate: Optional[Callable] = None) -> int:
+    """after_ablate(outcome) runs after a finished ablation: run_sweep.py passes the reports package's table
+    printer here, so that sweep/ never imports reports/ (which sits above it)."""
     from sweep.engine import run_sweep
 
-    return run_sweep("ablate", args.spec, args.overrides, _options(args)).exit_code
+    outcome = run_sweep("ablate", args.spec, args.overrides, _options(args))
+    if outcome.status == "finished" and after_ablate is not None:
+        after_ablate(outcome)
+    return outcome.exit_code
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -121,7 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers, after_ablate: Optional[Callable] = None) -> None:
     p = subparsers.add_parser("ablate", help="run every variant x seed of an ablation YAML on Ray Tune, into MLflow",
                               description="Run an ablation study: every variant x seed of SPEC.yaml as a Ray Tune "
                                           "trial, each logged to MLflow; ends with the ablation table.",
@@ -129,7 +136,7 @@ def add_commands(subparsers) -> None:
     _common(p)
     p.add_argument("--from-tune", default=None, metavar="NAME",
                    help="start every variant from the best config found by tune sweep NAME (its searched keys)")
-    p.set_defaults(func=_guard(cmd_ablate))
+    p.set_defaults(func=_guard(functools.partial(cmd_ablate, after_ablate=after_ablate)))
 
     p = subparsers.add_parser("tune", help="Optuna search with ASHA early stopping on Ray Tune, into MLflow",
                               description="Run an Optuna search over SPEC.yaml's parameters on Ray Tune, with ASHA "

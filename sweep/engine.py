@@ -34,32 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-# Quiet, offline, loopback-only defaults for Ray and MLflow (before either is imported).
-for _key, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                     "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-                     "TOKENIZERS_PARALLELISM": "false",
-                     # Ray's own tables and the snapshot warning: our progress line replaces them.
-                     "RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-                     # A tracking server that is down should cost seconds, not MLflow's minutes of retries.
-                     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-                     }.items():
-    os.environ.setdefault(_key, _value)
-
-from model.config import ConfigError  # noqa: E402
-from sweep import tracking  # noqa: E402
-from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,  # noqa: E402
+from core.config import ConfigError
+from core.environment import worker_env
+from sweep import tracking
+from sweep.ray_start import cluster_address, describe, probe, start_ray
+from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,
                         load_search_space, parse_cli_overrides, within)
-from sweep.ray_start import cluster_address, describe, probe, start_ray  # noqa: E402
-from sweep.sync import read_state, stored_trials, sync_trials, write_state  # noqa: E402
-from sweep.tracking import SweepError  # noqa: E402
-from sweep.trainable import trial_config  # noqa: E402
+from sweep.sync import read_state, stored_trials, sync_trials, write_state
+from sweep.tracking import SweepError
+from sweep.trainable import trial_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED_EXIT = 130
-# Passed to every trial worker (also on a cluster joined with --address).
-WORKER_ENV = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
-                                         "MLFLOW_DISABLE_TELEMETRY") if k in os.environ}
 
 
 @dataclass
@@ -91,6 +77,8 @@ class SweepOutcome:
     parent_run_id: str = ""
     ray_path: str = ""
     messages: list = field(default_factory=list)
+    output: Path = Path("runs")             # where the sweep wrote, and the store the report reads
+    tracking_uri: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -316,7 +304,7 @@ def trial_dirname(trial) -> str:
 def _ray_init(opts: SweepOptions) -> bool:
     """Start a private local Ray, or join --address / RAY_ADDRESS (sweep/ray_start.py); returns whether
     this call started it (and must stop it)."""
-    return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, WORKER_ENV)
+    return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, worker_env())
 
 
 def _check_cluster(resources) -> None:
@@ -395,7 +383,8 @@ class _Run:
         self.entry = self.state.setdefault("experiments", {}).setdefault(self.exp_name, {"status": "new"})
         self.save_state()
         self.outcome = SweepOutcome(self.sweep, plan.kind, "finished", experiment_id=self.experiment_id,
-                                    parent_run_id=self.parent_id, ray_path=str(self.exp_path))
+                                    parent_run_id=self.parent_id, ray_path=str(self.exp_path),
+                                    output=plan.output, tracking_uri=plan.tracking_uri)
 
         # We hold the sweep's lock, so a child run still RUNNING belongs to a driver that is gone.
         tracking.close_stale_runs(self.client, self.experiment_id)
@@ -599,25 +588,9 @@ def _finish(plan: _Plan, client, outcome: SweepOutcome, experiment_id: str, pare
     text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"sweep '{plan.spec.name}' complete: {text or 'no runs'} in MLflow experiment '{plan.spec.name}' "
           f"({plan.tracking_uri})", flush=True)
-    if plan.kind == "ablate":
-        _print_table(plan)
-    else:
+    if plan.kind == "tune":   # an ablation's table is printed by the command line (run_sweep.py), not here
         _print_best(plan, runs)
     return outcome
-
-
-def _print_table(plan: _Plan) -> None:
-    """The ablation table, made by the reports package (reports.cli.print_table_after_sweep)."""
-    try:
-        from reports.cli import print_table_after_sweep
-    except ImportError:
-        print(f"(table: python run_sweep.py report {plan.spec.name} --output {plan.output})")
-        return
-    try:
-        print_table_after_sweep(plan.spec.name, plan.output, tracking_uri=plan.tracking_uri)
-    except Exception as err:  # a table problem must not turn a finished sweep into a failure
-        print(f"warning: the table could not be made ({type(err).__name__}: {err}); "
-              f"try: python run_sweep.py report {plan.spec.name} --output {plan.output}", file=sys.stderr)
 
 
 def _print_best(plan: _Plan, runs) -> None:

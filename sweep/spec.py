@@ -28,7 +28,7 @@ asha {metric, grace_period, reduction_factor, max_t} and params, each
     width_heads: {type: categorical, choices: [{fusion.width: 256, fusion.heads: 4}, ...]}  # grouped
 
 Everything is checked here, before Ray starts: YAML syntax (file and line), unknown top-level keys,
-every override key of every variant and every searched key against `model.config` (with the closest
+every override key of every variant and every searched key against `core.config` (with the closest
 valid key suggested), value types and ranges through the config's own validation, and names that
 become paths (a sweep called `../../x` is refused). A search space is also sampled (exhaustively when
 it is small) so that a combination the config refuses, e.g. heads that do not divide the width, fails
@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
-from model.config import (absolute_path_overrides, suggest, unknown_key_message, ConfigError, MAGTKDConfig, default_config, parse_value, read_yaml,
+from core.config import (absolute_path_overrides, suggest, unknown_key_message, ConfigError, MAGTKDConfig, default_config, parse_value, read_yaml,
                           valid_keys)
 
 # The per-epoch report (README: What MLflow holds): what a tune metric or an ASHA metric may name.

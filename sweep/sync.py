@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from model.config import ConfigError
+from core.config import ConfigError
 from sweep import tracking
 from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, trial_config, trial_settings
 

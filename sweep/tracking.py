@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import os
 import subprocess
 import tempfile
 import time
@@ -20,8 +19,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PARENT_TAG = "mlflow.parentRunId"
 FINAL = ("FINISHED", "FAILED")

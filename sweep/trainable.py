@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: one MAGTKD trial through `model.pipeline.run_trial`.
+"""The Ray Tune function trainable: one MAGTKD trial through `pipeline.trial.run_trial`.
 
 Every stage-2 epoch is reported with `tune.report` together with a checkpoint directory holding
   state.pt      the pipeline's resume state (torch.save; read back with weights_only=True)
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from model.config import ConfigError, MAGTKDConfig, from_dict
+from core.config import ConfigError, MAGTKDConfig, from_dict
 
 HISTORY = "history.json"
 STATE = "state.pt"
@@ -69,8 +69,8 @@ def train_trial(config: dict) -> None:
     import torch
     from ray import tune
 
-    from dialogue_data.schema import DataError
-    from model.pipeline import run_trial
+    from core.schema import DataError
+    from pipeline.trial import run_trial
     from model.train import DivergedError
 
     history: list[dict] = []

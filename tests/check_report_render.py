@@ -15,7 +15,6 @@ Debian: apt-get install -y chromium texlive-latex-base texlive-latex-recommended
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -26,7 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from core.environment import apply_defaults  # noqa: E402  (plain constants: nothing heavy is imported)
+
+apply_defaults()   # an entry point of its own: before MLflow is imported
 
 # The table must compile with booktabs alone; graphicx (if loaded) lets a wide table shrink to the line.
 WRAPPER = r"""\documentclass[11pt]{article}

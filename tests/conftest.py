@@ -13,14 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweep.environment import DEFAULTS  # noqa: E402  (plain constants: nothing heavy is imported)
+from core.environment import apply_defaults  # noqa: E402  (plain constants: nothing heavy is imported)
 
-for _key, _value in {
-    **DEFAULTS,
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}.items():
-    os.environ[_key] = _value
+apply_defaults(force=True)
 
 import signal  # noqa: E402
 import time  # noqa: E402

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import zlib
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 ABLATION = {  # variant -> (overrides, planted test wF1)
@@ -109,7 +106,7 @@ def _log_trial(client, experiment_id: str, parent_id: str, *, sweep: str, varian
 
 
 def _flat(overrides: dict) -> dict:
-    from model.config import default_config
+    from core.config import default_config
 
     return default_config().replace(overrides).flat()
 

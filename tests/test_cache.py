@@ -10,8 +10,8 @@ import torch
 
 from dialogue_data import cli
 from dialogue_data.cache import CacheWarning, Stage1Cache
-from dialogue_data.schema import DataError
-from model.features import SplitFeatures, Stage1Features
+from core.schema import DataError
+from core.features import SplitFeatures, Stage1Features
 
 LABELS = ["a", "b", "c"]
 

@@ -1,7 +1,7 @@
 """The one config object: overrides, refusals with key paths, flat params and stable hashes."""
 import pytest
 
-from model.config import ConfigError, load_config, parse_value, valid_keys
+from core.config import ConfigError, load_config, parse_value, valid_keys
 
 
 def test_defaults_follow_the_authors_meld_settings():

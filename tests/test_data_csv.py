@@ -11,9 +11,9 @@ from dialogue_data.iemocap import LABELS as IEMOCAP_LABELS
 from dialogue_data.iemocap import read_iemocap
 from dialogue_data.meld import read_meld
 from dialogue_data.registry import load_dataset
-from dialogue_data.schema import DataError
+from core.schema import DataError
 from dialogue_data.textio import clean_text
-from model.config import load_config
+from core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 IEMOCAP_HEADER = "Utterance,Speaker,Dialogue_ID,Start_Time,End_Time,Wav_Path,Video_Path,Emotion,Utterance_ID"

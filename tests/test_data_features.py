@@ -9,8 +9,8 @@ import torch
 
 from dialogue_data.features_import import (cached_author_features, load_author_features, safe_load)
 from dialogue_data.registry import load_dataset
-from dialogue_data.schema import DataError
-from model.config import load_config
+from core.schema import DataError
+from core.config import load_config
 
 KEYS = ("text", "audio", "video", "audio_kd", "video_kd")
 

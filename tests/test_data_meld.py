@@ -12,7 +12,7 @@ import pytest
 from dialogue_data import cli
 from dialogue_data.media import MediaWarning
 from dialogue_data.meld import LABELS, read_meld
-from dialogue_data.schema import DataError
+from core.schema import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 MELD = ROOT.parent / "shared" / "data" / "meld"

@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from dialogue_data import synthetic
 from dialogue_data.registry import load_dataset
-from model.config import DataConfig, load_config
+from core.config import DataConfig, load_config
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,12 @@
 from a local directory), pooling, and the audio/video/feature encoders' shapes."""
 from __future__ import annotations
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from model.config import ConfigError, default_config
+from core.config import ConfigError, default_config
 from model.encoders import (PromptBuilder, TextBackbone, TextEncoder, build_audio_encoder, build_text_encoder,
                             build_tiny_tokenizer, build_video_encoder, FeatureEncoder, load_text_backbone,
                             normalise_waveform, pad_batch, speaker_token, stack_waveforms, tiny_data2vec_audio_config,

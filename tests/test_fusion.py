@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import load_config
+from core.config import load_config
 from model.fusion import (AnchorGatedTransformer, AttentionPath, ConcatFusion, Gate, MultiHeadCrossAttention,
                           build_fusion, count_parameters, stage2_loss)
 from model.distill import feature_similarity_loss, logit_relation_loss

@@ -9,8 +9,8 @@ import statistics
 import pytest
 import torch
 
-from model.config import load_config
-from model.pipeline import run_trial
+from core.config import load_config
+from pipeline.trial import run_trial
 
 SEEDS = (0, 1, 2)
 SUBSETS = {"all": "text,audio,video", "T": "text", "A": "audio", "V": "video"}

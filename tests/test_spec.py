@@ -8,7 +8,7 @@ import textwrap
 import optuna
 import pytest
 
-from model.config import ConfigError
+from core.config import ConfigError
 from sweep.spec import define_by_run, load_ablation, load_search_space, parse_cli_overrides, slugify, within
 
 ABLATION = """\

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from model.config import ConfigError, load_config
-from model.features import SplitFeatures, Stage1Features
+from core.config import ConfigError, load_config
+from core.features import SplitFeatures, Stage1Features
 from model.train import DivergedError, PaddedSplit, linear_warmup_decay, train_stage2
 
 LABELS = ["neutral", "joy", "sadness", "anger"]

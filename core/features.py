@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.config import MODALITIES
+from core.config import MODALITIES
 
 
 @dataclass

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from model.config import MAGTKDConfig
-from model.features import Stage1Features
+from core.config import MAGTKDConfig
+from core.features import Stage1Features
 
 
 @dataclass
@@ -43,7 +43,7 @@ def usable_config(cfg: MAGTKDConfig, features: Stage1Features) -> tuple[MAGTKDCo
     masked = [m for m in cfg.fusion.modalities if m not in available]
     kept = [m for m in cfg.fusion.modalities if m in available]
     if not kept:
-        from model.config import ConfigError
+        from core.config import ConfigError
         raise ConfigError(f"fusion.modalities={cfg.fusion.modalities} but the data only have {available}")
     if masked:
         cfg = cfg.replace({"fusion.modalities": kept})

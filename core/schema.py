@@ -1,7 +1,7 @@
 """One data model for every dataset: dialogues of utterances, three splits, a label set, a fingerprint.
 
 Readers (synthetic, MELD, IEMOCAP, generic CSV) all return a `DialogueDataset`; stage 1 turns it
-into per-utterance vectors (`model.features.Stage1Features`), stage 2 reads those.
+into per-utterance vectors (`core.features.Stage1Features`), stage 2 reads those.
 A modality that is absent for an utterance is `None` there, and `coverage()` counts it: a missing
 clip is a masked modality, never silent zeros.
 """

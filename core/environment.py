@@ -1,0 +1,52 @@
+"""The process environment every entry point sets before Ray, MLflow or transformers are imported.
+
+One home for these defaults: `run_sweep.py` and `python -m reports.cli` call `apply_defaults()` first
+thing, tests/conftest.py forces them, and the sweep engine hands `worker_env()` to every Ray worker.
+No module sets them at import time.
+"""
+from __future__ import annotations
+
+import os
+from typing import MutableMapping
+
+DEFAULTS = {
+    # Offline: nothing downloads at run time.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # No usage stats or telemetry.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Every Ray process of a local run on 127.0.0.1; no Ray auth token file (a stale one makes a
+    # second node fail with InvalidAuthToken).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    # Quiet: tokenizers' fork warning, Ray's own tables and snapshot warning (our progress line
+    # replaces them), MLflow's URL lines and artifact progress bars in printed tables.
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # A tracking server that is down should cost seconds, not MLflow's minutes of retries.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+# What every trial worker gets (also on a cluster joined with --address, whose workers did not run
+# an entry point of ours).
+WORKER_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY")
+
+
+def apply_defaults(environ: MutableMapping[str, str] | None = None, force: bool = False) -> None:
+    """Set every default that is not set yet (all of them with force=True, as the tests do)."""
+    environ = os.environ if environ is None else environ
+    for key, value in DEFAULTS.items():
+        if force:
+            environ[key] = value
+        else:
+            environ.setdefault(key, value)
+
+
+def worker_env() -> dict[str, str]:
+    """The environment for Ray's trial workers: this process's values, else the defaults."""
+    return {key: os.environ.get(key, DEFAULTS[key]) for key in WORKER_KEYS}
