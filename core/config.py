@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,8 @@ def _check_type(value: Any, expected: type, key: str, source: str) -> Any:
             return value
     elif expected is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):  # .inf, 1e999, .nan: every trial would diverge or mean nothing
+                raise ConfigError(f"{source}: key '{key}' must be a finite number, got {value!r}")
             return float(value)
     elif expected is str:
         if isinstance(value, str):
@@ -292,15 +295,17 @@ PATH_KEYS = ("data.path", "data.mapping", "data.media_dir",
              "stage1.text_encoder", "stage1.audio_encoder", "stage1.video_encoder")
 
 
-def absolute_path_overrides(overrides: Mapping[str, Any], base: str | Path = ".") -> dict[str, str]:
-    """The file-path entries of a {dotted key: value} mapping, made absolute against `base` and checked to exist."""
+def absolute_path_overrides(overrides: Mapping[str, Any], base: str | Path = ".",
+                            must_exist: bool = True) -> dict[str, str]:
+    """The file-path entries of a {dotted key: value} mapping, made absolute against `base` and (unless
+    must_exist=False, as when a spec file is only loaded and validated) checked to exist."""
     out = {}
     for key in PATH_KEYS:
         value = overrides.get(key)
         if not value or not isinstance(value, str) or value in NAMED_ENCODERS:
             continue
         path = (Path(base) / Path(value).expanduser()).resolve()
-        if not path.exists():
+        if must_exist and not path.exists():
             raise ConfigError(f"key '{key}': {value} does not exist (resolved to {path})")
         out[key] = str(path)
     return out
@@ -355,12 +360,20 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
+        # PyYAML's context says what it was inside ("while parsing a flow mapping", and where that began).
+        context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context:
+            problem += f" ({context}" + (f" that starts at line {context_mark.line + 1}, column "
+                                         f"{context_mark.column + 1}" if context_mark else "") + ")"
         raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty file (no YAML content{', only comments' if text.strip() else ''})")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> MAGTKDConfig:

@@ -66,6 +66,14 @@ class DialogueDataset:
             counts["video"] += u.frames is not None or u.video_features is not None
         return counts
 
+    def label_warnings(self) -> list[str]:
+        """Labels the training split never shows: the model would keep a class it cannot learn (and a
+        test set scored on it). One message per label, naming the split."""
+        seen = {u.label for u in self.utterances("train")} if "train" in self.splits else set()
+        return [f"{self.name}: label '{label}' has no examples in the train split (it is in the label set, so "
+                f"the model keeps a class it never sees); drop it in the data or the mapping (drop_labels)"
+                for i, label in enumerate(self.labels) if i not in seen]
+
     def fingerprint(self) -> str:
         """Content hash over labels, text, speakers, ids and media bytes (stable across runs)."""
         h = hashlib.sha256()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from core.schema import DataError
+
 DATASETS = ("synthetic", "meld", "iemocap", "csv", "features")
 
 
@@ -24,6 +26,8 @@ def add_commands(subparsers) -> None:
     data.add_argument("--path", default=None, help="dataset directory or file (data.path)")
     data.add_argument("--mapping", default=None, help="YAML column/label mapping for name=csv (data.mapping)")
     data.add_argument("--media-dir", default=None, help="wav/mp4/frames directory (data.media_dir)")
+    data.add_argument("--strict", action="store_true",
+                      help="exit 2 when a label has no training examples (otherwise a warning)")
     data.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides, e.g. data.max_dialogues=10 (a bare key means data.KEY)")
     data.set_defaults(func=cmd_data)
@@ -59,7 +63,10 @@ def cmd_data(args) -> int:
         print(describe_features(features, dataset))
     else:
         from dialogue_data.registry import load_dataset
-        print(describe(load_dataset(cfg.data)))
+        dataset = load_dataset(cfg.data)
+        print(describe(dataset))
+        if dataset.label_warnings() and args.strict:
+            raise DataError("; ".join(dataset.label_warnings()) + " (--strict)")
     return 0
 
 
@@ -107,6 +114,8 @@ def describe(dataset) -> str:
             lines.append(f"  [{u.utterance_id}] {u.speaker}: {u.text[:70]}  -> {dataset.labels[u.label]}")
     if dataset.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in dataset.notes]
+    if dataset.label_warnings():
+        lines += ["", "warnings:"] + [f"  - {warning}" for warning in dataset.label_warnings()]
     return "\n".join(lines)
 
 

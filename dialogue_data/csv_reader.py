@@ -12,6 +12,7 @@ duplicate utterance ids, undecodable bytes, rows with the wrong number of fields
 """
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import re
@@ -33,7 +34,7 @@ class CsvSpec:
     name: str
     labels: list[str]                                  # label names, in class-index order
     label_map: dict[str, str]                          # raw value (lower-cased) -> label name
-    columns: dict[str, str]                            # role (ROLES) -> column header
+    columns: dict[str, str | list[str]]                # role (ROLES) -> column header (dialogue_id: one or a list)
     files: dict[str, list[str]] = field(default_factory=dict)   # split -> candidate names in the directory
     single_file: list[str] = field(default_factory=list)        # candidate names of one file with a split column
     split_values: dict[str, list[str]] = field(default_factory=lambda: {s: [s] for s in SPLITS})
@@ -42,6 +43,19 @@ class CsvSpec:
     delimiter: str = ","
     media_pattern: str = ""                            # clip stem under media_dir, e.g. "dia{dialogue_id}_utt{utterance_id}"
     media_split_dirs: dict[str, list[str]] = field(default_factory=lambda: {s: [s] for s in SPLITS})
+    speaker_format: str = "plain"                      # plain | list: cells like "['Monica Geller', 'Ross Geller']"
+    label_spellings: list[str] = field(default_factory=list)    # raw labels as the mapping writes them (for errors)
+
+    def column_name(self, role: str) -> str:
+        """The header(s) behind a role, as an error message names them."""
+        headers = self.columns.get(role, "")
+        return "+".join(headers) if isinstance(headers, list) else headers
+
+
+# A dialogue id spread over several columns (season, episode, scene) is their values joined by this.
+ID_JOINER = "_"
+# Several speakers in one list-valued cell are one speaker: their names in the order written, joined by this.
+SPEAKER_JOINER = " & "
 
 
 @dataclass
@@ -128,14 +142,15 @@ def _read_rows(file: Path, spec: CsvSpec, notes: list[str]) -> list[_Row]:
         raise DataError(f"{file}: line 1: the file is empty (expected a header row)") from None
     except csv.Error as err:
         raise DataError(f"{file}: line 1: {err}") from None
-    index: dict[str, int] = {}
+    index: dict[str, list[int]] = {}
     missing = []
-    for role, column in spec.columns.items():
-        i = _match_column(header, column)
-        if i is None:
-            missing.append(f"'{column}' ({role})")     # a mapped column must exist, optional role or not
-        else:
-            index[role] = i
+    for role, columns in spec.columns.items():
+        for column in (columns if isinstance(columns, list) else [columns]):
+            i = _match_column(header, column)
+            if i is None:
+                missing.append(f"'{column}' ({role})")     # a mapped column must exist, optional role or not
+            else:
+                index.setdefault(role, []).append(i)
     order_col = None
     if spec.order_by and spec.order_by not in spec.columns:
         order_col = _match_column(header, spec.order_by)
@@ -151,7 +166,7 @@ def _read_rows(file: Path, spec: CsvSpec, notes: list[str]) -> list[_Row]:
                 continue
             if len(cells) != len(header):
                 raise DataError(f"{file}: line {start}: {len(cells)} fields, but the header has {len(header)}")
-            values = {role: cells[i] for role, i in index.items()}
+            values = {role: ID_JOINER.join(cells[i].strip() for i in idx) for role, idx in index.items()}
             order = cells[order_col] if order_col is not None else values.get(spec.order_by, "")
             rows.append(_Row(start, values, order.strip()))
     except csv.Error as err:
@@ -194,7 +209,7 @@ def _dialogues(rows: list[tuple[Path, _Row]], spec: CsvSpec, split: str,
         v = row.values
         did = v["dialogue_id"].strip()
         if not did:
-            raise DataError(f"{file}: line {row.line}, column '{col['dialogue_id']}': empty dialogue id")
+            raise DataError(f"{file}: line {row.line}, column '{spec.column_name('dialogue_id')}': empty dialogue id")
         groups.setdefault(did, []).append((file, row))
     ids = list(groups)
     if all(re.fullmatch(r"-?\d+", d) for d in ids):
@@ -227,12 +242,10 @@ def _dialogues(rows: list[tuple[Path, _Row]], spec: CsvSpec, split: str,
                 continue
             name = spec.label_map.get(raw_label.lower())
             if name is None:
-                valid = ", ".join(sorted(spec.label_map))
+                valid = ", ".join(spec.label_spellings or sorted(spec.label_map))
                 raise DataError(f"{file}: line {r.line}, column '{col['label']}': unknown label '{raw_label}'; "
                                 f"valid labels: {valid}")
-            speaker = v["speaker"].strip()
-            if not speaker:
-                raise DataError(f"{file}: line {r.line}, column '{col['speaker']}': empty speaker")
+            speaker = _speaker(v["speaker"], spec.speaker_format, f"{file}: line {r.line}, column '{col['speaker']}'")
             utt = Utterance(speaker=clean_text(speaker), text=clean_text(v["text"]), label=label_index[name],
                             utterance_id=uid)
             media_refs[(split, did, uid)] = (v.get("wav", "").strip(), v.get("video", "").strip())
@@ -244,6 +257,27 @@ def _dialogues(rows: list[tuple[Path, _Row]], spec: CsvSpec, split: str,
         if utterances:
             dialogues.append(Dialogue(dialogue_id=did, utterances=utterances))
     return dialogues, dropped
+
+
+def _speaker(cell: str, speaker_format: str, where: str) -> str:
+    """One speaker name from a cell. With speaker_format 'list' the cell is a Python or JSON list literal
+    (`['Monica Geller']`); several names are one speaker, joined in the order written, so the same pair
+    is always the same speaker. Parsed with ast.literal_eval (literals only, nothing is executed)."""
+    text = cell.strip()
+    if speaker_format == "list":
+        try:
+            names = ast.literal_eval(text) if text else []
+        except (ValueError, SyntaxError):
+            raise DataError(f"{where}: speaker {text!r} is not a list literal such as ['Monica Geller'] "
+                            f"(the mapping sets speaker_format: list)") from None
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{where}: speaker {text!r} must be a list of names")
+        text = SPEAKER_JOINER.join(n.strip() for n in names if n.strip())
+    if not text:
+        raise DataError(f"{where}: empty speaker")
+    return text
 
 
 def _media_locator(spec: CsvSpec, media_dir: Path, media_refs: dict):
@@ -275,7 +309,7 @@ def _media_locator(spec: CsvSpec, media_dir: Path, media_refs: dict):
 # ---- YAML mapping ---------------------------------------------------------------------------
 
 MAPPING_KEYS = ("name", "files", "file", "columns", "labels", "drop_labels", "split_values", "order_by",
-                "delimiter", "media_pattern", "media_split_dirs")
+                "delimiter", "media_pattern", "media_split_dirs", "speaker_format")
 
 
 def load_mapping(mapping_path: str | Path) -> CsvSpec:
@@ -298,6 +332,10 @@ def load_mapping(mapping_path: str | Path) -> CsvSpec:
     need(isinstance(columns, dict), "columns", f"must map roles to column headers ({', '.join(ROLES)})")
     for role, header in columns.items():
         need(role in ROLES, f"columns.{role}", f"is not a role; valid roles: {', '.join(ROLES)}")
+        if role == "dialogue_id" and isinstance(header, list):  # an id spread over columns: joined in order
+            need(bool(header) and all(isinstance(h, str) and h for h in header), f"columns.{role}",
+                 "must be a column header or a list of column headers (joined in order into one id)")
+            continue
         need(header is None or isinstance(header, str), f"columns.{role}", "must be a column header (text)")
     columns = {role: header for role, header in columns.items() if header}
     for role in REQUIRED_ROLES:
@@ -308,14 +346,16 @@ def load_mapping(mapping_path: str | Path) -> CsvSpec:
     if isinstance(labels_raw, list) and labels_raw and all(isinstance(x, str) for x in labels_raw):
         labels = [x.strip() for x in labels_raw]
         label_map = {x.lower(): x for x in labels}
+        spellings = list(labels)
     elif isinstance(labels_raw, dict) and labels_raw:
-        labels, label_map = [], {}
+        labels, label_map, spellings = [], {}, []
         for raw, name in labels_raw.items():
             if name is None:                                 # raw: null drops those rows
                 drop.add(str(raw).strip().lower())
                 continue
             need(isinstance(name, str), f"labels.{raw}", "must be a label name (text) or null to drop")
             label_map[str(raw).strip().lower()] = name.strip()
+            spellings.append(str(raw).strip())
             if name.strip() not in labels:
                 labels.append(name.strip())
     else:
@@ -358,6 +398,10 @@ def load_mapping(mapping_path: str | Path) -> CsvSpec:
             msd[s] = [str(x) for x in (v if isinstance(v, list) else [v])]
     name = data.get("name", "csv")
     need(isinstance(name, str) and bool(name), "name", "must be a non-empty name")
+    speaker_format = data.get("speaker_format", "plain")
+    need(speaker_format in ("plain", "list"), "speaker_format",
+         f"must be plain or list (cells like ['Monica Geller']), got {speaker_format!r}")
     return CsvSpec(name=name, labels=labels, label_map=label_map, columns=columns, files=files,
                    single_file=single, split_values=split_values, drop_labels=drop, order_by=order_by,
-                   delimiter=delimiter, media_pattern=pattern, media_split_dirs=msd)
+                   delimiter=delimiter, media_pattern=pattern, media_split_dirs=msd, speaker_format=speaker_format,
+                   label_spellings=spellings)

@@ -54,6 +54,25 @@ def address(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def sweep_urls(tracking_uri: str, base: str) -> list[str]:
+    """One line per sweep in the store: its name and the URL of its runs table. Experiments that sweeps
+    made before they were marked as model-training experiments are marked now (the UI otherwise opens
+    them on its GenAI overview)."""
+    from sweep.tracking import EXPERIMENT_KIND, make_client, retrying
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        return []
+    client = make_client(tracking_uri)
+    lines = []
+    for exp in retrying(client.search_experiments):
+        if exp.name == "Default":  # MLflow's own, never a sweep
+            continue
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            retrying(client.set_experiment_tag, exp.experiment_id, *EXPERIMENT_KIND)
+        lines.append(f"  {exp.name}: {base}/#/experiments/{exp.experiment_id}/runs")
+    return lines
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -91,6 +110,9 @@ def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_r
     child = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
     print(f"MLflow UI for {tracking_uri} at {address(host, port)} (server pid {child.pid}; Ctrl-C stops it)",
           file=out, flush=True)
+    urls = sweep_urls(tracking_uri, address(host, port))
+    if urls:
+        print("runs of each sweep:\n" + "\n".join(urls), file=out, flush=True)
 
     def stop(signum, _frame):
         try:

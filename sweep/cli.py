@@ -56,6 +56,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="stage-1 feature cache (default OUTPUT/cache); share it between sweeps and nodes")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the trials' output")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse data in which a label has no training examples (otherwise a warning)")
 
 
 def _store(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,8 @@ def _options(args: argparse.Namespace):
                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
                         num_samples=getattr(args, "num_samples", None), time_budget=getattr(args, "time_budget", None),
                         from_tune=getattr(args, "from_tune", None),
-                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, verbose=args.verbose)
+                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, verbose=args.verbose,
+                        strict=args.strict)
 
 
 def _guard(func):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from core.config import ConfigError
+from core.config import ConfigError, absolute_path_overrides
 from core.environment import worker_env
 from sweep import tracking
 from sweep.ray_start import cluster_address, describe, probe, start_ray
@@ -63,6 +63,7 @@ class SweepOptions:
     cache_dir: Optional[Path] = None       # stage-1 feature cache (default <output>/cache)
     num_cpus: Optional[int] = None         # CPUs of a local Ray (default: all)
     verbose: bool = False
+    strict: bool = False                   # refuse data with a label that has no training examples
     callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests use them to inject faults)
 
 
@@ -109,9 +110,10 @@ def check_output_dir(output: Path) -> Path:
     return output
 
 
-def _data_info(cfgs) -> dict[str, dict]:
+def _data_info(cfgs, strict: bool = False) -> dict[str, dict]:
     """Load each distinct dataset once (errors here name the file and line, before Ray starts) and keep
-    what the trials' MLflow tags need: fingerprint, label order and the modalities the data carry."""
+    what the trials' MLflow tags need: name, fingerprint, label order and the modalities the data carry.
+    A label without training examples is a warning, or an error with --strict."""
     from dialogue_data.registry import load_dataset
 
     out: dict[str, dict] = {}
@@ -120,17 +122,28 @@ def _data_info(cfgs) -> dict[str, dict]:
         if key in out:
             continue
         dataset = load_dataset(cfg.data)
+        for warning in dataset.label_warnings():
+            if strict:
+                raise ConfigError(f"{warning} (--strict)")
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         coverage = dataset.coverage("train")
         out[key] = {"fingerprint": dataset.fingerprint(), "labels": list(dataset.labels),
                     "available": [m for m in ("text", "audio", "video") if coverage.get(m, 0) > 0],
-                    "name": dataset.name}
+                    "name": dataset.name, "source": dataset.source}
     return out
 
 
+def _dataset_names(data_info: dict[str, dict]) -> str:
+    """The datasets' own names (a CSV mapping's `name`, not 'csv'), for the parent run's `dataset` tag."""
+    return ", ".join(sorted({info["name"] for info in data_info.values()}))
+
+
 def _check_local_paths(cfgs) -> None:
-    """Checkpoint paths given for the encoders must exist here (a typo would otherwise fail every trial
-    after Ray started). Named encoders ('tiny', 'minilm', 'features') are the stage-1 code's business."""
+    """Data files and encoder checkpoints must exist here (a typo would otherwise fail every trial after
+    Ray started). Loading a spec file does not check them (it validates without the data); launching does.
+    Named encoders ('tiny', 'minilm', 'features') are the stage-1 code's business."""
     for cfg in cfgs:
+        absolute_path_overrides(cfg.flat())  # raises "key 'data.path': ... does not exist"
         for key in ("text_encoder", "audio_encoder", "video_encoder"):
             value = getattr(cfg.stage1, key)
             if ("/" in value or value.startswith(("~", "."))) and not Path(value).expanduser().exists():
@@ -233,7 +246,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         spec = load_ablation(spec_path, cli, extra_base=extra)
         plans = spec.trials()
         _check_local_paths([p.cfg for p in plans])
-        data = _data_info([p.cfg for p in plans])
+        data = _data_info([p.cfg for p in plans], opts.strict)
         base = spec.base.to_dict()
         settings = []
         for p in stage1_first_order(plans):
@@ -247,7 +260,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
                 raise AssertionError(f"trial settings do not reproduce the config of {s['run_name']}")
         plan_key = spec.plan_key(plans)
         select = sorted({p.cfg.train.select_on for p in plans})
-        parent_tags = {"dataset": spec.base.data.name, "variants": json.dumps([v.name for v in spec.variants]),
+        parent_tags = {"dataset": _dataset_names(data), "variants": json.dumps([v.name for v in spec.variants]),
                        "seeds": json.dumps(spec.seeds), "baseline": spec.baseline,
                        "stage1_seed_mode": spec.stage1_seed_mode, "from_tune": opts.from_tune or ""}
     else:
@@ -265,11 +278,11 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
             raise ConfigError(f"{spec.path}: a search space may not search data.* keys ({', '.join(bad)}): "
                               f"the dataset is fixed for a search")
         _check_local_paths([spec.base])
-        data = _data_info([spec.base])
+        data = _data_info([spec.base], opts.strict)
         settings = []
         plan_key = spec.plan_key()
         select = [spec.base.train.select_on]
-        parent_tags = {"dataset": spec.base.data.name, "variants": json.dumps([]), "seeds": json.dumps([spec.seed]),
+        parent_tags = {"dataset": _dataset_names(data), "variants": json.dumps([]), "seeds": json.dumps([spec.seed]),
                        "baseline": "", "metric": spec.metric, "mode": spec.mode,
                        "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
                        "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}

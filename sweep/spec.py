@@ -220,7 +220,7 @@ def _base_config(base_over: dict, extra: dict, cli: dict, lines: "_Lines") -> MA
     together: a key required by the spec (data.path for MELD) may come from the command line.
     File paths in base_over and cli are made absolute in place (trials run in their own directories)."""
     for over in (base_over, cli):
-        over.update(absolute_path_overrides(over))
+        over.update(absolute_path_overrides(over, must_exist=False))
     parts = ["base"] + (["the best config of the tune sweep"] if extra else []) + (["the command line"] if cli else [])
     return _replace(default_config(), {**base_over, **extra, **cli}, f"{lines.at('base')}: {' + '.join(parts)}")
 
@@ -377,7 +377,7 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
         where = lines.at("variants", vname)
         check_variant_name(vname, where)
         over = _coerce_numbers(flatten_overrides(vover, f"{where}: variant '{vname}'"))
-        over.update(absolute_path_overrides(over))
+        over.update(absolute_path_overrides(over, must_exist=False))
         _check_override_keys(over, lambda key, v=vname: f"{lines.at('variants', v, key)}: variant '{v}'")
         slug = slugify(vname)
         if slug in slugs:

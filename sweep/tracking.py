@@ -93,22 +93,31 @@ def make_client(uri: str):
     return client
 
 
+# The MLflow UI (3.x) opens an experiment on its GenAI overview (traces) unless told that it holds model
+# training runs; this experiment tag and value make it open the runs table instead.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client, name: str, artifact_root: Optional[Path]) -> str:
-    """The experiment called `name` (created with artifacts under artifact_root/name for a local store)."""
+    """The experiment called `name` (created with artifacts under artifact_root/name for a local store),
+    marked as a model-training experiment for the UI."""
     exp = retrying(client.get_experiment_by_name, name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise SweepError(f"MLflow experiment '{name}' exists but is deleted; restore it in the MLflow UI "
                              f"or choose another sweep name")
-        return exp.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
-    try:
-        return retrying(client.create_experiment, name, artifact_location=location)
-    except Exception:
-        exp = retrying(client.get_experiment_by_name, name)  # another process created it meanwhile
-        if exp is None:
-            raise
-        return exp.experiment_id
+        experiment_id = exp.experiment_id
+    else:
+        location = (artifact_root / name).resolve().as_uri() if artifact_root is not None else None
+        try:
+            experiment_id = retrying(client.create_experiment, name, artifact_location=location)
+        except Exception:
+            exp = retrying(client.get_experiment_by_name, name)  # another process created it meanwhile
+            if exp is None:
+                raise
+            experiment_id = exp.experiment_id
+    retrying(client.set_experiment_tag, experiment_id, *EXPERIMENT_KIND)
+    return experiment_id
 
 
 def search_all(client, experiment_ids: str | list[str], filter_string: str = "") -> list:
@@ -202,6 +211,7 @@ def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, st
         "variant": trial_config.get("variant", ""),
         "seed": str(cfg.seed),
         "config_hash": cfg.content_hash(),
+        "dataset": data.get("name", cfg.data.name),
         "dataset_fingerprint": data.get("fingerprint", "unknown"),
         "git_commit": git,
         "selection_rule": cfg.train.select_on,
@@ -236,7 +246,21 @@ def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, ta
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         retrying(client.log_batch, run_id, params=items[start:start + 100])
+    log_dataset_input(client, run_id, tags.get("dataset", ""), tags.get("dataset_fingerprint", ""),
+                      params.get("data.path", ""))
     return run_id, set()
+
+
+def log_dataset_input(client, run_id: str, name: str, fingerprint: str, source: str) -> None:
+    """The run's dataset as an MLflow dataset input (the UI's Dataset column): the dataset's name, its
+    content fingerprint as the digest, and where it was read from."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if not name:
+        return
+    dataset = Dataset(name=name, digest=fingerprint or "unknown", source_type="local",
+                      source=json.dumps({"uri": source or name}))
+    retrying(client.log_inputs, run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
 def logged_steps(client, run_id: str, key: str = "dev_wf1") -> set[int]:

@@ -17,6 +17,13 @@ from core.environment import apply_defaults  # noqa: E402  (plain constants: not
 
 apply_defaults(force=True)
 
+# The real MELD transcripts (train/dev/test_sent_emo.csv) for the tests that need them; .ci/run points
+# this at ../shared/data/meld when that exists. Without it those tests skip and say how to run them.
+MELD_DIR = Path(os.environ.get("MAGTKD_MELD", "/nonexistent")).expanduser()
+HAS_MELD = (MELD_DIR / "train_sent_emo.csv").is_file()
+MELD_SKIP_REASON = ("MELD transcripts not found: set MAGTKD_MELD=/path/to/meld (the folder holding "
+                    "train_sent_emo.csv; in this project's checkout: MAGTKD_MELD=../shared/data/meld)")
+
 import signal  # noqa: E402
 import time  # noqa: E402
 

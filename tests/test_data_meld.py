@@ -1,4 +1,4 @@
-"""MELD from the real transcripts in ../shared/data/meld, its optional media, and `run_sweep.py data`."""
+"""MELD from the real transcripts (MAGTKD_MELD, e.g. ../shared/data/meld), its optional media, and `run_sweep.py data`."""
 import argparse
 import os
 import subprocess
@@ -13,10 +13,11 @@ from dialogue_data import cli
 from dialogue_data.media import MediaWarning
 from dialogue_data.meld import LABELS, read_meld
 from core.schema import DataError
+from conftest import HAS_MELD, MELD_DIR, MELD_SKIP_REASON
 
 ROOT = Path(__file__).resolve().parents[1]
-MELD = ROOT.parent / "shared" / "data" / "meld"
-needs_meld = pytest.mark.skipif(not (MELD / "train_sent_emo.csv").is_file(), reason="MELD transcripts not present")
+MELD = MELD_DIR
+needs_meld = pytest.mark.skipif(not HAS_MELD, reason=MELD_SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +162,6 @@ def test_data_command_accepts_overrides_and_synthetic(capsys):
 
 @needs_meld
 def test_run_sweep_entry_point(tmp_path):
-    if not (ROOT / "sweep" / "cli.py").exists():
-        pytest.skip("sweep/cli.py (another helper's) is not there yet; the data command is tested above")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "run_sweep.py", "data", "meld", "--path", str(MELD)], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=120)
