@@ -54,6 +54,13 @@ def address(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def runs_url(base: str, experiment_id: str) -> str:
+    """The runs table of an experiment. MLflow 3.17's UI opens in its GenAI mode and then ignores the
+    experiment's kind tag; the workflowType parameter switches it to "Model training" (checked in
+    headless Chromium: without it the page is the GenAI overview, with it the runs table)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def sweep_urls(tracking_uri: str, base: str) -> list[str]:
     """One line per sweep in the store: its name and the URL of its runs table. Experiments that sweeps
     made before they were marked as model-training experiments are marked now (the UI otherwise opens
@@ -69,7 +76,7 @@ def sweep_urls(tracking_uri: str, base: str) -> list[str]:
             continue
         if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             retrying(client.set_experiment_tag, exp.experiment_id, *EXPERIMENT_KIND)
-        lines.append(f"  {exp.name}: {base}/#/experiments/{exp.experiment_id}/runs")
+        lines.append(f"  {exp.name}: {runs_url(base, exp.experiment_id)}")
     return lines
 
 
@@ -106,6 +113,9 @@ def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_r
         print(f"note: no store yet at {tracking_uri}; runs appear once a sweep writes there", file=err, flush=True)
     if dry_run:
         print(" ".join(cmd), file=out, flush=True)
+        urls = sweep_urls(tracking_uri, address(host, port))
+        if urls:
+            print("runs of each sweep:\n" + "\n".join(urls), file=out, flush=True)
         return 0
     child = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
     print(f"MLflow UI for {tracking_uri} at {address(host, port)} (server pid {child.pid}; Ctrl-C stops it)",

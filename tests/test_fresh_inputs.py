@@ -106,6 +106,7 @@ def test_the_mapping_name_is_the_dataset_name_in_mlflow_reports_and_runs(tmp_pat
     assert code == 0 and "tv-scenes" in stdout and " csv " not in stdout
     code, stdout, _ = _run(["ui", "--output", str(out), "--dry-run"], capsys)
     assert code == 0
+    assert f"named: http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in stdout
 
 
 # ---- numbers, labels, YAML ----------------------------------------------------------------------
