@@ -25,6 +25,8 @@ import numpy as np
 
 from core.schema import SPLITS, DataError, Dialogue
 
+# scipy, PIL and PyAV are imported inside the readers that use them: a text-only dataset needs none of them.
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 CLIP_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
