@@ -41,7 +41,7 @@ from core.environment import worker_env
 from dialogue_data.registry import load_dataset
 from sweep import tracking
 from sweep.ray_start import cluster_address, describe, probe, start_ray
-from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,
+from sweep.spec import (SearchSpec, check_resources, check_sweep_name, load_ablation,
                         load_search_space, parse_cli_overrides, within)
 from sweep.sync import read_state, stored_trials, sync_trials, write_state
 from sweep.tracking import SweepError

@@ -87,7 +87,7 @@ def train_trial(config: dict) -> None:
             if (Path(ckpt_dir) / STATE).exists():
                 # weights_only: a checkpoint is data, never code (the pipeline keeps its state to tensors and
                 # plain Python values for exactly this reason).
-                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)
+                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)  # noqa: TID251 (weights_only)
 
     def on_epoch(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))

@@ -153,7 +153,7 @@ def test_a_missing_dataset_path_is_refused_before_anything_runs(tmp_path):
 def test_search_space_compiles_to_a_picklable_define_by_run(tmp_path):
     spec = load_search_space(_write(tmp_path, SPACE))
     assert spec.searched_keys == ["train.lr", "fusion.anchor_gating", "fusion.layers", "fusion.width", "fusion.heads"]
-    space = pickle.loads(pickle.dumps(spec.define_by_run({"sweep": "space"})))
+    space = pickle.loads(pickle.dumps(spec.define_by_run({"sweep": "space"})))  # noqa: S301 (our own object)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     seen_layers = set()
