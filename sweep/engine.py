@@ -40,9 +40,10 @@ from core.config import ConfigError
 from core.environment import worker_env
 from dialogue_data.registry import load_dataset
 from sweep import tracking
+from sweep.ablation_spec import load_ablation
 from sweep.ray_start import cluster_address, describe, probe, start_ray
-from sweep.spec import (SearchSpec, check_resources, check_sweep_name, load_ablation,
-                        load_search_space, parse_cli_overrides, within)
+from sweep.search_space import SearchSpec, load_search_space
+from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import read_state, stored_trials, sync_trials, write_state
 from sweep.tracking import SweepError
 from sweep.trainable import trial_config

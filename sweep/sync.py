@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from core.config import ConfigError
 from sweep import tracking
-from sweep.spec import check_sweep_name, within
+from sweep.spec_common import check_sweep_name, within
 from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, trial_config, trial_settings
 
 STATE_FILE = "sweep_state.json"

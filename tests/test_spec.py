@@ -9,7 +9,9 @@ import optuna
 import pytest
 
 from core.config import ConfigError
-from sweep.spec import define_by_run, load_ablation, load_search_space, parse_cli_overrides, slugify, within
+from sweep.ablation_spec import load_ablation
+from sweep.search_space import define_by_run, load_search_space
+from sweep.spec_common import parse_cli_overrides, slugify, within
 
 ABLATION = """\
 # python run_sweep.py ablate x.yaml
@@ -216,7 +218,7 @@ def test_metric_must_be_a_reported_dev_metric(tmp_path):
 
 
 def test_define_by_run_is_module_level():
-    assert define_by_run.__module__ == "sweep.spec" and "<locals>" not in define_by_run.__qualname__
+    assert define_by_run.__module__ == "sweep.search_space" and "<locals>" not in define_by_run.__qualname__
 
 
 def test_launch_order_starts_every_distinct_stage1_first():
