@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,42 +214,59 @@ def _param(name: str, raw: Any, lines: YamlLines) -> Param:
     return Param(name, kind, key, low=float(low), high=float(high), log=log, step=step, when=when)
 
 
-class _ProbeTrial:
-    """Stands in for an Optuna trial when checking a space: categoricals as scripted (or random),
-    numbers at an extreme (or random)."""
+# How much of a space is tried before a sweep starts: every categorical combination when there are at most
+# this many, each with all numbers at their low and then at their high end; then random draws.
+MAX_COMBINATIONS = 2000
+RANDOM_DRAWS = 200
 
-    def __init__(self, rng: random.Random, picks: Optional[dict] = None, extreme: Optional[str] = None):
-        self.rng, self.picks, self.extreme = rng, picks or {}, extreme
 
-    def suggest_float(self, name, low, high, log=False, step=None):
-        if self.extreme:
-            return low if self.extreme == "low" else high
-        return math.exp(self.rng.uniform(math.log(low), math.log(high))) if log else self.rng.uniform(low, high)
+def _number_end(param: Param, end: str) -> float | int:
+    """The lowest or highest value Optuna can suggest (a stepped range's top rounds down to a step, as Optuna's)."""
+    value = param.low if end == "low" else param.high
+    if end == "high" and param.step:
+        value = param.low + math.floor((param.high - param.low) / param.step) * param.step
+    return int(value) if param.type == "int" else value
 
-    def suggest_int(self, name, low, high, log=False, step=1):
-        if self.extreme:
-            return low if self.extreme == "low" else high
-        return self.rng.randrange(low, high + 1, step)
 
-    def suggest_categorical(self, name, choices):
-        choices = list(choices)
-        return choices[self.picks[name]] if name in self.picks else self.rng.choice(choices)
+def _fixed_assignments(params: tuple[Param, ...]) -> list[dict[str, Any]]:
+    """Parameter values (Optuna names) for every categorical combination x both number ends; [] when too many."""
+    categorical = [p for p in params if p.type == "categorical"]
+    numbers = [p for p in params if p.type != "categorical"]
+    if math.prod(len(p.choices) for p in categorical) > MAX_COMBINATIONS:
+        return []
+    out = []
+    for combo in itertools.product(*[p.labels or p.choices for p in categorical]):
+        picks = dict(zip([p.name for p in categorical], combo))
+        out += [{**picks, **{p.name: _number_end(p, end) for p in numbers}} for end in ("low", "high")]
+    return out
+
+
+def _probe_trials(params: tuple[Param, ...]):
+    """Optuna trials to run the real define-by-run function on: FixedTrials for the enumerated assignments
+    (a parameter that `when` switches off is simply not asked), then a seeded random sampler's trials from an
+    in-memory study."""
+    import optuna  # seconds to import: only search spaces need it
+
+    for values in _fixed_assignments(params):
+        yield optuna.trial.FixedTrial(values)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a throwaway study
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for _ in range(RANDOM_DRAWS):
+        trial = study.ask()
+        yield trial
+        study.tell(trial, 0.0)
 
 
 def _check_space(spec: SearchSpec, lines: YamlLines) -> None:
-    """Every combination a small space can produce (numbers at both extremes), plus a random sample,
-    must be a valid config; the error names the parameter and the values."""
+    """Every combination a small space can produce (numbers at both ends), plus a random sample, must be a
+    valid config; the error names the parameter and the values."""
     base_flat = spec.base.flat()
-    rng = random.Random(0)
-    categorical = [p for p in spec.params if p.type == "categorical"]
-    probes: list[_ProbeTrial] = []
-    if math.prod(len(p.choices) for p in categorical) <= 2000:
-        for combo in itertools.product(*[range(len(p.choices)) for p in categorical]):
-            picks = dict(zip([p.name for p in categorical], combo))
-            probes += [_ProbeTrial(rng, picks, "low"), _ProbeTrial(rng, picks, "high")]
-    probes += [_ProbeTrial(rng) for _ in range(200)]
-    for probe in probes:
-        over = define_by_run(probe, spec.params, base_flat, {})["trial"]["overrides"]
+    for trial in _probe_trials(spec.params):
+        over = define_by_run(trial, spec.params, base_flat, {})["trial"]["overrides"]
         try:
             spec.base.replace(over, source="x")
         except ConfigError as err:
