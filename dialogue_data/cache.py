@@ -98,7 +98,7 @@ class Stage1Cache:
 
     def get(self, key: str, labels: Optional[list[str]] = None) -> Optional["Stage1Features"]:
         """The verified entry, or None (missing; or unusable, with a CacheWarning). Call under lock(key)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # torch only when an entry is read: `cache list` stays light
 
         from core.features import Stage1Features
 

@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from core.config import load_config
 from core.schema import DataError
+from dialogue_data.cache import Stage1Cache
+from dialogue_data.features_import import load_author_features
+from dialogue_data.registry import load_dataset
 
 DATASETS = ("synthetic", "meld", "iemocap", "csv", "features")
 
@@ -42,8 +46,6 @@ def add_commands(subparsers) -> None:
 # ---- data -----------------------------------------------------------------------------------
 
 def _config(args):
-    from core.config import load_config
-
     overrides = [f"data.name={args.name}"]
     for flag, key in (("path", "data.path"), ("mapping", "data.mapping"), ("media_dir", "data.media_dir")):
         value = getattr(args, flag)
@@ -58,11 +60,9 @@ def _config(args):
 def cmd_data(args) -> int:
     cfg = _config(args)
     if cfg.data.name == "features":
-        from dialogue_data.features_import import load_author_features
         dataset, features = load_author_features(cfg.data.path, cfg)
         print(describe_features(features, dataset))
     else:
-        from dialogue_data.registry import load_dataset
         dataset = load_dataset(cfg.data)
         print(describe(dataset))
         if dataset.label_warnings() and args.strict:
@@ -157,8 +157,6 @@ def _size(n: int) -> str:
 
 
 def cmd_cache(args) -> int:
-    from dialogue_data.cache import Stage1Cache
-
     root = Path(args.output) / "cache"
     cache = Stage1Cache(root)
     if args.action == "clear":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from dialogue_data.media import attach_media, find_video
+from core.config import read_yaml
 from core.schema import SPLITS, DataError, Dialogue, DialogueDataset, Utterance
 from dialogue_data.textio import clean_text, decode_transcript
 
@@ -314,8 +315,6 @@ MAPPING_KEYS = ("name", "files", "file", "columns", "labels", "drop_labels", "sp
 
 def load_mapping(mapping_path: str | Path) -> CsvSpec:
     """A CsvSpec from a YAML mapping (yaml.safe_load); errors name the mapping file and the key."""
-    from core.config import read_yaml
-
     src = Path(mapping_path)
     data = read_yaml(src)
     if not isinstance(data, dict):

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+from core.config import read_yaml
 from core.schema import SPLITS, DataError, Dialogue, DialogueDataset, Utterance
+from dialogue_data.cache import Stage1Cache
 
 if TYPE_CHECKING:  # torch is imported only when features are actually built
     from core.features import Stage1Features
@@ -149,7 +151,6 @@ def _sources(cfg) -> dict[str, str]:
 
 def _label_names(cfg, path: Path, raw_labels: list) -> list[str]:
     if cfg.data.mapping:
-        from core.config import read_yaml
         spec = read_yaml(cfg.data.mapping)
         labels = spec.get("labels") if isinstance(spec, dict) else None
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
@@ -182,7 +183,7 @@ def _speaker_index(value: Any, file: Path, vid: Any, i: int) -> Any:
 
 def load_author_features(path: str | Path, cfg) -> tuple[DialogueDataset, "Stage1Features"]:
     """(a text-less, media-less dataset skeleton, the features); the skeleton's fingerprint() hashes the vectors."""
-    import torch
+    import torch  # torch and the feature tables only when features are read: the data commands stay light
 
     from core.features import SplitFeatures, Stage1Features
 
@@ -332,8 +333,6 @@ def author_features_key(cfg) -> str:
 def cached_author_features(cfg, cache_dir: str | Path,
                            log: Optional[Callable[[str], None]] = None) -> tuple[str, "Stage1Features", list[str]]:
     """(fingerprint, features, notes) for data.name=features; unpickled once, then read from the cache."""
-    from dialogue_data.cache import Stage1Cache
-
     key = author_features_key(cfg)
     features = Stage1Cache(cache_dir, log=log).get_or_compute(
         key, lambda: load_author_features(cfg.data.path, cfg)[1])

@@ -25,6 +25,8 @@ import numpy as np
 
 from core.schema import SPLITS, DataError, Dialogue
 
+# scipy, PIL and PyAV are imported inside the readers that use them: a text-only dataset needs none of them.
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 CLIP_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
@@ -95,7 +97,7 @@ def read_frames_dir(path: Path, frames: int, size: int) -> Optional[np.ndarray]:
 
 def read_frames_npy(path: Path, frames: int, size: int) -> np.ndarray:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)  # noqa: TID251  (allow_pickle=False: arrays only)
     except (ValueError, OSError) as err:
         raise DataError(f"{path}: not a plain numpy array file ({err})") from None
     if arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[3]):

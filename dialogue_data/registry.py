@@ -19,6 +19,10 @@ import json
 from collections import OrderedDict
 
 from core.schema import SPLITS, DataError, DialogueDataset
+from dialogue_data.csv_reader import load_mapping, read_csv_dataset
+from dialogue_data.iemocap import read_iemocap
+from dialogue_data.meld import read_meld
+from dialogue_data.synthetic import generate
 
 # The synthetic data are a pure function of the data config: keep the last few in memory so a
 # worker that runs many trials (Ray reuse_actors) generates them once. Callers treat datasets as
@@ -33,7 +37,6 @@ def load_dataset(data_cfg) -> DialogueDataset:
     if name == "synthetic":
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
         if key not in _MEMO:
-            from dialogue_data.synthetic import generate
             _MEMO[key] = _truncate(generate(data_cfg), data_cfg.max_dialogues)
             while len(_MEMO) > _MEMO_SIZE:
                 _MEMO.popitem(last=False)
@@ -43,13 +46,10 @@ def load_dataset(data_cfg) -> DialogueDataset:
     common = dict(media_dir=data_cfg.media_dir, sample_rate=data_cfg.sample_rate, frames=data_cfg.frames,
                   frame_size=data_cfg.frame_size)
     if name == "meld":
-        from dialogue_data.meld import read_meld
         dataset = read_meld(data_cfg.path, **common)
     elif name == "iemocap":
-        from dialogue_data.iemocap import read_iemocap
         dataset = read_iemocap(data_cfg.path, **common)
     elif name == "csv":
-        from dialogue_data.csv_reader import load_mapping, read_csv_dataset
         if not data_cfg.mapping:
             raise DataError("data.mapping: a YAML column/label mapping is required for data.name=csv "
                             "(see dialogue_data/mappings/example.yaml)")

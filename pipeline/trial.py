@@ -10,8 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from core.config import MAGTKDConfig
+from core.config import ConfigError, MAGTKDConfig
 from core.features import Stage1Features
+from dialogue_data.cache import Stage1Cache
+from dialogue_data.features_import import cached_author_features
+from dialogue_data.registry import load_dataset
+from model.stage1 import run_stage1
+from model.train import train_stage2
 
 
 @dataclass
@@ -26,10 +31,6 @@ class TrialResult:
 
 def stage1_features(cfg: MAGTKDConfig, cache_dir: str | Path, log: Callable[[str], None] = print):
     """The stage-1 vectors for this config, from the cache or computed once (file-locked)."""
-    from dialogue_data.cache import Stage1Cache
-    from dialogue_data.registry import load_dataset
-    from model.stage1 import run_stage1
-
     dataset = load_dataset(cfg.data)
     fingerprint = dataset.fingerprint()
     key = f"{fingerprint}-{cfg.stage1_hash()}"
@@ -43,7 +44,6 @@ def usable_config(cfg: MAGTKDConfig, features: Stage1Features) -> tuple[MAGTKDCo
     masked = [m for m in cfg.fusion.modalities if m not in available]
     kept = [m for m in cfg.fusion.modalities if m in available]
     if not kept:
-        from core.config import ConfigError
         raise ConfigError(f"fusion.modalities={cfg.fusion.modalities} but the data only have {available}")
     if masked:
         cfg = cfg.replace({"fusion.modalities": kept})
@@ -54,10 +54,7 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
               on_epoch: Optional[Callable[[dict, dict], None]] = None,
               resume_state: Optional[dict] = None,
               log: Callable[[str], None] = print) -> TrialResult:
-    from model.train import train_stage2
-
     if cfg.data.name == "features":  # the authors' released stage-1 output: no stage 1 to run
-        from dialogue_data.features_import import cached_author_features
         fingerprint, features, notes = cached_author_features(cfg, cache_dir, log=log)
     else:
         dataset, fingerprint, features = stage1_features(cfg, cache_dir, log=log)

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from core.environment import apply_defaults
+from reports import runs
+from reports.report import make_report, parse_formats
 from reports.store import ReportError, tracking_uri_for
+from reports.ui import serve
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +51,6 @@ def _paths_text(paths: dict) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.report import make_report, parse_formats
-
     formats = parse_formats(args.format)
     out_dir = report_dir(args.output, args.name)
     result = make_report(args.name, _uri(args), out_dir, formats, metric=args.metric, baseline=args.baseline,
@@ -61,8 +61,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from reports import runs
-
     uri = _uri(args)
     if args.name is None:
         if args.best is not None:
@@ -76,8 +74,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from reports.ui import serve
-
     artifacts = None if args.tracking_uri else Path(args.output).resolve() / "mlartifacts"
     return serve(_uri(args), args.host, args.port, artifacts, dry_run=args.dry_run)
 
@@ -118,8 +114,6 @@ def print_table_after_sweep(sweep_name: str, output_dir: str | Path, tracking_ur
     A report problem is printed, never raised: the sweep's results are safe in MLflow either way and the
     report can be made again with `run_sweep.py report NAME`.
     """
-    from reports.report import make_report
-
     uri = tracking_uri or tracking_uri_for(output_dir)
     out_dir = report_dir(output_dir, sweep_name)
     try:

@@ -10,8 +10,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from reports.html import render_html
+from reports.render import render_csv, render_latex, render_markdown
 from reports.store import ReportError, Sweep, load_sweep, metric_history
 from reports.table import Table, build_table, metric_label
+from reports.tune import tune_view
 
 FORMATS = ("md", "tex", "csv", "html")
 FILE_NAMES = {"md": "table.md", "tex": "table.tex", "csv": "table.csv", "html": "report.html"}
@@ -52,9 +55,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def _html(sweep: Sweep, table: Table, command: str) -> str:
-    from reports import plots
-    from reports.html import render_html
-    from reports.tune import tune_view
+    from reports import plots  # matplotlib (seconds to import) only when figures are drawn
 
     finished = [t.run_id for t in sweep.trials if t.status == "FINISHED"]
     histories = metric_history(sweep.tracking_uri, finished, "dev_wf1")
@@ -83,8 +84,6 @@ def _html(sweep: Sweep, table: Table, command: str) -> str:
 
 def make_report(name: str, tracking_uri: str, out_dir: Path, formats: list[str] | tuple[str, ...] = FORMATS,
                 metric: str = "test_wf1", baseline: str | None = None, per_class: bool = False) -> ReportResult:
-    from reports.render import render_csv, render_latex, render_markdown
-
     sweep = load_sweep(name, tracking_uri)
     table = build_table(sweep, metric=metric, baseline=baseline, per_class=per_class)
     markdown = render_markdown(table)

@@ -51,7 +51,7 @@ def summarize(values: list[float]) -> Summary:
 
 def paired_test(variant: dict[str, float], baseline: dict[str, float]) -> PairedTest:
     """Two-sided paired t-test (scipy.stats.ttest_rel) over the seeds both sides have, in seed order."""
-    from scipy import stats
+    from scipy import stats  # scipy only when a test is run: seconds to import
 
     seeds = tuple(s for s in variant if s in baseline)
     n = len(seeds)

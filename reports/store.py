@@ -16,6 +16,8 @@ from typing import Any
 
 from sweep.tracking import search_all
 
+# MLflow is imported inside the functions that read the store: it costs seconds to import.
+
 PARENT_TAG = "mlflow.parentRunId"
 STATES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 

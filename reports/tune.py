@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from reports.store import Sweep, Trial
 
+# Optuna is imported inside the functions that rebuild a study: it costs seconds to import.
+
 OBJECTIVE = "selected_dev_wf1"
 NOT_SEARCHED = {"seed"}
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
@@ -90,8 +91,6 @@ def _group_alive(pgid: int) -> bool:
 
 def _reap_group(pgid: int, grace_s: float = 5.0) -> None:
     """The server's workers (same process group) get a moment to finish, then SIGKILL."""
-    import time
-
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)

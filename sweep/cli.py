@@ -14,8 +14,14 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
+
+from sweep.engine import SweepOptions, check_output_dir, run_sweep
+from sweep.ray_start import RayStartError
+from sweep.sync import sync_sweep
+from sweep.tracking import SweepError, default_tracking_uri
 
 _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/demo.yaml
@@ -69,8 +75,6 @@ def _store(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace):
-    from sweep.engine import SweepOptions
-
     return SweepOptions(output=Path(args.output), tracking_uri=args.tracking_uri, address=args.address,
                         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
@@ -85,15 +89,10 @@ def _guard(func):
     Ray that cannot be started or reached -> exit 2.
     ConfigError and DataError are reported by run_sweep.py's main (exit 2)."""
     def run(args: argparse.Namespace) -> int:
-        from sweep.ray_start import RayStartError
-        from sweep.tracking import SweepError
-
         try:
             return int(func(args) or 0)
         except RayStartError as err:  # nothing was trained; the message says what was tried and the fix
             if getattr(args, "verbose", False):
-                import traceback
-
                 traceback.print_exc()
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -106,8 +105,6 @@ def _guard(func):
 def cmd_ablate(args: argparse.Namespace, after_ablate: Optional[Callable] = None) -> int:
     """after_ablate(outcome) runs after a finished ablation: run_sweep.py passes the reports package's table
     printer here, so that sweep/ never imports reports/ (which sits above it)."""
-    from sweep.engine import run_sweep
-
     outcome = run_sweep("ablate", args.spec, args.overrides, _options(args))
     if outcome.status == "finished" and after_ablate is not None:
         after_ablate(outcome)
@@ -115,16 +112,10 @@ def cmd_ablate(args: argparse.Namespace, after_ablate: Optional[Callable] = None
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from sweep.engine import run_sweep
-
     return run_sweep("tune", args.spec, args.overrides, _options(args)).exit_code
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from sweep.engine import check_output_dir
-    from sweep.sync import sync_sweep
-    from sweep.tracking import default_tracking_uri
-
     output = check_output_dir(Path(args.output))
     report = sync_sweep(args.name, output, args.tracking_uri or default_tracking_uri(output))
     print(f"sync {args.name}: {report.summary()}")

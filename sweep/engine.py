@@ -34,15 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from filelock import FileLock, Timeout
+
 from core.config import ConfigError, absolute_path_overrides
 from core.environment import worker_env
+from dialogue_data.registry import load_dataset
 from sweep import tracking
+from sweep.ablation_spec import load_ablation
 from sweep.ray_start import cluster_address, describe, probe, start_ray
-from sweep.spec import (AblationSpec, SearchSpec, check_resources, check_sweep_name, load_ablation,
-                        load_search_space, parse_cli_overrides, within)
+from sweep.search_space import SearchSpec, load_search_space
+from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import read_state, stored_trials, sync_trials, write_state
 from sweep.tracking import SweepError
 from sweep.trainable import trial_config
+
+# torch, Ray, MLflow and Optuna are imported inside the functions that use them: each costs seconds, and a
+# bad spec or output directory must fail before any of that.
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED_EXIT = 130
@@ -114,7 +121,6 @@ def _data_info(cfgs, strict: bool = False) -> dict[str, dict]:
     """Load each distinct dataset once (errors here name the file and line, before Ray starts) and keep
     what the trials' MLflow tags need: name, fingerprint, label order and the modalities the data carry.
     A label without training examples is a warning, or an error with --strict."""
-    from dialogue_data.registry import load_dataset
 
     out: dict[str, dict] = {}
     for cfg in cfgs:
@@ -348,7 +354,6 @@ def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: 
     plan = prepare(kind, spec_path, overrides, opts)
     for note in plan.notes:
         print(note, flush=True)
-    from filelock import FileLock, Timeout
 
     sweep_root = within(plan.output, "ray", plan.spec.name)
     sweep_root.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,9 @@ from typing import Optional
 
 from sweep.tracking import SweepError
 
+# Ray is imported inside the functions that start or join it: it costs seconds, and every check before
+# Ray starts must stay fast.
+
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 ** 2
 PROBE_TIMEOUT_S = 5.0
 

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from filelock import FileLock, Timeout
+
 from core.config import ConfigError
 from sweep import tracking
+from sweep.spec_common import check_sweep_name, within
 from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, trial_config, trial_settings
 
 STATE_FILE = "sweep_state.json"
@@ -173,7 +176,6 @@ def sync_trials(client, experiment_id: str, parent_id: str, git: str, trials: li
 
 def sync_sweep(name: str, output: Path, tracking_uri: str) -> SyncReport:
     """`run_sweep.py sync NAME`: bring MLflow up to date with Ray's storage of sweep NAME."""
-    from sweep.spec import check_sweep_name, within
 
     check_sweep_name(name, "sync")
     sweep_root = within(output, "ray", name)
@@ -181,8 +183,6 @@ def sync_sweep(name: str, output: Path, tracking_uri: str) -> SyncReport:
         known = sorted(p.name for p in (output / "ray").iterdir() if p.is_dir()) if (output / "ray").exists() else []
         raise tracking.SweepError(f"no Ray storage for sweep '{name}' under {output / 'ray'}; "
                                   f"known sweeps there: {', '.join(known) or 'none'}")
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(sweep_root / ".lock"))
     try:
         lock.acquire(timeout=0)

@@ -20,6 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from filelock import FileLock
+
+# MLflow is imported inside the functions that use it: it costs seconds, and specs, plans and reports
+# that never touch a store should not pay for it.
+
 PARENT_TAG = "mlflow.parentRunId"
 FINAL = ("FINISHED", "FAILED")
 # Ray's bookkeeping in every result (ray.tune.result AUTO_RESULT_KEYS / DEBUG_METRICS and friends): never metrics.
@@ -81,7 +86,6 @@ def retrying(fn: Callable, *args, attempts: int = 8, **kwargs):
 def make_client(uri: str):
     """An MlflowClient; for SQLite the first use (schema creation) is serialised by a file lock, so two
     sweeps starting at once on a fresh store do not both migrate it."""
-    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
     db = sqlite_path(uri)

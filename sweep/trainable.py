@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.config import ConfigError, MAGTKDConfig, from_dict
+from core.schema import DataError
 
 HISTORY = "history.json"
 STATE = "state.pt"
@@ -66,12 +67,12 @@ def _failure_reason(err: BaseException) -> str:
 
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable (module level: Ray pickles it by reference)."""
+    # torch, Ray and the pipeline are imported in the worker only: the driver plans and records, never trains.
     import torch
     from ray import tune
 
-    from core.schema import DataError
-    from pipeline.trial import run_trial
     from model.train import DivergedError
+    from pipeline.trial import run_trial
 
     history: list[dict] = []
     resume_state = None
@@ -86,7 +87,7 @@ def train_trial(config: dict) -> None:
             if (Path(ckpt_dir) / STATE).exists():
                 # weights_only: a checkpoint is data, never code (the pipeline keeps its state to tensors and
                 # plain Python values for exactly this reason).
-                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)
+                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)  # noqa: TID251 (weights_only)
 
     def on_epoch(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))

@@ -9,7 +9,9 @@ import optuna
 import pytest
 
 from core.config import ConfigError
-from sweep.spec import define_by_run, load_ablation, load_search_space, parse_cli_overrides, slugify, within
+from sweep.ablation_spec import load_ablation
+from sweep.search_space import define_by_run, load_search_space
+from sweep.spec_common import parse_cli_overrides, slugify, within
 
 ABLATION = """\
 # python run_sweep.py ablate x.yaml
@@ -153,7 +155,7 @@ def test_a_missing_dataset_path_is_refused_before_anything_runs(tmp_path):
 def test_search_space_compiles_to_a_picklable_define_by_run(tmp_path):
     spec = load_search_space(_write(tmp_path, SPACE))
     assert spec.searched_keys == ["train.lr", "fusion.anchor_gating", "fusion.layers", "fusion.width", "fusion.heads"]
-    space = pickle.loads(pickle.dumps(spec.define_by_run({"sweep": "space"})))
+    space = pickle.loads(pickle.dumps(spec.define_by_run({"sweep": "space"})))  # noqa: S301 (our own object)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     seen_layers = set()
@@ -216,7 +218,7 @@ def test_metric_must_be_a_reported_dev_metric(tmp_path):
 
 
 def test_define_by_run_is_module_level():
-    assert define_by_run.__module__ == "sweep.spec" and "<locals>" not in define_by_run.__qualname__
+    assert define_by_run.__module__ == "sweep.search_space" and "<locals>" not in define_by_run.__qualname__
 
 
 def test_launch_order_starts_every_distinct_stage1_first():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.spec import load_ablation, load_search_space
+from sweep.ablation_spec import load_ablation
+from sweep.search_space import load_search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
