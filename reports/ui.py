@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from sweep.tracking import EXPERIMENT_KIND, make_client, retrying
+
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
@@ -66,8 +68,6 @@ def sweep_urls(tracking_uri: str, base: str) -> list[str]:
     """One line per sweep in the store: its name and the URL of its runs table. Experiments that sweeps
     made before they were marked as model-training experiments are marked now (the UI otherwise opens
     them on its GenAI overview)."""
-    from sweep.tracking import EXPERIMENT_KIND, make_client, retrying
-
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
         return []
     client = make_client(tracking_uri)

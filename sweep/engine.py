@@ -46,7 +46,7 @@ from sweep.search_space import SearchSpec, load_search_space
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import read_state, stored_trials, sync_trials, write_state
 from sweep.tracking import SweepError
-from sweep.trainable import trial_config
+from sweep.trainable import train_trial, trial_config
 
 # torch, Ray, MLflow and Optuna are imported inside the functions that use them: each costs seconds, and a
 # bad spec or output directory must fail before any of that.
@@ -445,9 +445,9 @@ class _Run:
     def train(self) -> SweepOutcome:
         from ray import tune
 
+        # These two import Ray at module level: only a sweep that trains pays for it.
         from sweep.mlflow_callback import MLflowSweepCallback, SweepRecord
         from sweep.progress import ProgressCallback
-        from sweep.trainable import train_trial
 
         plan, spec = self.plan, self.spec
         record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id, self.git)
