@@ -1,6 +1,14 @@
-"""Stage-2 fusion throughput (utterances/second) and parameter counts.
+"""Stage-2 fusion throughput (utterances/second), packed rows against the padded oracle, and parameter counts.
 
-    .venv/bin/python benchmarks/fusion_throughput.py [--train-steps 8] [--eval-steps 16] [--repeats 3] [--threads N]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/fusion_throughput.py [--train-steps 8] [--eval-steps 16]
+        [--repeats 3] [--threads 1,2] [--widths 768,128]
+
+For every thread count and width the two implementations (`build_fusion(..., packed=False)`, the
+padded path, and `packed=True`, the default) are measured on identical batches, alternating
+padded / packed within each repeat so that a load change on a shared machine hits both; the table
+prints the median (best) of each and the ratio of the medians. "padded" is the implementation as it
+was before the packed rows: padded model, default (foreach) AdamW; "packed" is what
+model/train.py runs now: packed model, fused AdamW.
 
 Batches are 16 dialogues whose lengths are drawn from MELD's training split (dialogue lengths of
 ../shared/data/meld/train_sent_emo.csv, grouped by Dialogue_ID), padded to the longest in the batch
@@ -26,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.config import load_config  # noqa: E402
 from model.fusion import build_fusion, count_parameters, stage2_loss  # noqa: E402
+from model.train import build_optimizer  # noqa: E402
 
 MODALITIES = ("text", "audio", "video")
 INPUT_DIM = 768
@@ -59,11 +68,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(cfg, batches_train, batches_eval, device, warmup: int = 2) -> tuple[float, float]:
+def throughput(cfg, batches_train, batches_eval, device, packed: bool, warmup: int = 2) -> tuple[float, float]:
     """(training, evaluation) utterances per second over the batches after the first `warmup`."""
     torch.manual_seed(0)
-    model = build_fusion(cfg.fusion, CLASSES, {m: INPUT_DIM for m in MODALITIES}).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model = build_fusion(cfg.fusion, CLASSES, {m: INPUT_DIM for m in MODALITIES}, packed=packed).to(device)
+    if packed:  # what model/train.py does now
+        optimizer = build_optimizer(model, cfg)
+    else:       # today's padded implementation as it was: the padded model and the default (foreach) AdamW
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     def train_step(b):
         out = model(b["inputs"], b["speakers"], b["mask"])
@@ -114,16 +126,14 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="measure this many times; median and best are printed")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure, comma-separated")
     args = ap.parse_args()
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     lengths = meld_dialogue_lengths(Path(args.meld_csv))
     print(f"MELD train dialogues: {len(lengths)}, lengths {int(lengths.min())}..{int(lengths.max())}, "
           f"mean {lengths.float().mean():.2f}")
-    print(f"torch {torch.__version__}, device {device}, intra-op threads {torch.get_num_threads()}, "
+    print(f"torch {torch.__version__}, device {device}, {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.2f}")
 
     print("\nStage-2 parameters at the authors' MELD settings (width 768, 8 heads, 7 classes, inputs 768 x 3):")
@@ -134,18 +144,25 @@ def main() -> None:
     print(f"  (the authors' Transformer_Based_Model, as constructed incl. unused modules: {authors_parameter_count():,})")
 
     print(f"\nThroughput, batches of {DIALOGUES_PER_BATCH} dialogues (MELD train lengths), dropout 0.5, "
-          f"{args.train_steps} train / {args.eval_steps} eval batches timed, {args.repeats} repeats (median [best]):")
-    print(f"  {'width':>5} {'heads':>5} {'params':>12} {'train utt/s':>16} {'eval utt/s':>16}")
-    for width in (int(w) for w in args.widths.split(",")):
-        cfg = load_config(None, [f"fusion.width={width}", f"fusion.heads={args.heads}"])
-        batches_train = make_batches(lengths, args.train_steps + 2, seed=1, device=device)
-        batches_eval = make_batches(lengths, args.eval_steps + 2, seed=2, device=device)
-        n_params = count_parameters(build_fusion(cfg.fusion, CLASSES, {m: INPUT_DIM for m in MODALITIES}))
-        rates = [throughput(cfg, batches_train, batches_eval, device) for _ in range(args.repeats)]
-        train = sorted(r[0] for r in rates)
-        evals = sorted(r[1] for r in rates)
-        cell = lambda xs: f"{statistics.median(xs):.0f} [{xs[-1]:.0f}]"
-        print(f"  {width:>5} {args.heads:>5} {n_params:>12,} {cell(train):>16} {cell(evals):>16}")
+          f"{args.train_steps} train / {args.eval_steps} eval batches timed, {args.repeats} repeats, "
+          f"utt/s median (best); ratio = packed / padded medians:")
+    print(f"  {'threads':>7} {'width':>5} {'mode':>5} {'padded utt/s':>16} {'packed utt/s':>16} {'ratio':>6}")
+    for threads in (int(n) for n in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for width in (int(w) for w in args.widths.split(",")):
+            cfg = load_config(None, [f"fusion.width={width}", f"fusion.heads={args.heads}"])
+            batches_train = make_batches(lengths, args.train_steps + 2, seed=1, device=device)
+            batches_eval = make_batches(lengths, args.eval_steps + 2, seed=2, device=device)
+            rates = {False: [], True: []}
+            for _ in range(args.repeats):
+                for packed in (False, True):
+                    rates[packed].append(throughput(cfg, batches_train, batches_eval, device, packed))
+            for col, mode in enumerate(("train", "eval")):
+                padded = sorted(r[col] for r in rates[False])
+                packed = sorted(r[col] for r in rates[True])
+                cell = lambda xs: f"{statistics.median(xs):.0f} ({xs[-1]:.0f})"
+                ratio = statistics.median(packed) / statistics.median(padded)
+                print(f"  {threads:>7} {width:>5} {mode:>5} {cell(padded):>16} {cell(packed):>16} {ratio:>6.2f}", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

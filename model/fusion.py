@@ -21,6 +21,13 @@ Known difference from the authors' code (on purpose): their attention computes
 softmax(relu(scores)) and its mask fills the *real* key positions (`mask == 0` on a mask that is
 already `umask.eq(0)`), so real keys get weight exp(0) and padding keys exp(relu(score)). Here the
 DESIGN's intended behaviour is built instead: padded keys get -1e9, then a plain softmax.
+
+Packed rows (the default, `build_fusion(..., packed=True)`). About half of a padded MELD batch is
+padding, so every position-wise layer (projections, feed-forward, gates, LayerNorm, heads) runs on
+the N real utterances only, as an (N, W) tensor (`PackedRows`); only attention scatters them back
+to the (B, H, T, hd) grid, for `F.scaled_dot_product_attention` with the key mask. packed=False
+runs the padded (B, T, W) path with the hand-written attention: the oracle the parity test compares
+against (same parameters, same outputs at real positions within float rounding).
 """
 from __future__ import annotations
 
@@ -36,6 +43,81 @@ from model.distill import feature_similarity_loss, logit_relation_loss
 STAGE2_TAU = 2.0           # logit-relation temperature of the authors' stage 2 (their Logit_Loss default)
 STAGE2_FEATURE_T = 1.0     # feature-similarity temperature (their Feature_Loss default)
 MASK_FILL = -1e9           # what padded / absent key scores are set to before the softmax
+
+
+# ---- packed rows ---------------------------------------------------------------------------------
+
+class PackedRows:
+    """The real utterances of a (B, T) batch as rows 0..N-1 (dialogue by dialogue, in order).
+
+    pack (B, T, ...) -> (N, ...) and unpack (N, ...) -> (B, T, ...) (zeros at padding) are an
+    index_select / index_copy on the flattened grid, so autograd passes gradients straight through.
+    """
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self.shape = tuple(mask.shape)                                                  # (B, T)
+        self.index = mask.reshape(-1).nonzero().squeeze(1)                              # (N,) flat grid index
+        self.dialogue = self.index // self.shape[1]                                     # (N,) dialogue of each row
+        self.position = self.index % self.shape[1]                                      # (N,) place in its dialogue
+        self._masks: dict[int, tuple] = {}                                              # attention masks by key mask
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = self.shape
+        grid = x.new_zeros((b * t,) + tuple(x.shape[1:])).index_copy(0, self.index, x)
+        return grid.view((b, t) + tuple(x.shape[1:]))
+
+    def attend(self, q, k, v, key_mask, heads: int, dropout_p: float) -> torch.Tensor:
+        """Multi-head attention of packed rows: q, k, v (N, W), key_mask (B, T) -> context (N, W).
+
+        Without attention dropout all N rows attend in one (1, H, N, N) product whose mask allows a
+        key only within the query's own dialogue and only where `key_mask` is True: a few more flops
+        than the padded (B, H, T, T) grid at MELD's dialogue lengths, but no scatter to and gather
+        from that grid. With dropout the kernel draws a random number per score, so there the rows
+        go to the smaller grid instead.
+        """
+        n, w = q.shape
+        if dropout_p > 0:
+            return self._attend_on_grid(q, k, v, key_mask, heads, dropout_p)
+        scores_bias, keep = self._attention_mask(key_mask)
+        # (1, H, N, hd): the 4-d layout is what CPU flash attention accepts
+        q, k, v = (x.view(1, n, heads, w // heads).transpose(1, 2) for x in (q, k, v))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias)
+        context = context.transpose(1, 2).reshape(n, w)
+        return context if keep is None else context * keep
+
+    def _attend_on_grid(self, q, k, v, key_mask, heads: int, dropout_p: float) -> torch.Tensor:
+        b, t = self.shape
+        w = q.shape[-1]
+        grid = self.unpack(torch.cat([q, k, v], dim=-1)).view(b, t, 3, heads, w // heads)
+        q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)                                 # each (B, H, T, hd)
+        has_key = key_mask.any(dim=-1)                                                  # (B,)
+        allowed = (key_mask | ~has_key[:, None])[:, None, None, :]                      # (B, 1, 1, T)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        context = self.pack(context.transpose(1, 2).reshape(b, t, w))                  # (N, W)
+        _, keep = self._attention_mask(key_mask)
+        return context if keep is None else context * keep
+
+    def _attention_mask(self, key_mask: torch.Tensor):
+        """(score bias (N, N): 0 where allowed, -inf elsewhere; keep (N, 1) or None), once per key mask and batch.
+
+        A dialogue with no real key at all (all its clips missing) gets a zero context, as in the
+        padded oracle: its own rows are allowed as keys so that no softmax row is all -inf, and
+        `keep` zeroes the result. keep is None when every dialogue has a key (no multiply needed).
+        """
+        cache_key = id(key_mask)
+        if cache_key not in self._masks:
+            has_key = key_mask.any(dim=-1)                                              # (B,)
+            key_ok = self.pack(key_mask | ~has_key[:, None])                            # (N,)
+            allowed = (self.dialogue[:, None] == self.dialogue[None, :]) & key_ok[None, :]
+            # an additive float mask, built here once: a bool one is converted on every call
+            scores_bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+            keep = None if bool(has_key.all()) else has_key[self.dialogue, None].float()
+            self._masks[cache_key] = (key_mask, scores_bias, keep)  # key_mask kept alive: its id stays unique
+        return self._masks[cache_key][1:]
 
 
 # ---- stream inputs: positions, speakers, projection ------------------------------------------------
@@ -99,10 +181,18 @@ class StreamInputs(nn.Module):
         self.positions = SinusoidalPositions(fusion.width)
         self.speakers = SpeakerEmbedding(fusion.max_speakers, fusion.width) if fusion.speaker_embeddings else NoSpeakers()
 
-    def forward(self, inputs, speakers, mask, present=None):
-        """-> streams {m: (B, T, W)}, key masks {m: (B, T) bool}, stream bias (B, T, W) = pe[:T] + speaker."""
+    def forward(self, inputs, speakers, mask, present=None, rows: PackedRows | None = None):
+        """-> streams {m: (B, T, W)}, key masks {m: (B, T) bool}, stream bias (B, T, W) = pe[:T] + speaker.
+
+        With `rows`, streams and bias are packed (N, W); the key masks stay (B, T) for attention.
+        """
         present = present or {}
         keys = {m: mask & present[m] if m in present else mask for m in self.modalities}
+        if rows is not None:
+            streams = {m: self.project[m](rows.pack(inputs[m])) * rows.pack(keys[m]).unsqueeze(-1).to(inputs[m].dtype)
+                       for m in self.modalities}
+            bias = self.positions(mask.shape[1])[rows.position] + self.speakers(rows.pack(speakers))
+            return streams, keys, bias
         streams = {m: self.project[m](inputs[m]) * keys[m].unsqueeze(-1).to(inputs[m].dtype) for m in self.modalities}
         speakers = speakers.masked_fill(~mask, self.padding_speaker)
         bias = self.positions(mask.shape[1]) + self.speakers(speakers)                 # (B, T, W)
@@ -128,7 +218,12 @@ class MultiHeadCrossAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)                 # (B, H, T, hd)
 
-    def forward(self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor,
+                rows: PackedRows | None = None) -> torch.Tensor:
+        if rows is not None:
+            dropout_p = self.dropout.p if self.training else 0.0
+            context = rows.attend(self.q(query), self.k(source), self.v(source), key_mask, self.heads, dropout_p)
+            return self.out(context)
         b, t, w = query.shape
         q = self._split(self.q(query)) / math.sqrt(self.head_dim)
         k, v = self._split(self.k(source)), self._split(self.v(source))
@@ -165,11 +260,11 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.feed_forward = FeedForward(width, dropout)
 
-    def forward(self, query, source, key_mask):
+    def forward(self, query, source, key_mask, rows: PackedRows | None = None):
         """source=None: self-attention, keys and values are the (normalised) query stream itself."""
         q = self.query_norm(query)
         kv = q if source is None else source
-        return self.feed_forward(self.dropout(self.attention(q, kv, key_mask)) + q)
+        return self.feed_forward(self.dropout(self.attention(q, kv, key_mask, rows)) + q)
 
 
 class Gate(nn.Module):
@@ -197,13 +292,13 @@ class AttentionPath(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(width, heads, dropout, i) for i in range(layers))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, target, source, key_mask, bias):
+    def forward(self, target, source, key_mask, bias, rows: PackedRows | None = None):
         q = target + bias
         kv = None
         if source is not None:
             q, kv = self.dropout(q), self.dropout(source + bias)
         for layer in self.layers:
-            q = layer(q, kv, key_mask)
+            q = layer(q, kv, key_mask, rows)
         return q                                                                        # (B, T, W)
 
 
@@ -223,11 +318,11 @@ class GatedBlock(nn.Module):
         self.gates = nn.ModuleList((Gate(w) if fusion.anchor_gating else nn.Identity()) for _ in range(n_modules))
         self.reduce = nn.Linear(n_paths * w, w)
 
-    def forward(self, target, target_keys, sources, bias):
-        """sources: [(stream (B, T, W), key mask (B, T))] after the target's own self path."""
+    def forward(self, target, target_keys, sources, bias, rows: PackedRows | None = None):
+        """sources: [(stream (B, T, W) or packed (N, W), key mask (B, T))] after the target's own self path."""
         repeat = self.n_paths // len(self.paths)  # n_paths distinct modules, or one module n_paths times
         inputs = [(None, target_keys)] + list(sources)
-        outs = [gate(path(target, src, keys, bias))
+        outs = [gate(path(target, src, keys, bias, rows))
                 for path, gate, (src, keys) in zip(list(self.paths) * repeat, list(self.gates) * repeat, inputs)]
         return self.reduce(torch.cat(outs, dim=-1))                                     # (B, T, W)
 
@@ -242,8 +337,9 @@ def anchor_modality(modalities: list[str]) -> str:
 class AnchorGatedTransformer(nn.Module):
     """MAGTKD stage 2: modality branches, then the anchor attending to itself and to the branches."""
 
-    def __init__(self, fusion: FusionConfig, num_classes: int, input_dims: dict[str, int]):
+    def __init__(self, fusion: FusionConfig, num_classes: int, input_dims: dict[str, int], packed: bool = True):
         super().__init__()
+        self.packed = packed  # False: the padded oracle (module docstring)
         self.modalities = list(fusion.modalities)
         self.anchor_modality = anchor_modality(self.modalities)
         self.branch_modalities = [m for m in self.modalities if m != self.anchor_modality]
@@ -257,15 +353,21 @@ class AnchorGatedTransformer(nn.Module):
         """inputs {m: (B, T, D_m)}, speakers (B, T) int, mask (B, T) bool, present {m: (B, T) bool}.
 
         -> {"logits": {head: (B, T, C)}, "features": {head: (B, T, W)}, "prediction": "anchor"}
+        Packed or not, outputs are padded (B, T, ...); packed ones are zero at padding.
         """
-        streams, keys, bias = self.inputs(inputs, speakers, mask, present)
+        rows = PackedRows(mask) if self.packed else None
+        streams, keys, bias = self.inputs(inputs, speakers, mask, present, rows)
         features = {}
         for m in self.branch_modalities:
             others = [(streams[o], keys[o]) for o in self.modalities if o != m]
-            features[m] = self.branches[m](streams[m], keys[m], others, bias)
+            features[m] = self.branches[m](streams[m], keys[m], others, bias, rows)
         a = self.anchor_modality
-        features["anchor"] = self.anchor(streams[a], keys[a], [(features[m], keys[m]) for m in self.branch_modalities], bias)
+        features["anchor"] = self.anchor(streams[a], keys[a], [(features[m], keys[m]) for m in self.branch_modalities],
+                                         bias, rows)
         logits = {h: self.heads[h](f) for h, f in features.items()}
+        if rows is not None:
+            logits = {h: rows.unpack(z) for h, z in logits.items()}
+            features = {h: rows.unpack(f) for h, f in features.items()}
         return {"logits": logits, "features": features, "prediction": "anchor"}
 
 
@@ -286,10 +388,11 @@ class ConcatFusion(nn.Module):
         return {"logits": {"anchor": self.heads["anchor"](fused)}, "features": {"anchor": fused}, "prediction": "anchor"}
 
 
-def build_fusion(fusion: FusionConfig, num_classes: int, input_dims: dict[str, int]) -> nn.Module:
-    """The stage-2 model for `fusion.mode` (anchor | concat)."""
-    model_cls = {"anchor": AnchorGatedTransformer, "concat": ConcatFusion}[fusion.mode]
-    return model_cls(fusion, num_classes, input_dims)
+def build_fusion(fusion: FusionConfig, num_classes: int, input_dims: dict[str, int], packed: bool = True) -> nn.Module:
+    """The stage-2 model for `fusion.mode` (anchor | concat); packed=False: the padded oracle of the anchor model."""
+    if fusion.mode == "concat":
+        return ConcatFusion(fusion, num_classes, input_dims)
+    return AnchorGatedTransformer(fusion, num_classes, input_dims, packed=packed)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -45,6 +45,12 @@ class Stage2Result:
     info: dict = field(default_factory=dict)  # device, anchor modality, steps per epoch
 
 
+def build_optimizer(model: torch.nn.Module, cfg: MAGTKDConfig) -> torch.optim.AdamW:
+    """AdamW over the model's parameters; the fused kernel (one pass per step instead of a chain of
+    foreach ops over 34M parameters at width 768) on every device that has it."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
+
+
 def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """LR factor: 0 -> 1 over the warm-up steps, then 1 -> 0 linearly (transformers' linear schedule)."""
     def factor(step: int) -> float:
@@ -245,7 +251,7 @@ def train_stage2(cfg: MAGTKDConfig, features: Stage1Features,
     data = {s: PaddedSplit.build(features.splits[s], modalities, cfg.fusion.max_speakers, device) for s in SPLITS}
     dims = features.dims()
     model = build_fusion(cfg.fusion, len(labels), {m: dims[m] for m in modalities}).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data["train"]) / cfg.train.batch_size)
     total_steps = steps_per_epoch * cfg.train.epochs
     warmup = int(round(cfg.train.warmup_ratio * total_steps))

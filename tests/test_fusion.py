@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from core.config import load_config
 from model.fusion import (AnchorGatedTransformer, AttentionPath, ConcatFusion, Gate, MultiHeadCrossAttention,
-                          build_fusion, count_parameters, stage2_loss)
+                          PackedRows, build_fusion, count_parameters, stage2_loss)
 from model.distill import feature_similarity_loss, logit_relation_loss
 
 W, C, S = 16, 5, 9           # width, classes, fusion.max_speakers
@@ -266,3 +266,60 @@ def test_model_is_an_anchor_gated_transformer_with_authors_defaults():
     model = build_fusion(load_config(None, ["fusion.width=32", "fusion.heads=8"]).fusion, 7, {m: 32 for m in MODS})
     assert isinstance(model, AnchorGatedTransformer)
     assert model.branch_modalities == ["audio", "video"]
+
+
+# ---- packed rows against the padded oracle -------------------------------------------------------
+
+def _ragged_batch(dims):
+    """4 dialogues of 7, 3, 1 and 5 utterances; a missing audio clip, a dialogue with no audio at all."""
+    g = torch.Generator().manual_seed(3)
+    b, t = 4, 7
+    inputs = {m: torch.randn(b, t, d, generator=g) for m, d in dims.items()}
+    speakers = torch.randint(0, 3, (b, t), generator=g)
+    mask = torch.arange(t)[None, :] < torch.tensor([7, 3, 1, 5])[:, None]
+    present = {m: mask.clone() for m in dims}
+    present["audio"][0, 2] = False
+    present["audio"][3] = False
+    labels = torch.randint(0, C, (b, t), generator=g)
+    return inputs, speakers, mask, present, labels
+
+
+@pytest.mark.parametrize("overrides", [(), ("fusion.layers=2", "fusion.shared_anchor_layers=false")])
+def test_packed_rows_match_the_padded_oracle_logits_loss_and_gradients(overrides):
+    dims = {"text": 12, "audio": W, "video": W}
+    cfg = fusion_cfg("fusion.dropout=0.0", "fusion.kd_terms=ce,logit,feature", *overrides)
+    torch.manual_seed(0)
+    oracle = build_fusion(cfg.fusion, C, dims, packed=False)
+    packed = build_fusion(cfg.fusion, C, dims, packed=True)
+    packed.load_state_dict(oracle.state_dict())
+    inputs, speakers, mask, present, labels = _ragged_batch(dims)
+    outs, losses = [], []
+    for model in (oracle, packed):
+        model.train()  # dropout 0: train mode computes exactly what eval mode does, with gradients
+        out = model(inputs, speakers, mask, present)
+        loss = stage2_loss(cfg, out, labels, mask)
+        loss.backward()
+        outs.append(out)
+        losses.append(loss)
+    for head in outs[0]["logits"]:
+        assert torch.allclose(outs[0]["logits"][head][mask], outs[1]["logits"][head][mask], atol=1e-5), head
+        assert torch.allclose(outs[0]["features"][head][mask], outs[1]["features"][head][mask], atol=1e-5), head
+        assert torch.count_nonzero(outs[1]["logits"][head][~mask]) == 0  # packed outputs are zero at padding
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    for (name, p_oracle), p_packed in zip(oracle.named_parameters(), packed.parameters()):
+        assert p_packed.grad is not None, name
+        assert torch.allclose(p_oracle.grad, p_packed.grad, atol=1e-5), name
+
+
+def test_packed_attention_on_the_grid_equals_the_block_diagonal_product():
+    """Training with attention dropout takes the (B, H, T, T) grid; without it the (N, N) product."""
+    _, _, mask, present, _ = _ragged_batch({"text": W, "audio": W})
+    rows = PackedRows(mask)
+    q, k, v = torch.randn(3, int(mask.sum()), W).unbind(0)
+    for key_mask in (mask, present["audio"]):
+        block = rows.attend(q, k, v, key_mask, heads=4, dropout_p=0.0)
+        grid = rows._attend_on_grid(q, k, v, key_mask, heads=4, dropout_p=0.0)
+        assert torch.allclose(block, grid, atol=1e-6)
+    # the dialogue with no audio key gets a zero context (the oracle's rule), the others do not
+    no_audio = rows.dialogue == 3
+    assert torch.count_nonzero(block[no_audio]) == 0 and torch.count_nonzero(block[~no_audio]) > 0
