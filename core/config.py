@@ -102,6 +102,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     select_on: str = "dev"           # dev | test: test reproduces the authors' stage 2 (epoch picked on test)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
+    checkpoint_interval_s: float = 300.0  # sweeps: resume state saved at most this often and after the last epoch; 0: every epoch
 
 
 @dataclass
@@ -126,8 +127,8 @@ class MAGTKDConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def content_hash(self, exclude: Iterable[str] = ("train.device",)) -> str:
-        """Hash of the resolved config; the device does not change what is computed."""
+    def content_hash(self, exclude: Iterable[str] = ("train.device", "train.checkpoint_interval_s")) -> str:
+        """Hash of the resolved config; the device and the checkpoint cadence do not change what is computed."""
         flat = {k: v for k, v in self.flat().items() if k not in set(exclude)}
         return _hash(flat)
 
@@ -283,6 +284,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)")
     need(t.grad_clip > 0, "train.grad_clip", "must be > 0")
+    need(t.checkpoint_interval_s >= 0, "train.checkpoint_interval_s", "must be >= 0 (0: every epoch)")
     need(t.select_on in ("dev", "test"), "train.select_on", "must be dev or test")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
          "train.device", "must be auto, cpu, cuda, cuda:N or mps")

@@ -550,7 +550,7 @@ def _run_config(plan: _Plan, exp_name: str, sweep_root: Path, callbacks, opts: S
 
     return tune.RunConfig(name=exp_name, storage_path=str(sweep_root), callbacks=callbacks,
                           verbose=1 if opts.verbose else 0,
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 

@@ -1,10 +1,14 @@
 """The Ray Tune function trainable: one MAGTKD trial through `pipeline.trial.run_trial`.
 
-Every stage-2 epoch is reported with `tune.report` together with a checkpoint directory holding
+Every stage-2 epoch is reported with `tune.report`. A checkpoint directory goes with the report
+after the last epoch and otherwise at most every `train.checkpoint_interval_s` seconds (0: every
+epoch); the sweep keeps one per trial. It holds
   state.pt      the pipeline's resume state (torch.save; read back with weights_only=True)
   history.json  {"epochs": [every epoch's metrics so far], "failure_reason": null}
-so a retried or resumed trial continues from its last epoch, and the driver (MLflow callback, `sync`)
-can rebuild a trial's whole record from its latest checkpoint alone.
+so a retried or resumed trial continues from its last checkpointed epoch, and the driver (MLflow
+callback, `sync`) can rebuild a trial's whole record from its final checkpoint alone. At width 768
+a checkpoint is about 0.4 GB (model + AdamW moments), so saving every epoch cost disk and I/O
+out of proportion (benchmarks/RESULTS.md: Checkpoints).
 
 A trial that cannot succeed whatever the retries (a diverged loss, a config or data problem) is not
 raised to Ray, which would retry it `max_failures` times: it reports one last result with
@@ -17,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +56,21 @@ def trial_config(config: Mapping[str, Any]) -> MAGTKDConfig:
     overrides = dict(settings.get("overrides") or {})
     overrides["seed"] = int(settings["seed"])
     return cfg.replace(overrides, source=f"{where} overrides")
+
+
+class CheckpointCadence:
+    """Decides which epochs carry a checkpoint: the last one, and any epoch at least `interval_s`
+    seconds after the previous save (or after the trial started)."""
+
+    def __init__(self, interval_s: float, last_epoch: int, clock=time.monotonic):
+        self.interval_s, self.last_epoch, self.clock = interval_s, last_epoch, clock
+        self.last_save = clock()
+
+    def due(self, epoch: int) -> bool:
+        return epoch >= self.last_epoch or self.clock() - self.last_save >= self.interval_s
+
+    def saved(self) -> None:
+        self.last_save = self.clock()
 
 
 def read_history(checkpoint_dir: str | Path) -> dict:
@@ -91,15 +111,20 @@ def train_trial(config: dict) -> None:
 
     def on_epoch(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))
+        if not cadence.due(int(metrics["epoch"])):
+            tune.report(dict(metrics))
+            return
         with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
             torch.save(state, os.path.join(tmp, STATE))
             _write_history(tmp, history, None)
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
+        cadence.saved()
 
     try:
         cfg = trial_config(config)
         if history and int(history[-1]["epoch"]) >= cfg.train.epochs:
             return  # restored from the final epoch's checkpoint: the trial is already complete
+        cadence = CheckpointCadence(cfg.train.checkpoint_interval_s, cfg.train.epochs)
         run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log)
     except (DivergedError, ConfigError, DataError) as err:
         _report_failure(_failure_reason(err), history)

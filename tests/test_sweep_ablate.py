@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 import run_sweep
+from sweep.trainable import CheckpointCadence, read_history
 from sweep.engine import SweepOptions, run_sweep as sweep_run
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,9 @@ class _Concurrency(tune.Callback):
 
 def test_eight_concurrent_trials_lose_no_metric(tmp_path, ray_local, stage1_cache):
     variants = {f"v{i}": {"fusion.dropout": 0.1 * i} for i in range(4)}
-    spec = write_ablation(tmp_path, "eight", variants, seeds=(0, 1), epochs=3, max_concurrent=8)
+    # the default checkpoint cadence: only the last epoch carries a checkpoint, the others report metrics alone
+    spec = write_ablation(tmp_path, "eight", variants, seeds=(0, 1), epochs=3, max_concurrent=8,
+                          extra_base={"train.checkpoint_interval_s": 300})
     _Concurrency.most = 0
     outcome = sweep_run("ablate", spec, [], _opts(tmp_path, stage1_cache, cpus_per_trial=0.25,
                                                   callbacks=[_Concurrency()]))
@@ -121,6 +124,25 @@ def test_eight_concurrent_trials_lose_no_metric(tmp_path, ray_local, stage1_cach
     assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}
     counted = sum(len(client.get_metric_history(r.info.run_id, key)) for r in children for key in EPOCH_KEYS)
     assert counted == 8 * 3 * len(EPOCH_KEYS)
+    trial_dirs = list((tmp_path / "runs" / "ray" / "eight").glob("*/v*-s*-*"))
+    assert len(trial_dirs) == 8
+    for trial_dir in trial_dirs:  # one checkpoint kept per trial: the last epoch's, holding every epoch
+        (checkpoint,) = trial_dir.glob("checkpoint_*")
+        assert [e["epoch"] for e in read_history(checkpoint)["epochs"]] == [1.0, 2.0, 3.0]
+
+
+def test_checkpoint_cadence_saves_the_last_epoch_and_at_most_once_per_interval():
+    now = [0.0]
+    cadence = CheckpointCadence(interval_s=10.0, last_epoch=6, clock=lambda: now[0])
+    saved = []
+    for epoch, seconds in enumerate([4, 4, 4, 4, 12, 1], start=1):
+        now[0] += seconds
+        if cadence.due(epoch):
+            saved.append(epoch)
+            cadence.saved()
+    assert saved == [3, 5, 6]  # 12 s after the start, 12 s after epoch 3, and the last epoch
+    every_epoch = CheckpointCadence(interval_s=0.0, last_epoch=3, clock=lambda: 0.0)
+    assert all(every_epoch.due(e) for e in (1, 2, 3))
 
 
 class _KillWorkerOnce(tune.Callback):
