@@ -68,8 +68,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(cfg, batches_train, batches_eval, device, packed: bool, warmup: int = 2) -> tuple[float, float]:
-    """(training, evaluation) utterances per second over the batches after the first `warmup`."""
+def throughput(cfg, batches_train, batches_eval, device, packed: bool, warmup: int = 2,
+               clock=time.perf_counter) -> tuple[float, float]:
+    """(training, evaluation) utterances per second of `clock` over the batches after the first `warmup`."""
     torch.manual_seed(0)
     model = build_fusion(cfg.fusion, CLASSES, {m: INPUT_DIM for m in MODALITIES}, packed=packed).to(device)
     if packed:  # what model/train.py does now
@@ -89,22 +90,22 @@ def throughput(cfg, batches_train, batches_eval, device, packed: bool, warmup: i
     for b in batches_train[:warmup]:
         train_step(b)
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     for b in batches_train[warmup:]:
         train_step(b)
     _sync(device)
-    train_rate = sum(int(b["mask"].sum()) for b in batches_train[warmup:]) / (time.perf_counter() - start)
+    train_rate = sum(int(b["mask"].sum()) for b in batches_train[warmup:]) / (clock() - start)
 
     model.eval()
     with torch.no_grad():
         for b in batches_eval[:warmup]:
             model(b["inputs"], b["speakers"], b["mask"])
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         for b in batches_eval[warmup:]:
             model(b["inputs"], b["speakers"], b["mask"])
         _sync(device)
-    eval_rate = sum(int(b["mask"].sum()) for b in batches_eval[warmup:]) / (time.perf_counter() - start)
+    eval_rate = sum(int(b["mask"].sum()) for b in batches_eval[warmup:]) / (clock() - start)
     return train_rate, eval_rate
 
 
@@ -127,8 +128,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3, help="measure this many times; median and best are printed")
     ap.add_argument("--threads", default="1,2", help="torch intra-op thread counts to measure, comma-separated")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this process's CPU seconds (time.process_time), steadier on a shared machine; "
+                         "with 2 threads it counts both threads' time, spin-waits included")
     args = ap.parse_args()
     device = torch.device(args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     lengths = meld_dialogue_lengths(Path(args.meld_csv))
     print(f"MELD train dialogues: {len(lengths)}, lengths {int(lengths.min())}..{int(lengths.max())}, "
@@ -145,7 +150,7 @@ def main() -> None:
 
     print(f"\nThroughput, batches of {DIALOGUES_PER_BATCH} dialogues (MELD train lengths), dropout 0.5, "
           f"{args.train_steps} train / {args.eval_steps} eval batches timed, {args.repeats} repeats, "
-          f"utt/s median (best); ratio = packed / padded medians:")
+          f"utt per {args.clock}-clock second, median (best); ratio = packed / padded medians:")
     print(f"  {'threads':>7} {'width':>5} {'mode':>5} {'padded utt/s':>16} {'packed utt/s':>16} {'ratio':>6}")
     for threads in (int(n) for n in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -156,7 +161,7 @@ def main() -> None:
             rates = {False: [], True: []}
             for _ in range(args.repeats):
                 for packed in (False, True):
-                    rates[packed].append(throughput(cfg, batches_train, batches_eval, device, packed))
+                    rates[packed].append(throughput(cfg, batches_train, batches_eval, device, packed, clock=clock))
             for col, mode in enumerate(("train", "eval")):
                 padded = sorted(r[col] for r in rates[False])
                 packed = sorted(r[col] for r in rates[True])
