@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fusion_throughput import CLASSES, INPUT_DIM, MODALITIES, make_batches, meld_dialogue_lengths  # noqa: E402
-from model.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from model.fusion import build_fusion, stage2_loss  # noqa: E402
 from model.train import _cpu_copy, build_optimizer  # noqa: E402
 
