@@ -214,6 +214,16 @@ class MultiHeadCrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, width)
 
+    def _project(self, query: torch.Tensor, source: torch.Tensor):
+        """q, k, v in as few products as the inputs allow: one (W -> 3W) for self-attention, q and
+        one (W -> 2W) for cross-attention (small widths are dominated by the number of kernels)."""
+        if source is query:
+            weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+            bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+            return F.linear(query, weight, bias).chunk(3, dim=-1)
+        k, v = F.linear(source, torch.cat([self.k.weight, self.v.weight]), torch.cat([self.k.bias, self.v.bias])).chunk(2, dim=-1)
+        return self.q(query), k, v
+
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)                 # (B, H, T, hd)
@@ -222,8 +232,8 @@ class MultiHeadCrossAttention(nn.Module):
                 rows: PackedRows | None = None) -> torch.Tensor:
         if rows is not None:
             dropout_p = self.dropout.p if self.training else 0.0
-            context = rows.attend(self.q(query), self.k(source), self.v(source), key_mask, self.heads, dropout_p)
-            return self.out(context)
+            q, k, v = self._project(query, source)
+            return self.out(rows.attend(q, k, v, key_mask, self.heads, dropout_p))
         b, t, w = query.shape
         q = self._split(self.q(query)) / math.sqrt(self.head_dim)
         k, v = self._split(self.k(source)), self._split(self.v(source))
