@@ -60,7 +60,7 @@ class PackedRows:
         self.index = mask.reshape(-1).nonzero().squeeze(1)                              # (N,) flat grid index
         self.dialogue = self.index // self.shape[1]                                     # (N,) dialogue of each row
         self.position = self.index % self.shape[1]                                      # (N,) place in its dialogue
-        self._masks: dict[int, tuple] = {}                                              # attention masks by key mask
+        self._masks: dict[tuple, tuple] = {}                                            # attention masks by key mask, dtype
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, self.index)
@@ -82,7 +82,7 @@ class PackedRows:
         n, w = q.shape
         if dropout_p > 0:
             return self._attend_on_grid(q, k, v, key_mask, heads, dropout_p)
-        scores_bias, keep = self._attention_mask(key_mask)
+        scores_bias, keep = self._attention_mask(key_mask, q.dtype)
         # (1, H, N, hd): the 4-d layout is what CPU flash attention accepts
         q, k, v = (x.view(1, n, heads, w // heads).transpose(1, 2) for x in (q, k, v))
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias)
@@ -98,24 +98,24 @@ class PackedRows:
         allowed = (key_mask | ~has_key[:, None])[:, None, None, :]                      # (B, 1, 1, T)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
         context = self.pack(context.transpose(1, 2).reshape(b, t, w))                  # (N, W)
-        _, keep = self._attention_mask(key_mask)
+        _, keep = self._attention_mask(key_mask, context.dtype)
         return context if keep is None else context * keep
 
-    def _attention_mask(self, key_mask: torch.Tensor):
+    def _attention_mask(self, key_mask: torch.Tensor, dtype: torch.dtype):
         """(score bias (N, N): 0 where allowed, -inf elsewhere; keep (N, 1) or None), once per key mask and batch.
 
         A dialogue with no real key at all (all its clips missing) gets a zero context, as in the
         padded oracle: its own rows are allowed as keys so that no softmax row is all -inf, and
         `keep` zeroes the result. keep is None when every dialogue has a key (no multiply needed).
         """
-        cache_key = id(key_mask)
+        cache_key = (id(key_mask), dtype)
         if cache_key not in self._masks:
             has_key = key_mask.any(dim=-1)                                              # (B,)
             key_ok = self.pack(key_mask | ~has_key[:, None])                            # (N,)
             allowed = (self.dialogue[:, None] == self.dialogue[None, :]) & key_ok[None, :]
             # an additive float mask, built here once: a bool one is converted on every call
-            scores_bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
-            keep = None if bool(has_key.all()) else has_key[self.dialogue, None].float()
+            scores_bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+            keep = None if bool(has_key.all()) else has_key[self.dialogue, None].to(dtype)
             self._masks[cache_key] = (key_mask, scores_bias, keep)  # key_mask kept alive: its id stays unique
         return self._masks[cache_key][1:]
 
