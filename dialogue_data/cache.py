@@ -36,6 +36,12 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 FORMAT = "magtkd-stage1-v1"
 
 
+def entry_key(dataset_fingerprint: str, stage1_hash: str) -> str:
+    """The key of the entry a config needs: what the data are and what stage 1 depends on
+    (`MAGTKDConfig.stage1_hash()`). The sweep plans stage 1 by these keys; trials read them."""
+    return f"{dataset_fingerprint}-{stage1_hash}"
+
+
 class CacheWarning(UserWarning):
     """A cache entry was unusable (truncated, corrupt, stale) and is being recomputed."""
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from core.config import ConfigError, MAGTKDConfig
 from core.features import Stage1Features
-from dialogue_data.cache import Stage1Cache
+from dialogue_data.cache import Stage1Cache, entry_key
 from dialogue_data.features_import import cached_author_features
 from dialogue_data.registry import load_dataset
 from model.stage1 import run_stage1
@@ -33,7 +33,7 @@ def stage1_features(cfg: MAGTKDConfig, cache_dir: str | Path, log: Callable[[str
     """The stage-1 vectors for this config, from the cache or computed once (file-locked)."""
     dataset = load_dataset(cfg.data)
     fingerprint = dataset.fingerprint()
-    key = f"{fingerprint}-{cfg.stage1_hash()}"
+    key = entry_key(fingerprint, cfg.stage1_hash())
     features = Stage1Cache(cache_dir).get_or_compute(key, lambda: run_stage1(cfg, dataset, log=log), dataset.labels)
     return dataset, fingerprint, features
 

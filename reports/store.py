@@ -56,6 +56,7 @@ class Sweep:
     seeds: list[str]                # the parent's `seeds`, then unlisted ones found in children
     trials: list[Trial] = field(default_factory=list)
     unlisted_variants: list[str] = field(default_factory=list)
+    stage1_runs: dict[str, Trial] = field(default_factory=dict)   # run id -> a stage-1 run (trials' stage1_run_id)
 
     @property
     def kind(self) -> str:
@@ -169,6 +170,7 @@ def load_sweep(name: str, tracking_uri: str) -> Sweep:
     tags = dict(latest.data.tags)
     parent_ids = [r.info.run_id for r in parents]
     trials = [_trial(r) for r in runs if r.data.tags.get(PARENT_TAG) in set(parent_ids)]
+    stage1_runs = {r.info.run_id: _trial(r) for r in runs if r.data.tags.get("magtkd_run") == "stage1"}
 
     if tags.get("sweep_kind") == "tune":
         _name_tune_rows(trials)
@@ -188,7 +190,7 @@ def load_sweep(name: str, tracking_uri: str) -> Sweep:
                  parent_run_ids=parent_ids, tags=tags, start_time=int(latest.info.start_time or 0),
                  variants=listed + unlisted, seeds=seeds + extra_seeds, trials=trials,
                  # In a tune sweep every row is found in the runs; flagging them all would be noise.
-                 unlisted_variants=unlisted if tags.get("sweep_kind") != "tune" else [])
+                 unlisted_variants=unlisted if tags.get("sweep_kind") != "tune" else [], stage1_runs=stage1_runs)
 
 
 def _name_tune_rows(trials: list[Trial]) -> None:

@@ -286,6 +286,9 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
                        f"both finished, paired by seed, shown as p with the number of pairs n; no test when "
                        f"n<{MIN_PAIRS}; "
                        f"no multiple-comparison correction.")
+    stage1 = _stage1_caption(sweep)
+    if stage1:
+        caption.append(stage1)
     masked: dict[str, list[str]] = {}  # variant -> modalities, in table order
     for trial in sweep.trials:
         for m in trial.masked_modalities:
@@ -297,6 +300,30 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append(f"Masked modalities (asked for but absent from the data, so left out of the model): "
                        f"{'; '.join(parts)}.")
     return caption, warning
+
+
+def _stage1_caption(sweep: Sweep) -> str:
+    """The stage-1 scores behind each row: dev wF1 of the text teacher and the audio/video students at
+    their kept epoch (mean over the row's stage-1 runs when seeds train their own), and the stage-1 time."""
+    parts = []
+    for variant in sweep.variants:
+        ids = sorted({t.tags.get("stage1_run_id", "") for t in sweep.trials if t.variant == variant} - {""})
+        runs = [sweep.stage1_runs[i] for i in ids if i in sweep.stage1_runs]
+        if not runs:
+            continue
+        scores = []
+        for modality in ("text", "audio", "video"):
+            values = [r.metrics[f"selected_{modality}_dev_wf1"] for r in runs if f"selected_{modality}_dev_wf1" in r.metrics]
+            if values:
+                scores.append(f"{modality} {pct(sum(values) / len(values))}")
+        failed = sum(r.status == "FAILED" for r in runs)
+        seconds = sum(r.metrics.get("stage1_seconds", 0.0) for r in runs)
+        runs_text = ", ".join(r.run_id[:8] for r in runs)
+        parts.append(f"{variant}: {', '.join(scores) or 'no dev scores'}"
+                     f"{f' ({failed} failed)' if failed else ''} (run {runs_text}, {seconds:.0f} s)")
+    if not parts:
+        return ""
+    return "Stage 1 behind each row (dev wF1 at the kept epoch; MLflow stage-1 runs): " + "; ".join(parts) + "."
 
 
 def _footnotes(sweep: Sweep, rows: list[Row], duplicates: list[Trial]) -> list[str]:

@@ -12,6 +12,7 @@ An ablation file (see ablations/demo.yaml):
       w/o prompt: {stage1.prompt: false}
     seeds: [0, 1]
     resources: {cpu: 1, gpu: 0.5}   # per trial; fractional GPUs are shared
+                                    # (+ stage1: {cpu: 1, gpu: 1}: per stage-1 task; default = a trial's)
     max_concurrent: 2               # 0 = as many as the resources allow
     max_failures: 2                 # retries of a crashed trial, from its last checkpoint
     stage1_seed: per-seed           # or shared (+ stage1_shared_seed: N): every seed reuses one stage 1

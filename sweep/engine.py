@@ -14,6 +14,8 @@ Order of work (so that bad input costs a second and leaves nothing behind):
     - the same command after the sweep completed -> nothing is trained;
     - otherwise a fresh Ray experiment with only the (config, seed) pairs MLflow does not already
       hold FINISHED (the count skipped is printed);
+    in every case stage 1 comes first (`sweep/stage1_plan.py`): the distinct entries the trials need,
+    missing from the cache, are computed as Ray tasks of their own, so no trial slot waits on one;
  4. after `fit()`: `sync` writes anything MLflow missed from Ray's storage, duplicates are closed, and
     an interrupted sweep (Ctrl-C, a lost driver) is reported as such with a non-zero exit:
     rerun the same command to resume.
@@ -450,6 +452,9 @@ class _Run:
         from sweep.progress import ProgressCallback
 
         plan, spec = self.plan, self.spec
+        constants = _tune_constants(plan) if plan.kind == "tune" else {}
+        if not self.schedule_stage1(constants):
+            return self.outcome
         record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id, self.git)
         trainable = tune.with_resources(train_trial, plan.resources.as_ray())
         if self.resume:
@@ -475,7 +480,8 @@ class _Run:
                                                                trial_dirname_creator=trial_dirname),
                                    run_config=_run_config(plan, self.exp_name, self.sweep_root, callbacks, self.opts))
             else:
-                tuner = _tuner_for_search(plan, self.exp_name, self.sweep_root, trainable, callbacks, self.opts)
+                tuner = _tuner_for_search(plan, self.exp_name, self.sweep_root, trainable, callbacks, self.opts,
+                                          constants)
             self.entry["trials"] = total
             self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
                      f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
@@ -521,6 +527,38 @@ class _Run:
             return self.outcome
         return self.finish()
 
+    def schedule_stage1(self, tune_constants: dict) -> bool:
+        """Stage 1 before any trial, as Ray tasks of its own (sweep/stage1_plan.py): each distinct entry is
+        computed once with resources.stage1, recorded in MLflow, and linked from the trials' settings, so
+        every trial finds its entry in the cache and no slot waits. False when interrupted meanwhile
+        (finished entries stay cached: the rerun computes only the missing ones)."""
+        from sweep.stage1_plan import Stage1Context, fixed_stage1, link_trials, schedule_stage1
+
+        plan = self.plan
+        if plan.kind == "ablate":
+            settings = plan.trial_settings if self.resume else self.pending
+        elif fixed_stage1(self.spec.searched_keys, self.spec.base.stage1.shared_seed):
+            settings = [tune_constants]
+        else:
+            self.say(f"sweep '{self.sweep}' searches stage-1 keys: each stage-1 entry is computed by the first "
+                     f"trial that needs it")
+            return True
+        context = Stage1Context(self.sweep, self.client, self.experiment_id, self.git, str(plan.cache_dir),
+                                self.spec.resources.stage1 or plan.resources, plan.max_concurrent, plan.max_failures,
+                                self.say)
+        previous = _sigterm_as_sigint()
+        try:
+            link_trials(settings, schedule_stage1(settings, context))
+        except KeyboardInterrupt:
+            self.outcome.status = "interrupted"
+            self.say(f"sweep '{self.sweep}' was interrupted during stage 1. Rerun the same command to resume; "
+                     f"finished stage-1 entries are kept in the cache.")
+            return False
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return True
+
     def finish(self) -> SweepOutcome:
         return _finish(self.plan, self.client, self.outcome, self.experiment_id, self.parent_id)
 
@@ -554,7 +592,16 @@ def _run_config(plan: _Plan, exp_name: str, sweep_root: Path, callbacks, opts: S
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 
-def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, callbacks, opts: SweepOptions):
+def _tune_constants(plan: _Plan) -> dict:
+    """The settings every trial of a tune sweep shares (Optuna adds the sampled overrides)."""
+    spec: SearchSpec = plan.spec
+    return {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
+            "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
+            "data": plan.data_info[_data_key(spec.base)]}
+
+
+def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, callbacks, opts: SweepOptions,
+                      constants: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -562,9 +609,6 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
 
     spec: SearchSpec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
-    constants = {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
-                 "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
-                 "data": plan.data_info[_data_key(spec.base)]}
     optuna_dir = plan.output / "optuna"
     optuna_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")

@@ -4,12 +4,13 @@ Errors name the file and line (sweep/yaml_lines.py) and suggest the closest vali
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 from core.config import (ConfigError, MAGTKDConfig, absolute_path_overrides, default_config, parse_value,
                          unknown_key_message, valid_keys)
@@ -132,6 +133,9 @@ def dataset_overrides(value: Any, where: str) -> dict[str, Any]:
 class Resources:
     cpu: float = 1.0
     gpu: float = 0.0
+    # What one stage-1 task asks for (resources.stage1, e.g. a whole GPU while stage-2 trials share one);
+    # None = the same as a trial.
+    stage1: Optional["Resources"] = None
 
     def as_ray(self) -> dict[str, float]:
         return {"cpu": self.cpu, "gpu": self.gpu}
@@ -142,18 +146,27 @@ def resources_from(value: Any, where: str, lines: YamlLines) -> Resources:
         return Resources()
     if not isinstance(value, Mapping):
         raise ConfigError(f"{lines.at('resources')}: 'resources' must be a mapping like {{cpu: 1, gpu: 0.5}}")
-    check_keys(value, ("cpu", "gpu"), "resources", lines, "resources")
-    return check_resources(value.get("cpu", 1.0), value.get("gpu", 0.0), lines.at("resources"))
+    check_keys(value, ("cpu", "gpu", "stage1"), "resources", lines, "resources")
+    trial = check_resources(value.get("cpu", 1.0), value.get("gpu", 0.0), lines.at("resources"))
+    stage1 = value.get("stage1")
+    if stage1 is None:
+        return trial
+    where = lines.at("resources", "stage1")
+    if not isinstance(stage1, Mapping):
+        raise ConfigError(f"{where}: 'resources.stage1' must be a mapping like {{cpu: 1, gpu: 1}}")
+    check_keys(stage1, ("cpu", "gpu"), "resources.stage1", lines, "resources", "stage1")
+    own = check_resources(stage1.get("cpu", trial.cpu), stage1.get("gpu", trial.gpu), where, "resources.stage1")
+    return dataclasses.replace(trial, stage1=own)
 
 
-def check_resources(cpu: Any, gpu: Any, where: str) -> Resources:
+def check_resources(cpu: Any, gpu: Any, where: str, key: str = "resources") -> Resources:
     for name, v in (("cpu", cpu), ("gpu", gpu)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
-            raise ConfigError(f"{where}: resources.{name} must be a number >= 0, got {v!r}")
+            raise ConfigError(f"{where}: {key}.{name} must be a number >= 0, got {v!r}")
     if cpu <= 0:
-        raise ConfigError(f"{where}: resources.cpu must be > 0 (fractions such as 0.5 are fine)")
+        raise ConfigError(f"{where}: {key}.cpu must be > 0 (fractions such as 0.5 are fine)")
     if gpu > 1 and float(gpu) != int(gpu):
-        raise ConfigError(f"{where}: resources.gpu above 1 must be a whole number (Ray shares GPUs only "
+        raise ConfigError(f"{where}: {key}.gpu above 1 must be a whole number (Ray shares GPUs only "
                           f"in fractions of one), got {gpu}")
     return Resources(float(cpu), float(gpu))
 

@@ -32,6 +32,7 @@ HISTORY = "history.json"
 STATE = "state.pt"
 FAILED = "failed"
 FAILURE_REASON = "failure_reason"
+STAGE1_FAILURE = "stage1_failure"   # in a trial's settings: why the driver's stage-1 task for its entry failed
 
 # Keys a failure report carries as NaN, so that schedulers and searchers that expect them find them.
 _METRIC_KEYS = ("train_loss", "dev_loss", "dev_wf1", "dev_acc", "dev_mf1", "test_loss", "test_wf1", "test_acc",
@@ -120,6 +121,10 @@ def train_trial(config: dict) -> None:
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
         cadence.saved()
 
+    stage1_failure = trial_settings(config).get(STAGE1_FAILURE)
+    if stage1_failure:  # the driver's stage-1 task for this trial's entry failed for good: say why, once
+        _report_failure(f"stage 1 failed: {stage1_failure}", history)
+        return
     try:
         cfg = trial_config(config)
         if history and int(history[-1]["epoch"]) >= cfg.train.epochs:

@@ -163,7 +163,8 @@ def parent_runs(output: Path, sweep: str) -> list:
     client = MlflowClient(f"sqlite:///{Path(output).resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name(sweep)
     runs = client.search_runs([exp.experiment_id], max_results=5000) if exp else []
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    # A sweep's own run has sweep_kind; stage-1 runs (no parent tag either) are not parents.
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "sweep_kind" in r.data.tags]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:

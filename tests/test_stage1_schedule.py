@@ -1,0 +1,130 @@
+"""Stage 1 as scheduled work (sweep/stage1_plan.py) with real Ray (2 CPUs), real MLflow (SQLite) and the
+real pipeline on the tiny synthetic config: each distinct entry computed once before any trial, recorded
+as an MLflow run with metrics, linked from every trial; a failing entry fails its trials once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import child_runs, write_ablation
+from mlflow.tracking import MlflowClient
+
+from sweep.engine import SweepOptions, run_sweep as sweep_run
+from sweep.stage1_plan import CACHE_KEY_TAG, RUN_KIND_TAG, epoch_metrics
+
+pytestmark = pytest.mark.slow
+
+# Two stage-1 epochs so the teacher and students have per-epoch scores to record.
+STAGE1_BASE = {"stage1.epochs": 2}
+
+
+def _stage1_runs(output: Path, sweep: str) -> list:
+    client = MlflowClient(f"sqlite:///{output.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(sweep)
+    return client.search_runs([exp.experiment_id], f"tags.{RUN_KIND_TAG} = 'stage1'", max_results=1000)
+
+
+def test_two_variants_share_an_entry_one_has_its_own_each_computed_once_before_its_trials(tmp_path, ray_local,
+                                                                                         capsys):
+    variants = {"full": {}, "w/o anchor gating": {"fusion.anchor_gating": False},   # one stage-1 entry
+                "w/o prompt": {"stage1.prompt": False}}                               # its own entry
+    spec = write_ablation(tmp_path, "plan", variants, seeds=(0,), epochs=2, extra_base=STAGE1_BASE)
+    opts = SweepOptions(output=tmp_path / "runs", cache_dir=tmp_path / "cache")   # cold cache
+    outcome = sweep_run("ablate", spec, [], opts)
+    assert outcome.status == "finished" and outcome.trained == 3
+    printed = capsys.readouterr().out
+    assert "stage 1: 2 distinct entries, 0 in the cache, 2 to compute" in printed
+    assert "[plan] stage 1: 2/2 done, 0 running" in printed
+
+    stage1 = _stage1_runs(opts.output, "plan")
+    assert len(stage1) == 2 and {r.info.status for r in stage1} == {"FINISHED"}
+    assert {r.data.tags["stage1_source"] for r in stage1} == {"computed"}   # each computed once, by its task
+    assert len({r.data.tags[CACHE_KEY_TAG] for r in stage1}) == 2
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.safetensors")) == \
+        sorted(f"{r.data.tags[CACHE_KEY_TAG]}.safetensors" for r in stage1)
+    client = MlflowClient(f"sqlite:///{opts.output.resolve() / 'mlflow.db'}")
+    by_id = {r.info.run_id: r for r in stage1}
+    for run in stage1:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert len(tags["dataset_fingerprint"]) == 16 and tags["dataset"] == "synthetic" and tags["git_commit"]
+        assert tags["device"] == "cpu" and run.data.params["stage1.epochs"] == "2"
+        assert tags[CACHE_KEY_TAG] == f"{tags['dataset_fingerprint']}-{tags['stage1_hash']}"
+        for modality in ("text", "audio", "video"):   # the teacher and both students, per epoch
+            for name in ("train_loss", "dev_wf1", "dev_acc"):
+                history = client.get_metric_history(run.info.run_id, f"{modality}_{name}")
+                assert [m.step for m in history] == [1, 2], (modality, name)
+            assert 0 <= metrics[f"selected_{modality}_dev_wf1"] <= 1 and metrics[f"selected_{modality}_epoch"] in (1, 2)
+        assert metrics["wall_seconds"] > 0 and metrics["stage1_seconds"] > 0
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["stage1.log"]
+
+    trials = child_runs(opts.output, "plan")
+    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
+    links = {r.data.tags["variant"]: r.data.tags["stage1_run_id"] for r in trials}
+    assert set(links.values()) == set(by_id)                              # every trial links to an entry's run
+    assert links["full"] == links["w/o anchor gating"] != links["w/o prompt"]
+    assert by_id[links["w/o prompt"]].data.params["stage1.prompt"] == "False"
+    for trial in trials:   # no trial started before its entry was ready (one clock: this machine's)
+        assert trial.info.start_time >= by_id[trial.data.tags["stage1_run_id"]].info.end_time
+
+    # The table's caption shows the stage-1 scores behind each row.
+    from reports.store import load_sweep
+    from reports.table import build_table
+
+    caption = " ".join(build_table(load_sweep("plan", f"sqlite:///{opts.output.resolve() / 'mlflow.db'}")).caption)
+    assert "Stage 1 behind each row" in caption
+    for variant, run_id in links.items():
+        assert f"{variant}: text " in caption and run_id[:8] in caption
+
+    # Resume/extend: a second seed needs the same two entries: both reused from the cache, no new
+    # stage-1 run, the new trials link to the runs that computed them.
+    more = write_ablation(tmp_path, "plan", variants, seeds=(0, 1), epochs=2, extra_base=STAGE1_BASE)
+    again = sweep_run("ablate", more, [], opts)
+    assert again.status == "finished" and again.trained == 3
+    assert "2 in the cache, 0 to compute" not in capsys.readouterr().out   # nothing to compute: said nothing
+    assert {r.info.run_id for r in _stage1_runs(opts.output, "plan")} == set(by_id)
+    assert {r.data.tags["stage1_run_id"] for r in child_runs(opts.output, "plan")} == set(by_id)
+
+
+def test_a_diverging_stage1_fails_its_trials_once_with_the_reason(tmp_path, ray_local, stage1_cache):
+    variants = {"full": {}, "diverges": {"stage1.lr": 1.0e30}}
+    spec = write_ablation(tmp_path, "s1fail", variants, seeds=(0,), epochs=2, extra_base=STAGE1_BASE,
+                          max_failures=2)
+    opts = SweepOptions(output=tmp_path / "runs", cache_dir=stage1_cache)
+    outcome = sweep_run("ablate", spec, [], opts)
+    assert outcome.status == "finished"
+    (bad,) = [r for r in _stage1_runs(opts.output, "s1fail") if r.info.status == "FAILED"]
+    assert "FloatingPointError" in bad.data.tags["failure_reason"]
+    # Deterministic: run once, not retried (one 'failed' line in its log).
+    log = MlflowClient(f"sqlite:///{opts.output.resolve() / 'mlflow.db'}").download_artifacts(
+        bad.info.run_id, "stage1.log", str(tmp_path))
+    assert Path(log).read_text().count("stage1: failed") == 1
+    trials = {(r.data.tags["variant"], r.data.tags["seed"]): r for r in child_runs(opts.output, "s1fail")}
+    for seed in ("0",):
+        failed = trials[("diverges", seed)]
+        assert failed.info.status == "FAILED" and failed.data.tags["stage1_run_id"] == bad.info.run_id
+        assert failed.data.tags["failure_reason"].startswith("stage 1 failed: FloatingPointError")
+        assert trials[("full", seed)].info.status == "FINISHED"
+
+
+def test_epoch_lines_of_stage1_fit_become_metrics():
+    lines = ["stage1 text: epoch 1/2 train loss 1.5000 dev wF1 0.2500 acc 0.5000 (0.1s)",
+             "stage1 audio student (KD from text): epoch 2/2 train loss 0.7500 (0.2s)",
+             "stage1 text: kept epoch 1 (dev wF1 0.2500)"]
+    assert epoch_metrics(lines) == [("text_train_loss", 1.5, 1), ("text_dev_wf1", 0.25, 1), ("text_dev_acc", 0.5, 1),
+                                    ("audio_train_loss", 0.75, 2)]
+
+
+def test_resources_stage1_is_read_and_checked_like_trial_resources(tmp_path):
+    from core.config import ConfigError
+    from sweep.ablation_spec import load_ablation
+
+    spec = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "gpu": 0, "stage1": {"cpu": 2}})
+    resources = load_ablation(spec).resources
+    assert (resources.cpu, resources.stage1.cpu, resources.stage1.gpu) == (1.0, 2.0, 0.0)
+    assert load_ablation(write_ablation(tmp_path, "res", {"full": {}})).resources.stage1 is None
+    bad = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "stage1": {"cpu": -1}})
+    with pytest.raises(ConfigError, match=r"res.yaml:\d+: resources.stage1.cpu must be a number >= 0"):
+        load_ablation(bad)
+    typo = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "stage1": {"gpus": 1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'gpus' in resources.stage1.*Did you mean 'gpu'"):
+        load_ablation(typo)
