@@ -6,9 +6,9 @@ Every stage-2 epoch is reported with `tune.report` together with a checkpoint di
 so a retried or resumed trial continues from its last epoch, and the driver (MLflow callback, `sync`)
 can rebuild a trial's whole record from its latest checkpoint alone.
 
-A trial that cannot succeed whatever the retries (a diverged loss, a config or data problem) is not
-raised to Ray, which would retry it `max_failures` times: it reports one last result with
-`failed=1` and `failure_reason` (metrics NaN, so Optuna records the trial as failed and ASHA ignores
+A trial that cannot succeed whatever the retries (a NaN loss in stage 1 or stage 2, a config or
+data problem) is not raised to Ray, which would retry it `max_failures` times (recomputing stage 1
+under the cache lock each time): it reports one last result with `failed=1` and `failure_reason` (metrics NaN, so Optuna records the trial as failed and ASHA ignores
 it) and returns. Anything else (a crash, a killed worker) raises and Ray retries from the checkpoint.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def train_trial(config: dict) -> None:
         if history and int(history[-1]["epoch"]) >= cfg.train.epochs:
             return  # restored from the final epoch's checkpoint: the trial is already complete
         run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log)
-    except (DivergedError, ConfigError, DataError) as err:
+    except (DivergedError, FloatingPointError, ConfigError, DataError) as err:  # would recur on every retry
         _report_failure(_failure_reason(err), history)
 
 
