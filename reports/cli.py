@@ -54,8 +54,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     out_dir = report_dir(args.output, args.name)
     result = make_report(args.name, _uri(args), out_dir, formats, metric=args.metric, baseline=args.baseline,
-                         per_class=args.per_class)
+                         per_class=args.per_class, output=args.output)
     print(result.markdown)
+    if args.history:
+        from reports.table import history_listing
+
+        print(history_listing(result.sweep))
     print(f"report files for sweep {args.name}:\n{_paths_text(result.paths)}")
     return 0
 
@@ -88,6 +92,9 @@ def add_commands(subparsers) -> None:
                         "dev|test _wf1|_acc|_mf1 or test_f1_<label>")
     p.add_argument("--baseline", default=None, help="variant to compare against (default: the sweep's baseline tag)")
     p.add_argument("--per-class", action="store_true", help="add per-class test F1 columns")
+    p.add_argument("--history", action="store_true",
+                   help="also list the superseded runs: runs of earlier plans (another config, data or code), "
+                        "which never enter the table")
     _store_options(p)
     p.set_defaults(func=_guard(cmd_report))
 
@@ -117,7 +124,7 @@ def print_table_after_sweep(sweep_name: str, output_dir: str | Path, tracking_ur
     uri = tracking_uri or tracking_uri_for(output_dir)
     out_dir = report_dir(output_dir, sweep_name)
     try:
-        result = make_report(sweep_name, uri, out_dir)
+        result = make_report(sweep_name, uri, out_dir, output=output_dir)
     except ReportError as err:
         print(f"warning: no report for sweep {sweep_name}: {err}", file=sys.stderr)
         return

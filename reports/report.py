@@ -83,8 +83,9 @@ def _html(sweep: Sweep, table: Table, command: str) -> str:
 
 
 def make_report(name: str, tracking_uri: str, out_dir: Path, formats: list[str] | tuple[str, ...] = FORMATS,
-                metric: str = "test_wf1", baseline: str | None = None, per_class: bool = False) -> ReportResult:
-    sweep = load_sweep(name, tracking_uri)
+                metric: str = "test_wf1", baseline: str | None = None, per_class: bool = False,
+                output: str | Path | None = None) -> ReportResult:
+    sweep = load_sweep(name, tracking_uri, output)
     table = build_table(sweep, metric=metric, baseline=baseline, per_class=per_class)
     markdown = render_markdown(table)
     command = (f"run_sweep.py report {name} --metric {table.metric}"

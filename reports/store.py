@@ -12,8 +12,9 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from sweep.identity import plan_of, representative
 from sweep.tracking import search_all
 
 # MLflow is imported inside the functions that read the store: it costs seconds to import.
@@ -49,14 +50,21 @@ class Sweep:
     name: str
     tracking_uri: str
     experiment_id: str
-    parent_run_ids: list[str]       # usually one; several when a sweep was relaunched under the same name
-    tags: dict[str, str]            # the (latest) parent's tags
+    parent_run_ids: list[str]       # the one parent whose plan this report shows
+    tags: dict[str, str]            # that parent's tags
     start_time: int
     variants: list[str]             # table order: the parent's `variants`, then unlisted ones found in children
     seeds: list[str]                # the parent's `seeds`, then unlisted ones found in children
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)        # runs of the current plan only
     unlisted_variants: list[str] = field(default_factory=list)
     stage1_runs: dict[str, Trial] = field(default_factory=dict)   # run id -> a stage-1 run (trials' stage1_run_id)
+    superseded: list[Trial] = field(default_factory=list)    # runs of earlier plans (other config, data or code)
+    plan: Optional[list[str]] = None                         # the plan's identities (None: not recorded)
+
+    def missing_from_plan(self) -> list[str]:
+        """Identities of the plan without a FINISHED run."""
+        done = {t.tags.get("trial_identity") for t in self.trials if t.status == "FINISHED"}
+        return [i for i in (self.plan or []) if i not in done]
 
     @property
     def kind(self) -> str:
@@ -154,8 +162,10 @@ def _trial(run) -> Trial:
                  artifact_uri=run.info.artifact_uri or "")
 
 
-def load_sweep(name: str, tracking_uri: str) -> Sweep:
-    """The sweep called `name`; ReportError listing the known sweeps when there is none."""
+def load_sweep(name: str, tracking_uri: str, output: str | Path | None = None) -> Sweep:
+    """The sweep called `name`, as its current plan stands; ReportError listing the known sweeps when
+    there is none. With several parents (output directories sharing one store) the one of `output` is
+    used when there is one, else the latest."""
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     runs = search_all(client, [experiment.experiment_id]) if experiment is not None else []
@@ -164,13 +174,14 @@ def load_sweep(name: str, tracking_uri: str) -> Sweep:
         known = known_sweeps(tracking_uri)
         listing = ", ".join(known) if known else "none"
         raise ReportError(f"unknown sweep '{name}' in {tracking_uri}; known sweeps: {listing}")
-    # The latest parent carries the sweep's current spec (a relaunch may have added variants or seeds).
     parents.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
-    latest = parents[-1]
+    mine = [r for r in parents if output is not None and r.data.tags.get("output") == str(Path(output).resolve())]
+    latest = (mine or parents)[-1]
     tags = dict(latest.data.tags)
-    parent_ids = [r.info.run_id for r in parents]
-    trials = [_trial(r) for r in runs if r.data.tags.get(PARENT_TAG) in set(parent_ids)]
     stage1_runs = {r.info.run_id: _trial(r) for r in runs if r.data.tags.get("magtkd_run") == "stage1"}
+    children = [_trial(r) for r in runs if r.data.tags.get(PARENT_TAG) == latest.info.run_id]
+    plan = plan_of(tags)
+    trials, superseded = split_by_plan(children, plan, tags.get("plan_key", ""))
 
     if tags.get("sweep_kind") == "tune":
         _name_tune_rows(trials)
@@ -187,10 +198,33 @@ def load_sweep(name: str, tracking_uri: str) -> Sweep:
     # One stable order for everything downstream: table order, then seed order, then time, then id.
     trials.sort(key=lambda t: (variant_pos[t.variant], seed_pos[t.seed], t.start_time, t.run_id))
     return Sweep(name=name, tracking_uri=tracking_uri, experiment_id=latest.info.experiment_id,
-                 parent_run_ids=parent_ids, tags=tags, start_time=int(latest.info.start_time or 0),
+                 parent_run_ids=[latest.info.run_id], tags=tags, superseded=superseded, plan=plan, start_time=int(latest.info.start_time or 0),
                  variants=listed + unlisted, seeds=seeds + extra_seeds, trials=trials,
                  # In a tune sweep every row is found in the runs; flagging them all would be noise.
                  unlisted_variants=unlisted if tags.get("sweep_kind") != "tune" else [], stage1_runs=stage1_runs)
+
+
+def split_by_plan(children: list[Trial], plan: Optional[list[str]], plan_key: str) -> tuple[list[Trial], list[Trial]]:
+    """(runs of the current plan, superseded runs). An ablation's plan lists identities; a search has a
+    plan key; a store written before either was recorded keeps every run."""
+    if plan is not None:
+        wanted = set(plan)
+        return ([t for t in children if t.tags.get("trial_identity") in wanted],
+                [t for t in children if t.tags.get("trial_identity") not in wanted])
+    if plan_key:
+        return ([t for t in children if t.tags.get("plan_key", plan_key) == plan_key],
+                [t for t in children if t.tags.get("plan_key", plan_key) != plan_key])
+    return children, []
+
+
+def trial_facts(trial: Trial) -> tuple[str, int, str]:
+    """What `sweep.identity.representative` orders by, for a report's Trial."""
+    return trial.status, trial.start_time, trial.run_id
+
+
+def stands_for(trials: list[Trial]) -> Optional[Trial]:
+    """The run that stands for one identity (the rule the sweep's dedup and resume use)."""
+    return representative(trials, trial_facts)
 
 
 def _name_tune_rows(trials: list[Trial]) -> None:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from reports.stats import MIN_PAIRS, TEST_NAME, PairedTest, Summary, paired_test, pct, summarize
-from reports.store import ReportError, Sweep, Trial
+from reports.store import ReportError, Sweep, Trial, stands_for
 
 # (key, split, short name); the MLflow metric is "selected_" + key.
 MAIN_METRICS = [("dev_wf1", "dev", "wF1"), ("dev_acc", "dev", "Acc"), ("dev_mf1", "dev", "mF1"),
@@ -70,7 +70,7 @@ class Table:
     class_columns: list[tuple[str, str, str]]         # per-class table (--per-class), may be empty
     rows: list[Row]
     caption: list[str]                                # plain-text sentences, renderers escape them
-    warning: str                                      # the loud select-on-test note ("" when not)
+    warning: str                                      # loud notes: plan incomplete, select-on-test ("" when none)
     footnotes: list[str]                              # plain text, the first characters may be a mark
     trials: list[Trial]                               # every child run, for traceability in HTML/CSV
     labels: list[str]
@@ -132,21 +132,15 @@ def normalise_metric(metric: str, labels: list[str]) -> str:
 
 
 def _finished_by_variant_seed(sweep: Sweep) -> tuple[dict[tuple[str, str], Trial], list[Trial]]:
-    """One FINISHED run per (variant, seed): the last to finish; the others are reported as duplicates."""
-    chosen: dict[tuple[str, str], Trial] = {}
-    duplicates: list[Trial] = []
+    """One FINISHED run per (variant, seed), chosen by the rule the sweep's own dedup uses
+    (`store.stands_for`: the first to start); the others are reported as duplicates."""
+    groups: dict[tuple[str, str], list[Trial]] = {}
     for trial in sweep.trials:
-        if trial.status != "FINISHED":
-            continue
-        key = (trial.variant, trial.seed)
-        old = chosen.get(key)
-        if old is None:
-            chosen[key] = trial
-            continue
-        keep, drop = (trial, old) if (trial.end_time, trial.run_id) > (old.end_time, old.run_id) else (old, trial)
-        chosen[key] = keep
-        duplicates.append(drop)
-    duplicates.sort(key=lambda t: t.run_id)
+        if trial.status == "FINISHED":
+            groups.setdefault((trial.variant, trial.seed), []).append(trial)
+    chosen = {key: stands_for(group) for key, group in groups.items()}
+    duplicates = sorted((t for key, group in groups.items() for t in group if t is not chosen[key]),
+                        key=lambda t: t.run_id)
     return chosen, duplicates
 
 
@@ -262,10 +256,20 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         split = " or ".join(splits) if splits else ("test" if on_test else "dev")
         rule = f"the epoch with the best {split} weighted F1, all scores reported at that epoch"
     caption.append(f"Epoch selection: {rule}" + (" (trials disagree on train.select_on)." if mixed else "."))
-    warning = ""
+    warnings = []
+    missing = sweep.missing_from_plan()
+    if missing:
+        warnings.append(f"INCOMPLETE: {len(missing)} of {len(sweep.plan or [])} trials of the current plan have no "
+                        f"finished run; their cells are missing (marked {MISSING_MARK}), never filled from "
+                        f"earlier runs.")
     if on_test:
-        warning = ("WARNING: epoch picked on test, as in the authors' code; the test scores are optimistic "
-                   "and are not a held-out estimate.")
+        warnings.append("WARNING: epoch picked on test, as in the authors' code; the test scores are optimistic "
+                        "and are not a held-out estimate.")
+    warning = " ".join(warnings)
+    if sweep.superseded:
+        caption.append(f"{len(sweep.superseded)} run(s) of earlier plans (another config, dataset, code or stage-1 "
+                       f"key) are superseded and left out of every number; list them with "
+                       f"`report {sweep.name} --history`.")
     mode = tags.get("stage1_seed_mode", "")
     if mode == "shared":
         shared = sorted({t.params.get("stage1.shared_seed", "") for t in sweep.trials} - {""})
@@ -353,9 +357,27 @@ def _footnotes(sweep: Sweep, rows: list[Row], duplicates: list[Trial]) -> list[s
     if unlisted:
         notes.append(f"{UNLISTED_MARK} not in the sweep's variant list (found in child runs): {', '.join(unlisted)}.")
     if duplicates:
-        notes.append("Duplicate finished runs of the same variant and seed (the last to finish is used): ignored "
+        notes.append("Duplicate finished runs of the same variant and seed (the first to start is used): ignored "
                      + ", ".join(f"{t.variant}/seed {t.seed} [run {t.run_id}]" for t in duplicates) + ".")
     if closed:
         notes.append("Runs closed by the sweep as duplicates of a finished run (tag duplicate_of), ignored: "
                      + ", ".join(f"{t.variant}/seed {t.seed} [run {t.run_id}]" for t in closed) + ".")
     return notes
+
+
+def history_listing(sweep: Sweep) -> str:
+    """`report NAME --history`: the superseded runs (earlier plans), oldest first, with what differs
+    from the current plan's run of the same variant and seed."""
+    if not sweep.superseded:
+        return f"sweep {sweep.name}: no superseded runs (every run belongs to the current plan)"
+    current = {(t.variant, t.seed): t for t in sweep.trials}
+    lines = [f"sweep {sweep.name}: {len(sweep.superseded)} superseded run(s), left out of the table:"]
+    for t in sorted(sweep.superseded, key=lambda t: (t.start_time, t.run_id)):
+        now = current.get((t.variant, t.seed))
+        changed = [name for name, key in (("config", "config_hash"), ("data", "dataset_fingerprint"),
+                                          ("code", "code_fingerprint"), ("stage 1", "stage1_key"))
+                   if now is not None and t.tags.get(key) != now.tags.get(key)]
+        why = f"changed since: {', '.join(changed)}" if changed else "not in the current plan"
+        lines.append(f"  {t.variant}/seed {t.seed} {t.status} [run {t.run_id}] identity "
+                     f"{t.tags.get('trial_identity', '?')} ({why})")
+    return "\n".join(lines)

@@ -30,8 +30,11 @@ _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/demo.yaml --output /scratch/runs --max-concurrent 4 --cpus-per-trial 0.5
 
 Overrides are dotted config keys (see core/config.py); they apply to every variant and win over the
-variants' own overrides. Rerun the same command to resume an interrupted sweep; (config, seed) pairs
-already FINISHED in MLflow are skipped."""
+variants' own overrides. Rerun the same command to resume an interrupted sweep; trials whose identity
+(config, data, code, stage-1 key) already ended in MLflow are skipped.
+
+exit codes: 0 every trial FINISHED; 3 finished with FAILED trials; 130 interrupted (rerun to resume);
+2 bad input, nothing started; 1 tracking store, lock or MLflow problems."""
 
 _EPILOG_TUNE = """examples:
   python run_sweep.py tune search_spaces/fusion.yaml data.path=/data/MELD.Raw --num-samples 20
@@ -106,7 +109,7 @@ def cmd_ablate(args: argparse.Namespace, after_ablate: Optional[Callable] = None
     """after_ablate(outcome) runs after a finished ablation: run_sweep.py passes the reports package's table
     printer here, so that sweep/ never imports reports/ (which sits above it)."""
     outcome = run_sweep("ablate", args.spec, args.overrides, _options(args))
-    if outcome.status == "finished" and after_ablate is not None:
+    if outcome.status in ("finished", "failures") and after_ablate is not None:  # the table shows failures too
         after_ablate(outcome)
     return outcome.exit_code
 

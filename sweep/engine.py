@@ -2,23 +2,24 @@
 
     outcome = run_sweep("ablate", "ablations/demo.yaml", ["train.epochs=2"], SweepOptions(output=Path("runs")))
 
-Order of work (so that bad input costs a second and leaves nothing behind):
- 1. validate: output directory writable, tracking store reachable, the spec and every trial's config,
-    every dataset loadable (its fingerprint, labels and modalities go into each trial's settings),
-    resources possible on this machine;
- 2. only then create the output directory, take the sweep's lock, open the MLflow experiment and the
-    sweep's parent run, and start (or join) Ray;
- 3. resume, or skip, or start fresh:
-    - the same command again after an interrupt (same plan, Ray state present) -> `Tuner.restore`;
-      child runs left RUNNING are closed as KILLED first and taken up again by their trials;
-    - the same command after the sweep completed -> nothing is trained;
-    - otherwise a fresh Ray experiment with only the (config, seed) pairs MLflow does not already
-      hold FINISHED (the count skipped is printed);
-    in every case stage 1 comes first (`sweep/stage1_plan.py`): the distinct entries the trials need,
-    missing from the cache, are computed as Ray tasks of their own, so no trial slot waits on one;
- 4. after `fit()`: `sync` writes anything MLflow missed from Ray's storage, duplicates are closed, and
-    an interrupted sweep (Ctrl-C, a lost driver) is reported as such with a non-zero exit:
-    rerun the same command to resume.
+validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finish:
+ 1. validate (bad input costs a second and leaves nothing behind): output directory writable, tracking
+    store reachable, the spec and every trial's config, every dataset loadable, resources possible.
+    Each trial gets its identity (sweep.identity: config, data, code and stage-1 key); an ablation's
+    plan is the ordered list of them, and the plan names the Ray experiment.
+ 2. lock this output directory's sweep; open the MLflow experiment and this output's parent run, whose
+    tags record the plan (a report shows exactly the runs of that plan).
+ 3. record what Ray's storage holds and MLflow lacks; an ablation trains only the identities that have
+    no final run (FINISHED or FAILED) yet; nothing left -> nothing to train.
+ 4. stage 1 (`sweep/stage1_plan.py`): the distinct entries the pending trials need and the cache lacks
+    are computed as Ray tasks of their own, each recorded as an MLflow run the trials link to, so no
+    trial slot waits on one.
+ 5. fit: the same plan's Ray experiment present -> `Tuner.restore` (trials that failed stay failed),
+    else a fresh one.
+ 6. record: how each trial ended comes from Ray's results (`sync.ray_trials`) into MLflow; an
+    unfinished plan is "interrupted" (rerun the same command to resume).
+ 7. finish: duplicates closed, the parent FINISHED, the table; exit code 0, or FAILURES_EXIT when
+    some trials FAILED.
 """
 from __future__ import annotations
 
@@ -43,18 +44,23 @@ from core.environment import worker_env
 from dialogue_data.registry import load_dataset
 from sweep import tracking
 from sweep.ablation_spec import load_ablation
+from sweep.identity import code_fingerprint
+from sweep.plan import SweepPlan, ablation_plan, data_key, hash_of, plan_runs, search_plan
 from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
-from sweep.sync import read_state, stored_trials, sync_trials, write_state
+from sweep.sync import SyncReport, ray_trials, sync_trials
 from sweep.tracking import SweepError
-from sweep.trainable import train_trial, trial_config
+from sweep.trainable import train_trial
 
 # torch, Ray, MLflow and Optuna are imported inside the functions that use them: each costs seconds, and a
 # bad spec or output directory must fail before any of that.
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INTERRUPTED_EXIT = 130
+# Exit codes (README, Exit codes): 0 every trial FINISHED; 2 bad input, nothing started (run_sweep.py);
+# 1 a problem outside the config (tracking store, lock, MLflow failing at the end).
+FAILURES_EXIT = 3                 # finished, but some trials FAILED (the table is written; footnote says why)
+INTERRUPTED_EXIT = 130            # interrupted: rerun the same command to resume
 
 
 @dataclass
@@ -73,16 +79,17 @@ class SweepOptions:
     num_cpus: Optional[int] = None         # CPUs of a local Ray (default: all)
     verbose: bool = False
     strict: bool = False                   # refuse data with a label that has no training examples
-    callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests use them to inject faults)
+    callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests inject faults; a resume keeps the first's)
+    code_dirs: Optional[Sequence[Path]] = None  # what the code fingerprint hashes (default: sweep.identity)
 
 
 @dataclass
 class SweepOutcome:
     name: str
     kind: str
-    status: str                            # finished | interrupted | unrecorded (MLflow failed at the end)
+    status: str                            # finished | failures | interrupted | unrecorded (MLflow failed at the end)
     trained: int = 0                       # trials run by this invocation
-    skipped: int = 0                       # (config, seed) pairs already FINISHED in MLflow
+    skipped: int = 0                       # trials of the plan already final (FINISHED/FAILED) in MLflow
     experiment_id: str = ""
     parent_run_id: str = ""
     ray_path: str = ""
@@ -92,7 +99,7 @@ class SweepOutcome:
 
     @property
     def exit_code(self) -> int:
-        return {"finished": 0, "interrupted": INTERRUPTED_EXIT}.get(self.status, 1)
+        return {"finished": 0, "failures": FAILURES_EXIT, "interrupted": INTERRUPTED_EXIT}.get(self.status, 1)
 
 
 # ---- validation before anything is created ---------------------------------------------------------
@@ -159,22 +166,6 @@ def _check_local_paths(cfgs) -> None:
                                   f"expected; nothing is downloaded)")
 
 
-def stage1_first_order(plans: list) -> list:
-    """Launch order: one trial of each distinct stage-1 config first (round robin), so concurrent
-    trials compute different stage-1 entries instead of queueing on one cache lock."""
-    groups: dict[str, list] = {}
-    for plan in plans:
-        groups.setdefault(plan.cfg.stage1_hash(), []).append(plan)
-    order = []
-    for rank in range(max(len(g) for g in groups.values())):
-        order += [g[rank] for g in groups.values() if rank < len(g)]
-    return order
-
-
-def _data_key(cfg) -> str:
-    return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
-
-
 def _check_local_resources(resources, opts: SweepOptions) -> None:
     """A local Ray has this machine's CPUs and GPUs: a trial asking for more would wait forever."""
     if cluster_address(opts.address):
@@ -205,7 +196,7 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
         raise ConfigError(f"--from-tune {name}: no tune sweep called '{name}' in {tracking_uri}")
     tags = parents[-1].data.tags
     metric, mode = tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
-    runs = [r for r in tracking.child_runs(client, exp.experiment_id)
+    runs = [r for r in tracking.child_runs(client, exp.experiment_id, parents[-1].info.run_id)
             if r.info.status == "FINISHED" and metric in r.data.metrics and "overrides" in r.data.tags]
     if not runs:
         raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
@@ -215,25 +206,7 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
                        f"{best.data.metrics[metric]:.4f}, {overrides}")
 
 
-@dataclass
-class _Plan:
-    """Everything validated, ready to run."""
-    spec: Any                               # AblationSpec | SearchSpec
-    kind: str
-    output: Path
-    tracking_uri: str
-    cache_dir: Path
-    resources: Any
-    max_concurrent: int
-    max_failures: int
-    trial_settings: list[dict]              # ablate: one per variant x seed (before dedup)
-    plan_key: str
-    parent_tags: dict[str, str]
-    data_info: dict[str, dict]
-    notes: list[str]
-
-
-def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> _Plan:
+def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepPlan:
     """Step 1: every check that needs neither Ray nor a write."""
     output = check_output_dir(Path(opts.output))
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri(output)
@@ -244,6 +217,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     cli = parse_cli_overrides(overrides)
     notes: list[str] = []
     git = tracking.git_commit(PROJECT_ROOT)
+    code = code_fingerprint(opts.code_dirs)
     cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
 
     if kind == "ablate":
@@ -252,48 +226,25 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
             extra, note = _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri)
             notes.append(f"starting from the {note}")
         spec = load_ablation(spec_path, cli, extra_base=extra)
-        plans = spec.trials()
-        _check_local_paths([p.cfg for p in plans])
-        data = _data_info([p.cfg for p in plans], opts.strict)
-        base = spec.base.to_dict()
-        settings = []
-        for p in stage1_first_order(plans):
-            settings.append({"sweep": spec.name, "variant": p.variant, "slug": f"{p.slug}-s{p.seed}",
-                             "run_name": f"{p.variant} s{p.seed}", "seed": p.seed, "base": base,
-                             "overrides": p.overrides,
-                             "cache_dir": str(cache_dir), "data": data[_data_key(p.cfg)],
-                             "config_hash": p.config_hash})
-        for s in settings:  # the trainable rebuilds each config from base + overrides: it must be the same one
-            if trial_config({"trial": s}).content_hash() != s["config_hash"]:
-                raise AssertionError(f"trial settings do not reproduce the config of {s['run_name']}")
-        plan_key = spec.plan_key(plans)
-        select = sorted({p.cfg.train.select_on for p in plans})
-        parent_tags = {"dataset": _dataset_names(data), "variants": json.dumps([v.name for v in spec.variants]),
-                       "seeds": json.dumps(spec.seeds), "baseline": spec.baseline,
-                       "stage1_seed_mode": spec.stage1_seed_mode, "from_tune": opts.from_tune or ""}
+        cfgs = [p.cfg for p in spec.trials()]
+        _check_local_paths(cfgs)
+        data = _data_info(cfgs, opts.strict)
+        # The plan key names the Ray experiment: the identities, and the store (a restored Tune callback
+        # writes to the store it was pickled with).
+        common = {"sweep": spec.name, "cache_dir": str(cache_dir), "code_fingerprint": code}
+        settings, identities, parent_tags = ablation_plan(spec, data, common)
+        plan_key = hash_of([identities, tracking_uri])
+        for s in settings:
+            s["plan_key"] = plan_key
+        parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data)})
     else:
         spec = load_search_space(spec_path, cli)
-        if opts.num_samples is not None:
-            if opts.num_samples < 1:
-                raise ConfigError(f"--num-samples must be >= 1, got {opts.num_samples}")
-            spec.num_samples = opts.num_samples
-        if opts.time_budget is not None:
-            if opts.time_budget < 0:
-                raise ConfigError(f"--time-budget must be >= 0 seconds, got {opts.time_budget}")
-            spec.time_budget_s = float(opts.time_budget)
-        bad = [k for k in spec.searched_keys if k.startswith("data.")]
-        if bad:
-            raise ConfigError(f"{spec.path}: a search space may not search data.* keys ({', '.join(bad)}): "
-                              f"the dataset is fixed for a search")
+        parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
         _check_local_paths([spec.base])
         data = _data_info([spec.base], opts.strict)
         settings = []
-        plan_key = spec.plan_key()
-        select = [spec.base.train.select_on]
-        parent_tags = {"dataset": _dataset_names(data), "variants": json.dumps([]), "seeds": json.dumps([spec.seed]),
-                       "baseline": "", "metric": spec.metric, "mode": spec.mode,
-                       "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
-                       "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}
+        plan_key = hash_of([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
+        parent_tags["dataset"] = _dataset_names(data)
 
     resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
                                 opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,
@@ -308,10 +259,11 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     within(output, "ray", spec.name)  # the name was checked; this is the belt to its braces
     if cluster_address(opts.address):
         probe(cluster_address(opts.address))  # a cluster that is not there: seconds, and nothing written yet
-    parent_tags.update({"git_commit": git, "selection_rule": ",".join(select), "spec_path": str(spec.path),
-                        "dataset_path": spec.base.data.path, "plan_key": plan_key})
-    return _Plan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures, settings,
-                 plan_key, parent_tags, data, notes)
+    plan = SweepPlan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures,
+                     settings, plan_key, parent_tags, data, code, notes)
+    parent_tags.update({"git_commit": git, "spec_path": str(spec.path), "dataset_path": spec.base.data.path,
+                        "plan_key": plan_key, "code_fingerprint": code, "ray_experiment": plan.exp_name})
+    return plan
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -350,6 +302,7 @@ def _quiet(verbose: bool) -> None:
 
 
 def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepOutcome:
+    """validate -> lock -> parent run -> [Ray start, stage 1] -> fit -> record -> finish."""
     if kind not in ("ablate", "tune"):
         raise ValueError(kind)
     _quiet(opts.verbose)
@@ -372,162 +325,73 @@ def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: 
 
 
 class _Run:
-    """One invocation of a sweep, holding the sweep's lock."""
+    """One invocation of a sweep, holding the lock of its output directory."""
 
-    def __init__(self, plan: _Plan, opts: SweepOptions, sweep_root: Path):
+    def __init__(self, plan: SweepPlan, opts: SweepOptions, sweep_root: Path):
         self.plan, self.opts, self.sweep_root = plan, opts, sweep_root
         self.spec, self.sweep = plan.spec, plan.spec.name
-        # The sweep name is part of it: Ray stages driver files per cluster session under this name, so two
-        # sweeps on one cluster must not share it.
-        self.exp_name = f"{self.sweep}-{plan.kind}-{plan.plan_key}"
-        self.exp_path = sweep_root / self.exp_name
+        self.exp_path = sweep_root / plan.exp_name
 
     def say(self, text: str) -> None:
         self.outcome.messages.append(text)
         print(text, flush=True)
 
-    def save_state(self) -> None:
-        write_state(self.sweep_root, self.state)
-
     def run(self) -> SweepOutcome:
-        plan, spec = self.plan, self.spec
+        plan = self.plan
         self.client = tracking.make_client(plan.tracking_uri)
         artifact_root = plan.output / "mlartifacts" if tracking.sqlite_path(plan.tracking_uri) else None
         self.experiment_id = tracking.ensure_experiment(self.client, self.sweep, artifact_root)
         self.parent_id = tracking.ensure_parent(self.client, self.experiment_id, self.sweep, plan.kind,
-                                                plan.parent_tags, spec.text, str(spec.path))
-        self.git = plan.parent_tags["git_commit"]
-        self.state = read_state(self.sweep_root)
-        self.state["parent"] = {"kind": plan.kind, "tags": plan.parent_tags, "spec_text": spec.text,
-                                "spec_path": str(spec.path)}
-        self.entry = self.state.setdefault("experiments", {}).setdefault(self.exp_name, {"status": "new"})
-        self.save_state()
+                                                plan.parent_tags, self.spec.text, str(self.spec.path),
+                                                str(plan.output))
         self.outcome = SweepOutcome(self.sweep, plan.kind, "finished", experiment_id=self.experiment_id,
                                     parent_run_id=self.parent_id, ray_path=str(self.exp_path),
                                     output=plan.output, tracking_uri=plan.tracking_uri)
 
-        # We hold the sweep's lock, so a child run still RUNNING belongs to a driver that is gone.
-        tracking.close_stale_runs(self.client, self.experiment_id)
+        # We hold this output's lock, so a child run of its parent still RUNNING belongs to a driver that is gone.
+        tracking.close_stale_runs(self.client, self.experiment_id, self.parent_id)
         # Whatever Ray's storage holds and MLflow lacks (a tracking server that was away, a killed driver).
-        synced = sync_trials(self.client, self.experiment_id, self.parent_id, self.git, stored_trials(self.sweep_root))
+        synced = self.record(ray_trials(self.exp_path))
         if synced.written:
             self.say(f"wrote {synced.written} trial(s) from Ray's storage into MLflow")
-        if self.entry["status"] == "complete":
-            self.say(f"sweep '{self.sweep}' is already complete (Ray storage {self.exp_path}): nothing to train")
+
+        pending = self.pending()
+        if pending is not None and not pending:
+            self.say(f"sweep '{self.sweep}': nothing to train (every trial of its plan is final in MLflow)")
             return self.finish()
-
-        from ray import tune
-
-        self.resume = tune.Tuner.can_restore(str(self.exp_path))
-        self.pending = None
-        if not self.resume and plan.kind == "ablate":
-            done = tracking.finished_hashes(self.client, self.experiment_id)
-            self.pending = [s for s in plan.trial_settings if s["config_hash"] not in done]
-            self.outcome.skipped = len(plan.trial_settings) - len(self.pending)
-            if self.outcome.skipped:
-                self.say(f"{self.outcome.skipped} of {len(plan.trial_settings)} (config, seed) pairs are already "
-                         f"FINISHED in MLflow: skipped")
-            if not self.pending:
-                self.entry["status"] = "complete"
-                self.save_state()
-                self.say(f"sweep '{self.sweep}': nothing left to train")
-                return self.finish()
-
         started_ray = _ray_init(self.opts)
         try:
             self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
             _check_cluster(plan.resources)
-            return self.train()
+            constants = _tune_constants(plan) if plan.kind == "tune" else {}
+            if not self.schedule_stage1(pending, constants):
+                return self.outcome
+            return self.fit(pending, constants)
         finally:
             if started_ray:
                 import ray
 
                 ray.shutdown()
 
-    def train(self) -> SweepOutcome:
-        from ray import tune
+    def pending(self) -> Optional[list[dict]]:
+        """Trial settings still to train ([] = nothing), or None for a search (Optuna decides)."""
+        plan = self.plan
+        if plan.kind == "tune":
+            done = tracking.retrying(self.client.get_run, self.parent_id).data.tags.get("completed_plan")
+            return [] if done == plan.plan_key else None
+        pending = self.not_final()
+        self.outcome.skipped = len(plan.trial_settings) - len(pending)
+        if self.outcome.skipped and pending:
+            self.say(f"{self.outcome.skipped} of {len(plan.trial_settings)} trials of this plan are already final "
+                     f"in MLflow (same config, data, code and stage-1 key): skipped")
+        return pending
 
-        # These two import Ray at module level: only a sweep that trains pays for it.
-        from sweep.mlflow_callback import MLflowSweepCallback, SweepRecord
-        from sweep.progress import ProgressCallback
+    def not_final(self) -> list[dict]:
+        """The ablation's trial settings whose identity has no final run under this parent."""
+        final = tracking.representatives(tracking.child_runs(self.client, self.experiment_id, self.parent_id))
+        return [s for s in self.plan.trial_settings if s["identity"] not in final]
 
-        plan, spec = self.plan, self.spec
-        constants = _tune_constants(plan) if plan.kind == "tune" else {}
-        if not self.schedule_stage1(constants):
-            return self.outcome
-        record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id, self.git)
-        trainable = tune.with_resources(train_trial, plan.resources.as_ray())
-        if self.resume:
-            total = int(self.entry.get("trials", 0))
-        else:
-            total = len(self.pending) if self.pending is not None else spec.num_samples
-        metric, mode, budget = ("selected_dev_wf1", "max", 0.0) if plan.kind == "ablate" else \
-            (spec.metric, spec.mode, spec.time_budget_s)
-        progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
-        callbacks = [MLflowSweepCallback(record), progress, *self.opts.callbacks]
-
-        if self.resume:
-            self.say(f"resuming sweep '{self.sweep}' from {self.exp_path} (interrupted trials continue from their "
-                     f"last checkpoint)")
-            tuner = tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False)
-            _replace_callbacks(tuner, callbacks)
-        else:
-            if plan.kind == "ablate":
-                tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(self.pending)},
-                                   tune_config=tune.TuneConfig(reuse_actors=True,
-                                                               max_concurrent_trials=plan.max_concurrent or None,
-                                                               trial_dirname_creator=trial_dirname),
-                                   run_config=_run_config(plan, self.exp_name, self.sweep_root, callbacks, self.opts))
-            else:
-                tuner = _tuner_for_search(plan, self.exp_name, self.sweep_root, trainable, callbacks, self.opts,
-                                          constants)
-            self.entry["trials"] = total
-            self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
-                     f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
-                     f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
-        self.entry["status"] = "running"
-        self.save_state()
-
-        before = {t.trial_id for t in stored_trials(self.sweep_root) if t.path.parent == self.exp_path and t.status}
-        started = time.time()
-        previous = _sigterm_as_sigint()
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the state saved before still resumes
-            pass
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        elapsed = time.time() - started
-
-        errored = callbacks[0].errored_paths  # trials Ray gave up on (retries exhausted): final, not unfinished
-        trials = [t for t in stored_trials(self.sweep_root, errored) if t.path.parent == self.exp_path]
-        self.outcome.trained = len([t for t in trials if t.trial_id not in before])
-        missing = _unfinished(plan, total, trials, elapsed)
-        self.entry["status"] = "interrupted" if missing else "complete"
-        self.save_state()
-        try:
-            sync_trials(self.client, self.experiment_id, self.parent_id, self.git, trials)
-            if missing:
-                tracking.close_stale_runs(self.client, self.experiment_id)   # taken up again on resume
-                tracking.end_parent(self.client, self.parent_id, "KILLED")
-        except Exception as err:  # the store went away: the results are in Ray's storage, sync writes them later
-            self.outcome.status = "unrecorded"
-            self.say(f"warning: MLflow ({plan.tracking_uri}) failed at the end of the sweep ({type(err).__name__}: "
-                     f"{str(err)[:300]}). Every result is kept in Ray's storage ({self.exp_path}); once the store "
-                     f"is back, run: python run_sweep.py sync {self.sweep} --output {plan.output}"
-                     + (f" --tracking-uri {self.opts.tracking_uri}" if self.opts.tracking_uri else ""))
-            if not missing:
-                return self.outcome
-        if missing:
-            self.outcome.status = "interrupted"
-            self.say(f"sweep '{self.sweep}' was interrupted ({missing}). Rerun the same command to resume; "
-                     f"finished trials are kept.")
-            return self.outcome
-        return self.finish()
-
-    def schedule_stage1(self, tune_constants: dict) -> bool:
+    def schedule_stage1(self, pending: Optional[list[dict]], tune_constants: dict) -> bool:
         """Stage 1 before any trial, as Ray tasks of its own (sweep/stage1_plan.py): each distinct entry is
         computed once with resources.stage1, recorded in MLflow, and linked from the trials' settings, so
         every trial finds its entry in the cache and no slot waits. False when interrupted meanwhile
@@ -536,16 +400,16 @@ class _Run:
 
         plan = self.plan
         if plan.kind == "ablate":
-            settings = plan.trial_settings if self.resume else self.pending
+            settings = pending
         elif fixed_stage1(self.spec.searched_keys, self.spec.base.stage1.shared_seed):
             settings = [tune_constants]
         else:
             self.say(f"sweep '{self.sweep}' searches stage-1 keys: each stage-1 entry is computed by the first "
                      f"trial that needs it")
             return True
-        context = Stage1Context(self.sweep, self.client, self.experiment_id, self.git, str(plan.cache_dir),
-                                self.spec.resources.stage1 or plan.resources, plan.max_concurrent, plan.max_failures,
-                                self.say)
+        context = Stage1Context(self.sweep, self.client, self.experiment_id, plan.parent_tags["git_commit"],
+                                str(plan.cache_dir), self.spec.resources.stage1 or plan.resources,
+                                plan.max_concurrent, plan.max_failures, self.say)
         previous = _sigterm_as_sigint()
         try:
             link_trials(settings, schedule_stage1(settings, context))
@@ -559,8 +423,119 @@ class _Run:
                 signal.signal(signal.SIGTERM, previous)
         return True
 
+    def fit(self, pending: Optional[list[dict]], tune_constants: dict) -> SweepOutcome:
+        from ray import tune
+
+        # These two import Ray at module level: only a sweep that trains pays for it.
+        from sweep.mlflow_callback import MLflowSweepCallback, SweepRecord
+        from sweep.progress import ProgressCallback
+
+        plan, spec = self.plan, self.spec
+        trainable = tune.with_resources(train_trial, plan.resources.as_ray())
+        total = len(pending) if pending is not None else spec.num_samples
+        before = {t.trial_id for t in ray_trials(self.exp_path) if t.status}
+        if tune.Tuner.can_restore(str(self.exp_path)):
+            # The callbacks come back from the experiment (Ray pickled them at the first launch); their
+            # record names this run's store and parent, which the experiment's name pins down.
+            self.say(f"resuming sweep '{self.sweep}' from {self.exp_path} (interrupted trials continue from their "
+                     f"last checkpoint; trials that failed stay failed)")
+            tuner = tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
+        else:
+            record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id,
+                                 plan.parent_tags["git_commit"])
+            metric, mode, budget = ("selected_dev_wf1", "max", 0.0) if plan.kind == "ablate" else \
+                (spec.metric, spec.mode, spec.time_budget_s)
+            progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
+            run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record), progress,
+                                                             *self.opts.callbacks], self.opts)
+            if plan.kind == "ablate":
+                tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(pending)},
+                                   tune_config=tune.TuneConfig(reuse_actors=True,
+                                                               max_concurrent_trials=plan.max_concurrent or None,
+                                                               trial_dirname_creator=trial_dirname),
+                                   run_config=run_config)
+            else:
+                tuner = _tuner_for_search(plan, trainable, run_config, self.opts, tune_constants)
+            self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
+                     f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
+                     f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
+
+        started = time.time()
+        previous = _sigterm_as_sigint()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the state saved before still resumes
+            pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        elapsed = time.time() - started
+
+        trials = ray_trials(self.exp_path)  # what Ray saved: the one record of how each trial ended
+        self.outcome.trained = len([t for t in trials if t.status and t.trial_id not in before])
+        try:
+            report = self.record(trials)
+            missing = self.unfinished(report, elapsed)
+            if missing:
+                tracking.close_stale_runs(self.client, self.experiment_id, self.parent_id)  # taken up on resume
+                tracking.end_parent(self.client, self.parent_id, "KILLED")
+        except Exception as err:  # the store went away: the results are in Ray's storage, sync writes them later
+            self.outcome.status = "unrecorded"
+            self.say(f"warning: MLflow ({plan.tracking_uri}) failed at the end of the sweep ({type(err).__name__}: "
+                     f"{str(err)[:300]}). Every result is kept in Ray's storage ({self.exp_path}); once the store "
+                     f"is back, run: python run_sweep.py sync {self.sweep} --output {plan.output}"
+                     + (f" --tracking-uri {self.opts.tracking_uri}" if self.opts.tracking_uri else ""))
+            return self.outcome
+        if missing:
+            self.outcome.status = "interrupted"
+            self.say(f"sweep '{self.sweep}' was interrupted ({missing}). Rerun the same command to resume; "
+                     f"finished trials are kept.")
+            return self.outcome
+        return self.finish()
+
+    def record(self, trials) -> SyncReport:
+        return sync_trials(self.client, self.experiment_id, self.parent_id, self.plan.parent_tags["git_commit"],
+                           trials)
+
+    def unfinished(self, report: SyncReport, elapsed: float) -> str:
+        """Why the sweep is not complete ('' when it is): Ray's unfinished trials, then the plan in MLflow."""
+        plan = self.plan
+        if report.unfinished:
+            return f"{len(report.unfinished)} trial(s) unfinished"
+        if plan.kind == "tune":
+            if plan.spec.time_budget_s and elapsed >= plan.spec.time_budget_s * 0.95:
+                return ""  # the budget ran out: trials cut short stay as they are
+            started = len(report.trials)
+            return f"{started} of {plan.spec.num_samples} trial(s) started" if started < plan.spec.num_samples else ""
+        left = len(self.not_final())
+        return f"{left} of {len(plan.trial_settings)} trial(s) not started" if left else ""
+
     def finish(self) -> SweepOutcome:
-        return _finish(self.plan, self.client, self.outcome, self.experiment_id, self.parent_id)
+        """Record the end: duplicates closed, the parent FINISHED with its plan marked complete, the table."""
+        plan, client = self.plan, self.client
+        closed = tracking.deduplicate(client, self.experiment_id, self.parent_id)
+        if closed:
+            self.outcome.messages.append(f"closed {closed} duplicate run(s)")
+        runs = plan_runs(plan, tracking.child_runs(client, self.experiment_id, self.parent_id))
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        tracking.retrying(client.set_tag, self.parent_id, "completed_plan", plan.plan_key)
+        tracking.end_parent(client, self.parent_id, "FINISHED")
+        text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"sweep '{self.sweep}' complete: {text or 'no runs'} in MLflow experiment '{self.sweep}' "
+              f"({plan.tracking_uri})", flush=True)
+        if plan.kind == "tune":   # an ablation's table is printed by the command line (run_sweep.py), not here
+            _print_best(plan, runs)
+        failed = [r for r in runs if r.info.status == "FAILED"]
+        if failed:
+            self.outcome.status = "failures"
+            every = "every trial" if len(failed) == len(runs) else f"{len(failed)} of {len(runs)} trial(s)"
+            reasons = "; ".join(f"{r.data.tags.get('mlflow.runName', r.info.run_id)}: "
+                                f"{r.data.tags.get('failure_reason', 'no reason recorded')[:200]}" for r in failed[:5])
+            self.say(f"sweep '{self.sweep}' finished, but {every} FAILED (exit code {FAILURES_EXIT}): {reasons}")
+        return self.outcome
 
 
 def _sigterm_as_sigint():
@@ -571,37 +546,25 @@ def _sigterm_as_sigint():
     return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
-def _unfinished(plan: _Plan, expected: int, trials, elapsed: float) -> str:
-    """Why the experiment is not complete ('' when it is), from what Ray's storage holds."""
-    if plan.kind == "tune" and plan.spec.time_budget_s and elapsed >= plan.spec.time_budget_s * 0.95:
-        return ""  # the budget ran out: trials cut short stay as they are
-    unfinished = [t for t in trials if t.status is None]
-    if unfinished:
-        return f"{len(unfinished)} trial(s) unfinished"
-    if len(trials) < expected:
-        return f"{len(trials)} of {expected} trial(s) started"
-    return ""
-
-
-def _run_config(plan: _Plan, exp_name: str, sweep_root: Path, callbacks, opts: SweepOptions):
+def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions):
     from ray import tune
 
-    return tune.RunConfig(name=exp_name, storage_path=str(sweep_root), callbacks=callbacks,
+    return tune.RunConfig(name=plan.exp_name, storage_path=str(sweep_root), callbacks=callbacks,
                           verbose=1 if opts.verbose else 0,
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 
-def _tune_constants(plan: _Plan) -> dict:
+def _tune_constants(plan: SweepPlan) -> dict:
     """The settings every trial of a tune sweep shares (Optuna adds the sampled overrides)."""
     spec: SearchSpec = plan.spec
     return {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
             "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
-            "data": plan.data_info[_data_key(spec.base)]}
+            "data": plan.data_info[data_key(spec.base)], "code_fingerprint": plan.code,
+            "plan_key": plan.plan_key}
 
 
-def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, callbacks, opts: SweepOptions,
-                      constants: dict):
+def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions, constants: dict):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -614,7 +577,7 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
     storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
     searcher = OptunaSearch(space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
                             sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage,
-                            study_name=exp_name)
+                            study_name=plan.exp_name)
     asha_mode = "min" if "loss" in spec.asha.metric else "max"
     scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode,
                               max_t=spec.asha.max_t or spec.base.train.epochs, grace_period=spec.asha.grace_period,
@@ -623,39 +586,10 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
         search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
         max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,
         reuse_actors=True, trial_dirname_creator=trial_dirname),
-        run_config=_run_config(plan, exp_name, sweep_root, callbacks, opts))
+        run_config=run_config)
 
 
-def _replace_callbacks(tuner, callbacks) -> None:
-    """A restored Tuner brings back the callbacks pickled at the first launch; use this run's (its
-    tracking URI and options may differ). Tuner.restore has no public way to pass them."""
-    local = getattr(tuner, "_local_tuner", None)
-    run_config = getattr(local, "_run_config", None)
-    if run_config is not None:
-        run_config.callbacks = list(callbacks)
-    else:
-        print("warning: could not refresh the restored sweep's callbacks; using those of its first launch",
-              file=sys.stderr)
-
-
-def _finish(plan: _Plan, client, outcome: SweepOutcome, experiment_id: str, parent_id: str) -> SweepOutcome:
-    closed = tracking.deduplicate(client, experiment_id)
-    if closed:
-        outcome.messages.append(f"closed {closed} duplicate run(s)")
-    runs = tracking.child_runs(client, experiment_id)
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.info.status] = counts.get(run.info.status, 0) + 1
-    tracking.end_parent(client, parent_id, "FINISHED")
-    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"sweep '{plan.spec.name}' complete: {text or 'no runs'} in MLflow experiment '{plan.spec.name}' "
-          f"({plan.tracking_uri})", flush=True)
-    if plan.kind == "tune":   # an ablation's table is printed by the command line (run_sweep.py), not here
-        _print_best(plan, runs)
-    return outcome
-
-
-def _print_best(plan: _Plan, runs) -> None:
+def _print_best(plan: SweepPlan, runs) -> None:
     spec: SearchSpec = plan.spec
     scored = [r for r in runs if r.info.status == "FINISHED" and spec.metric in r.data.metrics
               and math.isfinite(r.data.metrics[spec.metric])]

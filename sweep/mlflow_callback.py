@@ -11,8 +11,10 @@ ASHA-stopped trials RUNNING and raced on experiment creation; see ENVIRONMENT.md
   filled in from the trial's latest checkpoint, then the selected_* figures, the artifacts and
   FINISHED; a trial that reported `failed` or errored becomes FAILED with tag `failure_reason`.
 
-Ray pickles callbacks (into the experiment's tuner.pkl): only the plain `SweepRecord` is pickled,
-the client and the per-trial bookkeeping are rebuilt on first use. A failing MLflow write never
+Ray pickles callbacks (into the experiment's tuner.pkl) and `Tuner.restore` brings them back: only
+the plain `SweepRecord` is pickled (the Ray experiment's name includes a hash of the tracking URI, so
+a restored record always points at this run's store), the client and the per-trial bookkeeping are
+rebuilt on first use from what MLflow holds (`open_trial_run` finds a trial's run again). A failing MLflow write never
 stops the sweep: the trial is noted, and `sync` (run at the end of every sweep, or by hand as
 `run_sweep.py sync NAME`) writes it from Ray's storage later.
 """
@@ -26,6 +28,7 @@ from typing import Optional
 from ray import tune
 
 from sweep import tracking
+from sweep.sync import error_reason
 from sweep.trainable import FAILED, FAILURE_REASON, read_history, trial_config, trial_settings
 
 # After a failed write, leave the store alone this long: every Tune event would otherwise wait out
@@ -57,7 +60,6 @@ class MLflowSweepCallback(tune.Callback):
         self._client = None
         self._runs: dict[str, _TrialRun] = {}
         self.unsynced: set[str] = set()   # trial ids whose MLflow record is incomplete (sync fills them in)
-        self.errored_paths: set[str] = set()  # trial directories of trials Ray gave up on (retries exhausted)
         self._warned = False
         self._down_until = 0.0
 
@@ -82,9 +84,7 @@ class MLflowSweepCallback(tune.Callback):
         self._guard(trial, self._close, trial, trial.last_result or {}, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        if getattr(trial, "path", None):
-            self.errored_paths.add(trial.path)
-        self._guard(trial, self._close, trial, trial.last_result or {}, _error_reason(trial))
+        self._guard(trial, self._close, trial, trial.last_result or {}, error_reason(trial))
 
     # ---- work --------------------------------------------------------------------------------------
     def _guard(self, trial, fn, *args) -> None:
@@ -163,15 +163,3 @@ def _checkpoint_history(trial) -> dict:
             return read_history(directory)
     except (OSError, ValueError):
         return {"epochs": [], FAILURE_REASON: None}
-
-
-def _error_reason(trial) -> str:
-    """The last line of Ray's error trace for the trial (the exception itself)."""
-    attempts = getattr(trial.run_metadata, "num_failures", "?")
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # the trace is a convenience; the status is what matters
-        text = ""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    last = lines[-1] if lines else "the trial errored"
-    return f"{last} (after {attempts} attempt(s); full trace in {trial.error_file or 'the trial directory'})"[:2000]

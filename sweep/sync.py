@@ -1,34 +1,30 @@
 """Write into MLflow whatever Ray's storage holds and MLflow does not (`run_sweep.py sync NAME`).
 
-Ray's storage under `<output>/ray/<sweep>/<experiment>/<trial>/` is the sweep's ground truth:
-`params.json` (the trial's settings), `result.json` (every report) and the latest
-`checkpoint_*/history.json` (every epoch's metrics, or the trial's failure). When the tracking server
-was away for part of a sweep, or a driver died between a trial's end and its MLflow write, this
-brings MLflow up to date. It is also run at the end of every sweep, so nothing is left half-written.
-A trial whose run is already FINISHED or FAILED is left alone; one that is still unfinished (the
-sweep will resume it) is skipped.
+Trial outcomes come from Ray's public results API (`tune.ExperimentAnalysis` over the experiment
+directory `<output>/ray/<sweep>/<experiment>`): a trial's status, its config (the settings under
+"trial") and its latest checkpoint, whose `history.json` holds every epoch's metrics or the trial's
+own failure. When the tracking server was away for part of a sweep, or a driver died between a
+trial's end and its MLflow write, this brings MLflow up to date. It is also run at the start and the
+end of every sweep, so nothing is left half-written. A trial whose run is already FINISHED or FAILED
+is left alone; one that is still unfinished (the sweep will resume it) is skipped.
 """
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from filelock import FileLock, Timeout
 
-from core.config import ConfigError
 from sweep import tracking
+from sweep.identity import plan_of
 from sweep.spec_common import check_sweep_name, within
-from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, trial_config, trial_settings
-
-STATE_FILE = "sweep_state.json"
+from sweep.trainable import FAILURE_REASON, read_history, trial_config, trial_settings
 
 
 @dataclass
 class StoredTrial:
-    path: Path
+    path: str
     trial_id: str
     config: dict                      # Ray config (settings under "trial")
     epochs: list[dict]
@@ -49,102 +45,50 @@ class SyncReport:
                 f"{len(self.unfinished)} unfinished")
 
 
-# ---- the sweep's own state next to Ray's experiments ------------------------------------------
+# ---- reading Ray's results ---------------------------------------------------------------------
 
-def read_state(sweep_root: Path) -> dict:
-    path = sweep_root / STATE_FILE
-    if not path.exists():
-        return {"experiments": {}}
-    return json.loads(path.read_text())
+def ray_trials(experiment_path: Path) -> list[StoredTrial]:
+    """Every trial of one Ray experiment, as Ray last saved it. TERMINATED is FINISHED (FAILED when
+    the trial reported its own failure); ERROR is FAILED: Ray gave up after its retries, and a rerun
+    restores the trial as ERROR without running it, so it stays FAILED; anything else is unfinished."""
+    from ray import tune
 
-
-def write_state(sweep_root: Path, state: dict) -> None:
-    sweep_root.mkdir(parents=True, exist_ok=True)
-    tmp = sweep_root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
-    tmp.replace(sweep_root / STATE_FILE)
-
-
-# ---- reading Ray's storage -----------------------------------------------------------------------
-
-def _results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    if not path.exists():
+    if not tune.Tuner.can_restore(str(experiment_path)):
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed driver
-    return rows
-
-
-def _latest_history(trial_dir: Path) -> dict:
-    checkpoints = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
-    for checkpoint in reversed(checkpoints):
-        path = checkpoint / HISTORY
-        if path.exists():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-    return {"epochs": [], FAILURE_REASON: None}
-
-
-def read_trial(trial_dir: Path, errors_are_final: bool) -> Optional[StoredTrial]:
-    """What one trial directory says about the trial; None if it never got its settings."""
-    params = trial_dir / "params.json"
-    if not params.exists():
-        return None
-    config = json.loads(params.read_text())
-    if "trial" not in config:
-        return None
-    rows = _results(trial_dir)
-    trial_id = next((r["trial_id"] for r in rows if r.get("trial_id")), trial_dir.name.rsplit("-", 1)[-1])
-    history = _latest_history(trial_dir)
-    # Epochs: the checkpoint's history, completed by result rows (dedup by epoch, later wins).
-    by_epoch = {int(r["epoch"]): r for r in rows if not r.get(FAILED) and r.get("epoch")}
-    by_epoch.update({int(r["epoch"]): r for r in history.get("epochs", [])})
-    epochs = [by_epoch[e] for e in sorted(by_epoch)]
-    cfg = trial_config(config)
-    failed_row = next((r for r in reversed(rows) if r.get(FAILED)), None)
-    reason = history.get(FAILURE_REASON) or (failed_row or {}).get(FAILURE_REASON)
-    trial = StoredTrial(trial_dir, trial_id, config, epochs, None)
-    last_epoch = int(epochs[-1]["epoch"]) if epochs else 0
-    error_file = trial_dir / "error.txt"
-    if reason:
-        trial.status, trial.reason = "FAILED", str(reason)
-    elif last_epoch >= cfg.train.epochs:
-        trial.status = "FINISHED"
-    elif rows and rows[-1].get("done") and not rows[-1].get(FAILED):
-        trial.status, trial.stopped_early = "FINISHED", True   # stopped by the scheduler (ASHA)
-    elif errors_are_final and error_file.exists():
-        lines = [ln for ln in error_file.read_text(errors="replace").splitlines() if ln.strip()]
-        trial.status = "FAILED"
-        trial.reason = f"{lines[-1].strip() if lines else 'the trial errored'} (full trace: {error_file})"
-    return trial
-
-
-def stored_trials(sweep_root: Path, errored: Iterable[Path] = ()) -> list[StoredTrial]:
-    """Every trial in the sweep's Ray storage. A trial with an error trace counts as FAILED once its
-    experiment is complete, or when it is in `errored` (Ray gave up on it: retries exhausted)."""
-    state = read_state(sweep_root)
-    errored = {Path(p).resolve() for p in errored}
+    analysis = tune.ExperimentAnalysis(str(experiment_path))
     out = []
-    for exp_dir in sorted(p for p in sweep_root.iterdir() if p.is_dir()) if sweep_root.exists() else []:
-        complete = state.get("experiments", {}).get(exp_dir.name, {}).get("status") == "complete"
-        for trial_dir in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
-            try:
-                trial = read_trial(trial_dir, complete or trial_dir.resolve() in errored)
-            except (ConfigError, KeyError, ValueError) as err:  # e.g. written by an older, different config
-                print(f"warning: skipping {trial_dir}: {err}", file=sys.stderr)
-                continue
-            if trial is not None:
-                out.append(trial)
+    for trial in analysis.trials:
+        if "trial" not in (trial.config or {}):
+            continue
+        # Every report carries a checkpoint: a trial that never reported has none to look up.
+        reported = (trial.last_result or {}).get("epoch") is not None
+        checkpoint = analysis.get_last_checkpoint(trial) if reported else None
+        history = {"epochs": [], FAILURE_REASON: None}
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                history = read_history(directory)
+        stored = StoredTrial(trial.path, trial.trial_id, dict(trial.config), list(history["epochs"]), None)
+        if trial.status == "ERROR":
+            stored.status, stored.reason = "FAILED", error_reason(trial)
+        elif trial.status == "TERMINATED":
+            stored.status, stored.reason = ("FAILED", history[FAILURE_REASON]) if history.get(FAILURE_REASON) \
+                else ("FINISHED", None)
+            last = int(stored.epochs[-1]["epoch"]) if stored.epochs else 0
+            stored.stopped_early = stored.status == "FINISHED" and last < trial_config(trial.config).train.epochs
+        out.append(stored)
     return out
+
+
+def error_reason(trial) -> str:
+    """The last line of Ray's error trace for the trial (the exception itself), with the attempts made."""
+    attempts = getattr(trial.run_metadata, "num_failures", "?")
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the trace is a convenience; the status is what matters
+        text = ""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    last = lines[-1] if lines else "the trial errored"
+    return f"{last} (after {attempts} attempt(s); full trace in {trial.error_file or 'the trial directory'})"[:2000]
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -176,7 +120,6 @@ def sync_trials(client, experiment_id: str, parent_id: str, git: str, trials: li
 
 def sync_sweep(name: str, output: Path, tracking_uri: str) -> SyncReport:
     """`run_sweep.py sync NAME`: bring MLflow up to date with Ray's storage of sweep NAME."""
-
     check_sweep_name(name, "sync")
     sweep_root = within(output, "ray", name)
     if not sweep_root.exists():
@@ -196,18 +139,28 @@ def sync_sweep(name: str, output: Path, tracking_uri: str) -> SyncReport:
 
 
 def _sync_locked(name: str, output: Path, tracking_uri: str, sweep_root: Path) -> SyncReport:
-    state = read_state(sweep_root)
-    parent = state.get("parent") or {}
     tracking.check_reachable(tracking_uri)
     client = tracking.make_client(tracking_uri)
-    artifact_root = output / "mlartifacts" if tracking.sqlite_path(tracking_uri) else None
-    experiment_id = tracking.ensure_experiment(client, name, artifact_root)
-    parent_id = tracking.ensure_parent(client, experiment_id, name, parent.get("kind", "ablate"),
-                                       parent.get("tags", {}), parent.get("spec_text", ""),
-                                       parent.get("spec_path", ""))
-    report = sync_trials(client, experiment_id, parent_id, parent.get("tags", {}).get("git_commit", "unknown"),
-                         stored_trials(sweep_root))
-    tracking.deduplicate(client, experiment_id)
-    done = all(e.get("status") == "complete" for e in state.get("experiments", {}).values())
-    tracking.end_parent(client, parent_id, "FINISHED" if done and not report.unfinished else "KILLED")
+    experiment = tracking.retrying(client.get_experiment_by_name, name)
+    parent = tracking.find_parent(client, experiment.experiment_id, str(output)) if experiment else None
+    if parent is None:
+        raise tracking.SweepError(f"sweep '{name}' from {output} has no parent run in {tracking_uri}; run the "
+                                  f"sweep's command again instead (it records what Ray's storage holds)")
+    tags = parent.data.tags
+    report = sync_trials(client, experiment.experiment_id, parent.info.run_id, tags.get("git_commit", "unknown"),
+                         ray_trials(sweep_root / tags.get("ray_experiment", "")))
+    tracking.deduplicate(client, experiment.experiment_id, parent.info.run_id)
+    tracking.end_parent(client, parent.info.run_id, "FINISHED" if plan_complete(client, experiment.experiment_id,
+                                                                                parent, report) else "KILLED")
     return report
+
+
+def plan_complete(client, experiment_id: str, parent, report: SyncReport) -> bool:
+    """Nothing unfinished in Ray's storage and (for a plan of identities) every one of them final in MLflow."""
+    plan = plan_of(parent.data.tags)
+    if report.unfinished:
+        return False
+    if plan is None:
+        return True
+    done = tracking.representatives(tracking.child_runs(client, experiment_id, parent.info.run_id))
+    return all(identity in done for identity in plan)

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from filelock import FileLock
 
+from sweep import identity
+
 # MLflow is imported inside the functions that use it: it costs seconds, and specs, plans and reports
 # that never touch a store should not pay for it.
 
@@ -65,18 +67,21 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         pass  # databricks, postgresql, ...: MLflow itself reports problems at the first call below
 
 
-def retrying(fn: Callable, *args, attempts: int = 8, **kwargs):
-    """Call an MLflow client method, retrying SQLite lock contention (two sweeps on one store) and
-    transient connection errors with a growing pause."""
+def retrying(fn: Callable, *args, attempts: int = 8, idempotent: bool = True, **kwargs):
+    """Call an MLflow client method, retrying SQLite lock contention (two sweeps on one store: the
+    write did not happen, so trying again is safe) with a growing pause. A connection error is retried
+    once, and only for calls that are harmless to repeat (`idempotent`): a create call that timed out
+    may have succeeded, and repeating it would make a second run (see `open_trial_run`)."""
     delay = 0.2
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
             text = str(err).lower()
-            locked = any(s in text for s in ("database is locked", "database table is locked", "busy"))
+            locked = any(s in text for s in ("database is locked", "database table is locked"))
             # A server that does not answer has had MLflow's own retries already: one more try only.
-            unreachable = any(s in text for s in ("connection", "timed out", "temporarily")) and attempt < 1
+            unreachable = idempotent and attempt < 1 and any(s in text for s in ("connection", "timed out",
+                                                                                   "temporarily"))
             if not (locked or unreachable) or attempt == attempts - 1:
                 raise
             time.sleep(delay)
@@ -160,29 +165,38 @@ def parent_runs(client, experiment_id: str) -> list:
 
 
 def ensure_parent(client, experiment_id: str, sweep: str, kind: str, tags: dict[str, str],
-                  spec_text: str, spec_name: str) -> str:
-    """One parent run per sweep: reused (and set RUNNING again) when the sweep is rerun or resumed, its
-    tags updated to the current spec."""
+                  spec_text: str, spec_name: str, output: str) -> str:
+    """The parent run of this sweep *in this output directory* (tag `output`): reused (set RUNNING again)
+    when the sweep is rerun or resumed, its tags (the plan among them) set to the current spec. Two output
+    directories sharing a tracking server and a sweep name get two parents, so neither touches the
+    other's runs."""
     parents = parent_runs(client, experiment_id)
     other = [r for r in parents if r.data.tags.get("sweep_kind") != kind]
     if other:
         raise SweepError(f"sweep '{sweep}' already exists as a {other[0].data.tags.get('sweep_kind')} sweep in "
                          f"this store; give this {kind} sweep another name")
-    if parents:
-        parents.sort(key=lambda r: r.info.start_time or 0)
-        run_id = parents[-1].info.run_id
+    mine = sorted((r for r in parents if r.data.tags.get("output") == output), key=lambda r: r.info.start_time or 0)
+    if mine:
+        run_id = mine[-1].info.run_id
         retrying(client.update_run, run_id, status="RUNNING")
     else:
-        run_id = retrying(client.create_run, experiment_id, run_name=sweep).info.run_id
+        run_id = retrying(client.create_run, experiment_id, run_name=sweep, tags={"output": output},
+                          idempotent=False).info.run_id
     from mlflow.entities import RunTag
 
-    retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in {**tags, "sweep": sweep,
-                                                                             "sweep_kind": kind}.items()])
+    retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in {
+        **tags, "sweep": sweep, "sweep_kind": kind, "output": output}.items()])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
         path.write_text(f"# {spec_name}\n{spec_text}")
         retrying(client.log_artifact, run_id, str(path))
     return run_id
+
+
+def find_parent(client, experiment_id: str, output: str):
+    """The parent run of this output directory's sweep, or None."""
+    mine = [r for r in parent_runs(client, experiment_id) if r.data.tags.get("output") == output]
+    return max(mine, key=lambda r: r.info.start_time or 0) if mine else None
 
 
 def end_parent(client, run_id: str, status: str) -> None:
@@ -191,23 +205,36 @@ def end_parent(client, run_id: str, status: str) -> None:
 
 # ---- child runs ----------------------------------------------------------------------------------------
 
-def trial_runs(client, experiment_id: str, trial_id: str) -> list:
-    return search_all(client, experiment_id, f"tags.trial_id = '{trial_id}'")
-
-
-def child_runs(client, experiment_id: str) -> list:
+def child_runs(client, experiment_id: str, parent_id: Optional[str] = None) -> list:
+    """Child runs of the experiment; with parent_id, only that parent's (one output directory's)."""
+    if parent_id is not None:
+        return search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     return [r for r in search_all(client, experiment_id) if PARENT_TAG in r.data.tags]
 
 
-def finished_hashes(client, experiment_id: str) -> set[str]:
-    """config_hash of every FINISHED child run: what a rerun does not train again."""
-    return {r.data.tags.get("config_hash") for r in child_runs(client, experiment_id)
-            if r.info.status == "FINISHED" and r.data.tags.get("config_hash")}
+def _run_facts(run) -> tuple[str, int, str]:
+    return run.info.status, int(run.info.start_time or 0), run.info.run_id
+
+
+def representatives(runs) -> dict[str, Any]:
+    """identity -> the run that stands for it (sweep.identity.representative), for identities that have one."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        if run.data.tags.get("trial_identity"):
+            groups.setdefault(run.data.tags["trial_identity"], []).append(run)
+    out = {}
+    for identity_, group in groups.items():
+        run = identity.representative(group, _run_facts)
+        if run is not None:
+            out[identity_] = run
+    return out
 
 
 def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, str]:
-    """The child-run tags (README: What MLflow holds), from a trial's Ray config and its resolved MAGTKD config."""
+    """The child-run tags (README: What MLflow holds), from a trial's settings and its resolved MAGTKD config."""
     data = trial_config.get("data") or {}
+    fingerprint = data.get("fingerprint", "unknown")
+    code = trial_config.get("code_fingerprint", "unknown")
     available = data.get("available")
     masked = [m for m in cfg.fusion.modalities if available is not None and m not in available]
     return {
@@ -216,7 +243,11 @@ def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, st
         "seed": str(cfg.seed),
         "config_hash": cfg.content_hash(),
         "dataset": data.get("name", cfg.data.name),
-        "dataset_fingerprint": data.get("fingerprint", "unknown"),
+        "dataset_fingerprint": fingerprint,
+        "code_fingerprint": code,
+        "stage1_key": identity.stage1_key(cfg, fingerprint),
+        "trial_identity": identity.trial_identity(cfg, fingerprint, code),
+        "plan_key": trial_config.get("plan_key", ""),
         "git_commit": git,
         "selection_rule": cfg.train.select_on,
         "masked_modalities": ",".join(masked),
@@ -231,10 +262,16 @@ def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, ta
                    params: dict[str, Any]) -> tuple[Optional[str], set[int]]:
     """The run that records a trial: (run_id, epochs it already holds), or (None, _) when the trial is
     already recorded FINISHED/FAILED. A run left RUNNING or KILLED by an interrupted driver is taken up
-    again (set RUNNING, tagged `resumed`), so a resumed trial stays one run."""
+    again (set RUNNING, tagged `resumed`), so a resumed trial stays one run. Creation is looked up first
+    (by parent, trial id and identity), and again after a failed create, so it never makes two runs."""
     from mlflow.entities import Param
 
-    runs = trial_runs(client, experiment_id, trial_id)
+    def existing() -> list:
+        return search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                 f"tags.trial_id = '{trial_id}' and "
+                                                 f"tags.trial_identity = '{tags['trial_identity']}'")
+
+    runs = existing()
     if any(r.info.status in FINAL for r in runs):
         return None, set()
     if runs:
@@ -245,9 +282,15 @@ def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, ta
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         retrying(client.set_tag, run_id, "resumed", str(resumed))
         return run_id, logged_steps(client, run_id)
-    run_id = retrying(client.create_run, experiment_id,
-                      tags={PARENT_TAG: parent_id, **{k: v for k, v in tags.items() if k != "mlflow.runName"}},
-                      run_name=tags.get("mlflow.runName")).info.run_id
+    run_tags = {PARENT_TAG: parent_id, **{k: v for k, v in tags.items() if k != "mlflow.runName"}}
+    try:
+        run_id = retrying(client.create_run, experiment_id, tags=run_tags, run_name=tags.get("mlflow.runName"),
+                          idempotent=False).info.run_id
+    except Exception:
+        made = existing()  # the create may have reached the store before the connection failed
+        if not made:
+            raise
+        run_id = made[0].info.run_id
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         retrying(client.log_batch, run_id, params=items[start:start + 100])
@@ -368,31 +411,27 @@ def per_class_report(last: dict, labels: list[str], select_on: str) -> dict:
 
 # ---- housekeeping on resume and at the end --------------------------------------------------------------
 
-def close_stale_runs(client, experiment_id: str) -> int:
-    """Child runs still RUNNING when no trial runs (an interrupted sweep, or a rerun after a driver that
-    is gone: we hold the sweep's lock) become KILLED. A trial that resumes takes its run up again
-    (open_trial_run)."""
-    stale = [r for r in child_runs(client, experiment_id) if r.info.status == "RUNNING"]
+def close_stale_runs(client, experiment_id: str, parent_id: str) -> int:
+    """This parent's child runs still RUNNING when none of its trials runs (an interrupted sweep, or a
+    rerun after a driver that is gone: we hold this output's lock) become KILLED. A trial that resumes
+    takes its run up again (open_trial_run). Other output directories' runs are never touched."""
+    stale = [r for r in child_runs(client, experiment_id, parent_id) if r.info.status == "RUNNING"]
     for run in stale:
         retrying(client.set_tag, run.info.run_id, "killed_reason", "the sweep's driver stopped while it ran")
         retrying(client.set_terminated, run.info.run_id, status="KILLED")
     return len(stale)
 
 
-def deduplicate(client, experiment_id: str) -> int:
-    """At most one FINISHED run per config hash (which covers the seed): later duplicates become KILLED
-    with a `duplicate_of` tag. Returns how many were closed."""
-    keep: dict[str, str] = {}
+def deduplicate(client, experiment_id: str, parent_id: str) -> int:
+    """Per identity, FINISHED runs other than its representative become KILLED with a `duplicate_of`
+    tag (this parent's runs only). Returns how many were closed."""
+    runs = child_runs(client, experiment_id, parent_id)
+    keep = representatives(runs)
     closed = 0
-    runs = sorted(child_runs(client, experiment_id), key=lambda r: (r.info.start_time or 0, r.info.run_id))
     for run in runs:
-        key = run.data.tags.get("config_hash")
-        if run.info.status != "FINISHED" or not key:
-            continue
-        if key in keep:
-            retrying(client.set_tag, run.info.run_id, "duplicate_of", keep[key])
+        chosen = keep.get(run.data.tags.get("trial_identity", ""))
+        if run.info.status == "FINISHED" and chosen is not None and chosen.info.run_id != run.info.run_id:
+            retrying(client.set_tag, run.info.run_id, "duplicate_of", chosen.info.run_id)
             retrying(client.set_terminated, run.info.run_id, status="KILLED")
             closed += 1
-        else:
-            keep[key] = run.info.run_id
     return closed

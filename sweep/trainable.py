@@ -10,9 +10,9 @@ callback, `sync`) can rebuild a trial's whole record from its final checkpoint a
 a checkpoint is about 0.4 GB (model + AdamW moments), so saving every epoch cost disk and I/O
 out of proportion (benchmarks/RESULTS.md: Checkpoints).
 
-A trial that cannot succeed whatever the retries (a diverged loss, a config or data problem) is not
-raised to Ray, which would retry it `max_failures` times: it reports one last result with
-`failed=1` and `failure_reason` (metrics NaN, so Optuna records the trial as failed and ASHA ignores
+A trial that cannot succeed whatever the retries (a NaN loss in stage 1 or stage 2, a config or
+data problem) is not raised to Ray, which would retry it `max_failures` times (recomputing stage 1
+under the cache lock each time): it reports one last result with `failed=1` and `failure_reason` (metrics NaN, so Optuna records the trial as failed and ASHA ignores
 it) and returns. Anything else (a crash, a killed worker) raises and Ray retries from the checkpoint.
 """
 from __future__ import annotations
@@ -131,7 +131,7 @@ def train_trial(config: dict) -> None:
             return  # restored from the final epoch's checkpoint: the trial is already complete
         cadence = CheckpointCadence(cfg.train.checkpoint_interval_s, cfg.train.epochs)
         run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log)
-    except (DivergedError, ConfigError, DataError) as err:
+    except (DivergedError, FloatingPointError, ConfigError, DataError) as err:  # would recur on every retry
         _report_failure(_failure_reason(err), history)
 
 

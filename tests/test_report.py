@@ -31,7 +31,8 @@ def store(tmp_path_factory):
     sample_ablation(out, "authors", variants={k: ABLATION[k] for k in ("full", "no_gate", "no_kd")},
                     select_on="test", stage1_seed_mode="shared", failed=(), killed=())
     sample_tune(out, "fusion")
-    # A sweep where full/seed 0 finished twice (a trial re-run after a resume): the later one must win.
+    # A sweep where full/seed 0 finished twice (a trial re-run after a resume): the first one stands for it,
+    # by the rule the sweep's own dedup uses (sweep.identity.representative).
     sample_ablation(out, "dups", variants={k: ABLATION[k] for k in ("full", "no_kd")}, failed=(), killed=())
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
@@ -248,11 +249,11 @@ def test_tune_report_has_history_and_importances(store, tmp_path):
     assert variants == [f"trial fusion_{i:05d}" for i in range(10)]  # no variant tag: named by Ray's trial id
 
 
-def test_duplicate_finished_runs_use_the_last_and_are_footnoted(store, tmp_path):
+def test_duplicate_finished_runs_use_the_first_and_are_footnoted(store, tmp_path):
     result = _report(store, "dups", tmp_path)
     cell = [r for r in _csv(result.paths["csv"]) if r["variant"] == "full" and r["metric"] == "test_wf1"][0]
-    assert store["dup_id"] in cell["run_ids"].split(";") and cell["n"] == "3"
-    assert "Duplicate finished runs" in result.markdown
+    assert store["dup_id"] not in cell["run_ids"].split(";") and cell["n"] == "3"
+    assert "Duplicate finished runs" in result.markdown and store["dup_id"] in result.markdown
     # A run the sweep closed as a duplicate is neither a lost trial nor a missing seed.
     assert "Runs closed by the sweep as duplicates" in result.markdown and store["closed_id"] in result.markdown
     assert "No failed, killed or unfinished trials." in result.markdown and "†" not in result.markdown

@@ -222,7 +222,7 @@ def test_define_by_run_is_module_level():
 
 
 def test_launch_order_starts_every_distinct_stage1_first():
-    from sweep.engine import stage1_first_order
+    from sweep.plan import stage1_first_order
     spec = load_ablation(Path(__file__).resolve().parent.parent / "ablations" / "demo.yaml")
     plans = spec.trials()
     order = stage1_first_order(plans)

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 import run_sweep
+from sweep.engine import FAILURES_EXIT, SweepOptions, run_sweep as sweep_run
 from sweep.trainable import CheckpointCadence, read_history
-from sweep.engine import SweepOptions, run_sweep as sweep_run
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,8 @@ EPOCH_KEYS = {"train_loss", "dev_loss", "dev_wf1", "dev_acc", "dev_mf1", "test_l
 RAY_NOISE = {"training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "pid", "time_since_restore",
              "iterations_since_restore", "done", "epoch"}
 CHILD_TAGS = {"sweep", "variant", "seed", "config_hash", "dataset_fingerprint", "git_commit", "selection_rule",
-              "masked_modalities", "trial_id", "mlflow.parentRunId"}
+              "masked_modalities", "trial_id", "mlflow.parentRunId", "trial_identity", "code_fingerprint",
+              "stage1_key", "plan_key"}
 
 
 def _opts(tmp_path, cache, **kw) -> SweepOptions:
@@ -81,7 +82,7 @@ def test_ablation_parent_children_tags_metrics_then_rerun_trains_nothing(tmp_pat
     more = write_ablation(tmp_path, "abl", variants, seeds=(0, 1, 2), epochs=3)
     grown = sweep_run("ablate", more, [], out)
     assert grown.trained == 3 and grown.skipped == 6
-    assert any("6 of 9 (config, seed) pairs are already FINISHED in MLflow: skipped" in m for m in grown.messages)
+    assert any("6 of 9 trials of this plan are already final in MLflow" in m for m in grown.messages)
     children = child_runs(out.output, "abl")
     assert len(children) == 9 and {r.info.status for r in children} == {"FINISHED"}
     assert len(parent_runs(out.output, "abl")) == 1
@@ -90,7 +91,7 @@ def test_ablation_parent_children_tags_metrics_then_rerun_trains_nothing(tmp_pat
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path, ray_local, stage1_cache):
     spec = write_ablation(tmp_path, "nan", {"full": {}, "diverges": {"train.lr": 1.0e30}}, seeds=(0,), epochs=3)
     outcome = sweep_run("ablate", spec, [], _opts(tmp_path, stage1_cache))
-    assert outcome.status == "finished"
+    assert outcome.status == "failures" and outcome.exit_code == FAILURES_EXIT
     runs = {r.data.tags["variant"]: r for r in child_runs(tmp_path / "runs", "nan")}
     assert runs["full"].info.status == "FINISHED"
     failed = runs["diverges"]
@@ -188,7 +189,8 @@ def test_a_trial_that_keeps_crashing_fails_after_its_retries_and_the_sweep_compl
     spec = write_ablation(tmp_path, "crash", {"full": {}, "crashy": {"fusion.dropout": 0.2}}, seeds=(0,), epochs=3,
                           max_failures=1)
     outcome = sweep_run("ablate", spec, [], _opts(tmp_path, stage1_cache, callbacks=[_KillWorkerAlways()]))
-    assert outcome.status == "finished" and outcome.exit_code == 0   # a failed trial is an outcome, not an interrupt
+    # A failed trial is an outcome, not an interrupt: the sweep completes, with the "failures" exit code.
+    assert outcome.status == "failures" and outcome.exit_code == FAILURES_EXIT
     runs = {r.data.tags["variant"]: r for r in child_runs(tmp_path / "runs", "crash")}
     assert runs["full"].info.status == "FINISHED"
     assert runs["crashy"].info.status == "FAILED"

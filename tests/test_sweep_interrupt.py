@@ -136,7 +136,9 @@ class MlflowServer:
                     return r.status == 200
             except OSError:
                 return False
-        assert wait_for(up, 60), log.read_text()
+        if not wait_for(up, 180):  # minutes, not seconds, on a loaded 2-core machine
+            self.stop()               # never leave a server behind
+            raise AssertionError(f"mlflow server did not answer on {self.url}:\n{log.read_text()}")
 
     def stop(self) -> None:
         family = descendants(self.proc.pid) | {self.proc.pid}
