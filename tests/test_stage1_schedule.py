@@ -9,7 +9,7 @@ import pytest
 from conftest import child_runs, write_ablation
 from mlflow.tracking import MlflowClient
 
-from sweep.engine import SweepOptions, run_sweep as sweep_run
+from sweep.engine import FAILURES_EXIT, SweepOptions, run_sweep as sweep_run
 from sweep.stage1_plan import CACHE_KEY_TAG, RUN_KIND_TAG, epoch_metrics
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def test_a_diverging_stage1_fails_its_trials_once_with_the_reason(tmp_path, ray_
                           max_failures=2)
     opts = SweepOptions(output=tmp_path / "runs", cache_dir=stage1_cache)
     outcome = sweep_run("ablate", spec, [], opts)
-    assert outcome.status == "finished"
+    assert outcome.status == "failures" and outcome.exit_code == FAILURES_EXIT  # finished, with a FAILED trial
     (bad,) = [r for r in _stage1_runs(opts.output, "s1fail") if r.info.status == "FAILED"]
     assert "FloatingPointError" in bad.data.tags["failure_reason"]
     # Deterministic: run once, not retried (one 'failed' line in its log).
