@@ -605,18 +605,20 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweep.optuna_search import PruningAwareOptunaSearch, asha_mode, intermediate_metric
 
     spec: SearchSpec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
     optuna_dir = plan.output / "optuna"
     optuna_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
-    searcher = OptunaSearch(space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
-                            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage,
-                            study_name=exp_name)
-    asha_mode = "min" if "loss" in spec.asha.metric else "max"
-    scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode,
+    searcher = PruningAwareOptunaSearch(  # ASHA-stopped trials reach the study as PRUNED (sweep/optuna_search.py)
+        space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage, study_name=exp_name,
+        intermediate_metric=intermediate_metric(spec.metric, spec.mode, spec.asha.metric),
+        budget_epochs=spec.base.train.epochs, max_t=spec.asha.max_t)
+    scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode(spec.asha.metric),
                               max_t=spec.asha.max_t or spec.base.train.epochs, grace_period=spec.asha.grace_period,
                               reduction_factor=spec.asha.reduction_factor)
     return tune.Tuner(trainable, tune_config=tune.TuneConfig(

@@ -6,6 +6,7 @@ import json
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from conftest import child_runs, parent_runs, write_ablation, write_search
 
 from sweep.engine import SweepOptions, run_sweep
@@ -46,13 +47,26 @@ def test_optuna_asha_search_then_ablation_from_its_best(tmp_path, ray_local, sta
     assert parent.data.tags["sweep_kind"] == "tune" and parent.data.tags["metric"] == "selected_dev_wf1"
     assert json.loads(parent.data.tags["search_params"])[0] == "train.lr"
 
-    # The Optuna study holds every trial, told its result (stopped ones included).
+    # The Optuna study holds every trial: those ASHA stopped as PRUNED with one intermediate value per epoch
+    # they trained (dev_wf1, ASHA's metric), the value being the last of them; the others COMPLETE.
     storage = f"sqlite:///{opts.output / 'optuna' / 'search.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert len(study.trials) == 8
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
-    assert study.best_value == pytest.approx(max(r.data.metrics["selected_dev_wf1"] for r in runs))
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    client = MlflowClient(f"sqlite:///{opts.output / 'mlflow.db'}")
+    for run in runs:
+        ot = by_ray_id[run.data.tags["trial_id"]]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "dev_wf1")}
+        assert ot.intermediate_values == pytest.approx(history)
+        if "stopped_early" in run.data.tags:
+            assert ot.state == optuna.trial.TrialState.PRUNED and max(history) < 4
+            assert ot.value == pytest.approx(history[max(history)])
+        else:
+            assert ot.state == optuna.trial.TrialState.COMPLETE and max(history) == 4
+            assert ot.value == pytest.approx(run.data.metrics["selected_dev_wf1"])
+    complete = [r for r in runs if "stopped_early" not in r.data.tags]
+    assert study.best_value == pytest.approx(max(r.data.metrics["selected_dev_wf1"] for r in complete))
 
     # The same command again: nothing trains, no run is added.
     again = run_sweep("tune", spec, [], opts)
