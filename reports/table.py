@@ -276,9 +276,12 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append("Stage 1 trained per seed: the spread covers the whole pipeline.")
     else:
         caption.append(f"Stage-1 seed mode: {mode or 'not recorded'}.")
+    if tags.get("from_tune"):  # `ablate --from-tune NAME`: the round trip from a search back to an ablation
+        source = tags.get("from_tune_source") or f"best trial of tune sweep '{tags['from_tune']}'"
+        caption.append(f"Every variant starts from the {source.rstrip('.')}.")
     if not baseline:
-        caption.append("Rows are trials in launch order; no baseline was named, so no differences or tests "
-                       "(pass --baseline to compare).")
+        caption.append("No baseline was named, so no differences or tests (pass --baseline to compare a tune "
+                       "trial's row against the others).")
     else:
         caption.append(f"Δ = difference of means from the baseline {baseline} on {metric_label(metric)}, in "
                        f"percentage "

@@ -211,8 +211,8 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
         raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
     best = (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
     overrides = json.loads(best.data.tags["overrides"])
-    return overrides, (f"best trial of tune sweep '{name}': run {best.info.run_id}, {metric} "
-                       f"{best.data.metrics[metric]:.4f}, {overrides}")
+    return overrides, (f"best trial of tune sweep '{name}': trial {best.data.tags.get('trial_id', '?')}, run "
+                       f"{best.info.run_id}, {metric} {best.data.metrics[metric]:.4f}, {overrides}")
 
 
 @dataclass
@@ -247,7 +247,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
 
     if kind == "ablate":
-        extra = None
+        extra, note = None, ""
         if opts.from_tune:
             extra, note = _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri)
             notes.append(f"starting from the {note}")
@@ -270,7 +270,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         select = sorted({p.cfg.train.select_on for p in plans})
         parent_tags = {"dataset": _dataset_names(data), "variants": json.dumps([v.name for v in spec.variants]),
                        "seeds": json.dumps(spec.seeds), "baseline": spec.baseline,
-                       "stage1_seed_mode": spec.stage1_seed_mode, "from_tune": opts.from_tune or ""}
+                       "stage1_seed_mode": spec.stage1_seed_mode, "from_tune": opts.from_tune or "",
+                       "from_tune_source": note}  # the ablation report's caption names the trial
     else:
         spec = load_search_space(spec_path, cli)
         if opts.num_samples is not None:
@@ -604,9 +605,8 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
                       constants: dict):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from sweep.optuna_search import PruningAwareOptunaSearch, asha_mode, intermediate_metric
+    from sweep.optuna_search import PruningAwareOptunaSearch, asha_scheduler, intermediate_metric
 
     spec: SearchSpec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
@@ -618,9 +618,7 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
         sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage, study_name=exp_name,
         intermediate_metric=intermediate_metric(spec.metric, spec.mode, spec.asha.metric),
         budget_epochs=spec.base.train.epochs, max_t=spec.asha.max_t)
-    scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode(spec.asha.metric),
-                              max_t=spec.asha.max_t or spec.base.train.epochs, grace_period=spec.asha.grace_period,
-                              reduction_factor=spec.asha.reduction_factor)
+    scheduler = asha_scheduler(spec.asha, spec.base.train.epochs)
     return tune.Tuner(trainable, tune_config=tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
         max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,

@@ -53,6 +53,23 @@ def intermediate_metric(objective: str, mode: str, asha_metric: str) -> str:
     return asha_metric if asha_mode(asha_metric) == mode else objective
 
 
+def asha_scheduler(asha, epochs: int):
+    """Ray's ASHA on the epoch counter, from a search space's `asha` settings (sweep/spec.py AshaSettings).
+
+    A grace period at or past the last epoch (e.g. `train.epochs=3` on a file with grace_period 5) means
+    ASHA has no rung to stop a trial at; Ray would refuse it with an assertion, so it is capped and said."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = asha.max_t or epochs
+    grace = asha.grace_period
+    if grace >= max_t:
+        print(f"note: asha.grace_period {grace} is not before the last epoch ({max_t}): ASHA will stop no trial",
+              flush=True)
+        grace = max_t
+    return ASHAScheduler(time_attr="epoch", metric=asha.metric, mode=asha_mode(asha.metric), max_t=max_t,
+                         grace_period=grace, reduction_factor=asha.reduction_factor)
+
+
 class PruningAwareOptunaSearch(OptunaSearch):
     """OptunaSearch whose study holds per-epoch intermediate values and tells ASHA-stopped trials PRUNED.
 

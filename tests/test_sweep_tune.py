@@ -2,6 +2,8 @@
 best config (`--from-tune`)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import optuna
@@ -9,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from conftest import child_runs, parent_runs, write_ablation, write_search
 
+from reports.report import make_report
+from reports.store import tracking_uri_for
 from sweep.engine import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -68,6 +72,24 @@ def test_optuna_asha_search_then_ablation_from_its_best(tmp_path, ray_local, sta
     complete = [r for r in runs if "stopped_early" not in r.data.tags]
     assert study.best_value == pytest.approx(max(r.data.metrics["selected_dev_wf1"] for r in complete))
 
+    # The report answers "what next": every trial best first, one column per searched parameter (width and
+    # heads as the parts of their grouped choice), fusion.layers blank where gating was off (not active),
+    # trials ASHA stopped marked with the epoch they reached.
+    report = make_report("search", tracking_uri_for(opts.output), tmp_path / "report", formats=("md", "csv"), top=0)
+    rows = list(csv.DictReader(io.StringIO(report.paths["csv"].read_text(encoding="utf-8"))))
+    scores = [float(r["selected_dev_wf1"]) for r in rows]
+    assert len(rows) == 8 and scores == sorted(scores, reverse=True)
+    head = [c.strip() for c in report.markdown.splitlines()[2].strip("|").split("|")]
+    assert head[3:9] == ["train.lr", "fusion.dropout", "fusion.width", "fusion.heads", "fusion.anchor_gating",
+                         "fusion.layers"]
+    by_trial_id = {r.data.tags["trial_id"]: r for r in runs}
+    for row in rows:
+        run = by_trial_id[row["trial_id"]]
+        over = json.loads(run.data.tags["overrides"])
+        assert (row["fusion.layers"] == "") == (not over["fusion.anchor_gating"])
+        assert float(row["train.lr"]) == pytest.approx(over["train.lr"])
+        assert row["state"].startswith("stopped at epoch") == ("stopped_early" in run.data.tags)
+
     # The same command again: nothing trains, no run is added.
     again = run_sweep("tune", spec, [], opts)
     assert again.trained == 0 and len(child_runs(opts.output, "search")) == 8
@@ -86,3 +108,7 @@ def test_optuna_asha_search_then_ablation_from_its_best(tmp_path, ray_local, sta
         assert run.data.params["train.epochs"] == "2"        # the ablation's own settings stay its own
     (aparent,) = parent_runs(opts.output, "from-best")
     assert aparent.data.tags["from_tune"] == "search"
+    # ... and its report says which tune sweep and trial it started from.
+    caption = make_report("from-best", tracking_uri_for(opts.output), tmp_path / "abl", formats=("md",)).markdown
+    assert f"starts from the best trial of tune sweep 'search': trial {best.data.tags['trial_id']}, run " \
+           f"{best.info.run_id}" in caption.split("\n\n")[0]
