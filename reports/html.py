@@ -148,8 +148,8 @@ def render_html(table: Table, figures: list[tuple[str, bytes, str]], tune: TuneV
         if tune.importances:
             rows = "".join(f'<tr><td class="text mono">{escape(k)}</td><td>{v:.3f}</td></tr>'
                            for k, v in tune.importances.items())
-            parts.append(f"<p class=\"caption\">Importances by {escape(tune.evaluator)} over {len(tune.run_ids)} "
-                         f"finished trials, objective {escape(tune.objective)}.</p>"
+            parts.append(f"<p class=\"caption\">Importances by {escape(tune.evaluator)} over the {len(tune.run_ids)} "
+                         f"trials that ran their whole budget, objective {escape(tune.objective)}.</p>"
                          f"<table><thead><tr><th>parameter</th><th>importance</th></tr></thead>"
                          f"<tbody>{rows}</tbody></table>")
         if tune.note:

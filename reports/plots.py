@@ -182,7 +182,7 @@ def optuna_figures(study, importances: dict[str, float], objective: str) -> list
                                                                                     target_name=objective),
                                              max(8.0, 1.3 * len(params) + 2), 4.8),
          f"Optuna's parallel-coordinate plot: one line per trial through its chosen values, coloured by the "
-         f"objective; {why} A trial without a value for a conditional parameter is not drawn."),
+         f"objective; {why} A conditional parameter that was not active for a trial is drawn at 'None'."),
         ("Slices: objective against each parameter", _optuna_png(
             lambda: ovm.plot_slice(study, params=params, target_name=objective),
             min(18.0, 3.2 * len(params) + 1), 3.8),

@@ -114,7 +114,8 @@ def tune_table_cells(table: TuneTable, row: TuneRow) -> list[str]:
         reached = "all"
     return ([str(row.rank) if row.rank else "—", row.name, _score(row.objective)]
             + [value_text(row.values[k]) if k in row.values else "" for k in table.params]
-            + [_score(row.trial.metrics.get(k, math.nan)) for k in TEST_KEYS] + [reached])
+            + [_score(row.trial.metrics.get(k, math.nan) if row.trial.status == "FINISHED" else math.nan)
+               for k in TEST_KEYS] + [reached])
 
 
 def _top(table: TuneTable, top: int) -> tuple[list[TuneRow], str]:
