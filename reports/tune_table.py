@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -165,8 +164,17 @@ def _num(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else repr(float(value))
 
 
+def _csv_value(value: Any) -> str:
+    """A chosen value at full precision: numbers as Python writes them, true/false, text as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def render_tune_csv(table: TuneTable) -> str:
-    """Every trial, one line each, best first; chosen values as JSON scalars (blank: inactive)."""
+    """Every trial, one line each, best first; the chosen values at full precision (blank: inactive)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     metrics = ["selected_dev_wf1", "selected_dev_acc", "selected_dev_mf1", *TEST_KEYS]
@@ -178,7 +186,7 @@ def render_tune_csv(table: TuneTable) -> str:
         writer.writerow([table.sweep, row.rank or "", row.name, t.run_id, t.status, row.state(),
                          row.stopped[0] if row.stopped else "", row.stopped[1] if row.stopped else "",
                          _num(t.metrics.get("selected_epoch")), table.objective, _num(row.objective),
-                         *[json.dumps(row.values[k]) if k in row.values else "" for k in table.params],
+                         *[_csv_value(row.values[k]) if k in row.values else "" for k in table.params],
                          *[_num(t.metrics.get(m)) for m in metrics if m != table.objective],
                          t.tags.get("overrides", "")])
     return buf.getvalue()

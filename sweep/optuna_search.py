@@ -75,8 +75,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     Extra arguments:
       intermediate_metric  the per-epoch result key reported as Optuna intermediate values
-      budget_epochs        a trial's full budget, min(train.epochs, asha.max_t) of the sweep's base config
-      epochs_key           config key that may change a trial's own train.epochs (a searched parameter)
+      budget_epochs        train.epochs of the sweep's base config (a trial that searches train.epochs
+                           uses its own value)
+      max_t                asha.max_t (0: none); a trial's budget is min(its train.epochs, max_t)
     """
 
     def __init__(self, *args, intermediate_metric: str, budget_epochs: int, max_t: int = 0, **kwargs):
@@ -84,7 +85,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._intermediate_metric = intermediate_metric
         self._budget_epochs = int(budget_epochs)
         self._max_t = int(max_t)
-        self._trial_budget: Dict[str, int] = {}
+        self._trial_budget: Dict[str, int] = {}   # per trial: the last epoch of a full run
         self._reported: Dict[str, set] = {}   # steps told per trial: a retried epoch is not told twice
 
     # Ray's suggest, plus each trial's own budget (train.epochs may be a searched parameter).
@@ -93,9 +94,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials:  # the study names Ray's trial id, as MLflow's tag trial_id does
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         overrides = ((config or {}).get("trial") or {}).get("overrides") or {}
-        epochs = int(overrides.get("train.epochs", self._budget_epochs))
-        self._trial_budget[trial_id] = min(epochs, self._max_t) if self._max_t else epochs
+        self._trial_budget[trial_id] = self._budget(int(overrides.get("train.epochs", self._budget_epochs)))
         return config
+
+    def _budget(self, epochs: int) -> int:
+        return min(epochs, self._max_t) if self._max_t else epochs
 
     def _report_epoch(self, trial_id: str, result: Dict[str, Any]) -> None:
         value, epoch = result.get(self._intermediate_metric), result.get("epoch")
@@ -120,7 +123,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             state = TrialState.FAIL
         else:
             self._report_epoch(trial_id, result)  # ASHA's STOP result never reached on_trial_result
-            budget = self._trial_budget.get(trial_id, self._budget_epochs)
+            budget = self._trial_budget.get(trial_id) or self._budget(self._budget_epochs)
             if int(result.get("epoch") or 0) >= budget:
                 return super().on_trial_complete(trial_id, result, error)  # COMPLETE with the objective
             state = TrialState.PRUNED

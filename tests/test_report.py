@@ -263,8 +263,8 @@ def test_tune_table_is_sorted_with_one_column_per_searched_parameter(store, tmp_
     for row in rows:  # the values each trial chose; blank where fusion.layers was not active
         chosen = json.loads(by_trial[row["trial_id"]].tags["overrides"])
         assert {k: row[k] for k in ("train.lr", "fusion.dropout", "fusion.mode", "fusion.layers")} == {
-            k: json.dumps(chosen[k]) if k in chosen else "" for k in ("train.lr", "fusion.dropout", "fusion.mode",
-                                                                     "fusion.layers")}
+            k: str(chosen[k]) if k in chosen else "" for k in ("train.lr", "fusion.dropout", "fusion.mode",
+                                                              "fusion.layers")}
     stopped = [r for r in rows if r["state"].startswith("stopped")]
     assert {r["trial_id"] for r in stopped} == {"fusion_00003", "fusion_00008"}
     assert all(r["stopped_at_epoch"] == "2" and r["planned_epochs"] == "4" for r in stopped)
