@@ -155,6 +155,7 @@ def _optuna_png(draw, width: float, height: float) -> bytes:
 
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # matplotlib widening a range where all trials agree
         result = draw()
         axes = result.flat[0] if hasattr(result, "flat") else result
         fig = axes.figure

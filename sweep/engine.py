@@ -622,7 +622,9 @@ def _tuner_for_search(plan: _Plan, exp_name: str, sweep_root: Path, trainable, c
     return tune.Tuner(trainable, tune_config=tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
         max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,
-        reuse_actors=True, trial_dirname_creator=trial_dirname),
+        # No actor reuse: a trial ASHA stops keeps training until its epoch ends, and Ray gives a reused actor
+        # 2 s for that (TUNE_FUNCTION_THREAD_TIMEOUT_S) before failing the next trial (sweep/optuna_search.py).
+        reuse_actors=False, trial_dirname_creator=trial_dirname),
         run_config=_run_config(plan, exp_name, sweep_root, callbacks, opts))
 
 

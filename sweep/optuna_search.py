@@ -24,6 +24,11 @@ it instead (the trial's last_result). A trial that runs to its end also arrives 
 epoch reached decides: short of the budget and no failure means stopped. Trials cut short by
 `--time-budget` are truncated in the same way and are PRUNED too.
 
+Actors are not reused in a search (sweep/engine.py): when ASHA stops a trial, its function keeps running
+until its next report (the end of the epoch), and Ray fails the next trial put on that actor if the thread
+has not ended within TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s); seen on a loaded 2-core machine, where the
+sweep then ended as 'interrupted'. With real epochs of minutes it would happen after nearly every stop.
+
 Why no switch back to Ray's behaviour: telling a truncated score as a finished one is the bias this
 class removes; nothing in the project relies on it. Importances and the report's plots use COMPLETE
 trials only, like Optuna's.
