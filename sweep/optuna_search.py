@@ -59,7 +59,7 @@ def intermediate_metric(objective: str, mode: str, asha_metric: str) -> str:
 
 
 def asha_scheduler(asha, epochs: int):
-    """Ray's ASHA on the epoch counter, from a search space's `asha` settings (sweep/spec.py AshaSettings).
+    """Ray's ASHA on the epoch counter, from a search space's `asha` settings (sweep/search_space.py AshaSettings).
 
     A grace period at or past the last epoch (e.g. `train.epochs=3` on a file with grace_period 5) means
     ASHA has no rung to stop a trial at; Ray would refuse it with an assertion, so it is capped and said."""
