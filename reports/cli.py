@@ -1,6 +1,7 @@
 """Command line for reports: `report`, `runs`, `ui` (registered into run_sweep.py's parser).
 
     python run_sweep.py report demo --format md,tex,csv,html --metric test_wf1 --baseline full --per-class
+    python run_sweep.py report fusion --top 5       # a tune sweep: its 5 best trials with their values
     python run_sweep.py runs                 # every sweep in the store
     python run_sweep.py runs demo --best 3   # the best trials of one sweep, with their overrides
     python run_sweep.py ui --port 5000       # MLflow UI on 127.0.0.1
@@ -54,7 +55,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
     out_dir = report_dir(args.output, args.name)
     result = make_report(args.name, _uri(args), out_dir, formats, metric=args.metric, baseline=args.baseline,
-                         per_class=args.per_class, output=args.output)
+                         per_class=args.per_class, output=args.output, top=args.top)
     print(result.markdown)
     if args.history:
         from reports.table import history_listing
@@ -95,6 +96,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--history", action="store_true",
                    help="also list the superseded runs: runs of earlier plans (another config, data or code), "
                         "which never enter the table")
+    p.add_argument("--top", type=int, default=10, metavar="K",
+                   help="tune sweeps: the K best trials in the Markdown/LaTeX table (0 = all; CSV/HTML hold all)")
     _store_options(p)
     p.set_defaults(func=_guard(cmd_report))
 

@@ -12,6 +12,7 @@ from reports.render import compare_header, delta_text, per_class_title, test_tex
 from reports.stats import pct
 from reports.table import Table
 from reports.tune import TuneView
+from reports.tune_table import TuneTable, tune_table_cells, tune_table_head
 
 STYLE = """
 body { font-family: "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1150px;
@@ -32,7 +33,7 @@ thead tr:last-child th { border-bottom: 1px solid #000; }
 tbody tr:last-child td { border-bottom: 2px solid #000; }
 th.group { border-bottom: 1px solid #666; text-align: center; }
 td.best { font-weight: bold; }
-td.muted { color: #777; }
+td.muted, tr.muted td { color: #777; }
 .notes { font-size: 0.85em; color: #333; }
 .notes li { margin-bottom: 3px; }
 figure { margin: 16px 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -101,9 +102,26 @@ def _trials_table(table: Table) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _tune_table(tune_table: TuneTable) -> str:
+    """Every trial of a tune sweep, best first (reports/tune_table.py); stopped ones in grey."""
+    head = "".join(f'<th class="{"text" if i == 1 else ""}">{escape(h)}</th>'
+                   for i, h in enumerate(tune_table_head(tune_table)))
+    body = []
+    for row in tune_table.rows:
+        cells = tune_table_cells(tune_table, row)
+        cls = "best" if row.rank == 1 else ("muted" if row.stopped or row.rank is None else "")
+        tds = "".join(f'<td class="{"text mono" if i == 1 else cls if i == 2 else ""}">{escape(c)}</td>'
+                      for i, c in enumerate(cells))
+        title = f"run {row.trial.run_id}; {row.state()}"
+        body.append(f'<tr class="{cls}" title="{escape(title)}">{tds}</tr>')
+    return (f'<p class="caption">{" ".join(escape(c) for c in tune_table.caption)}</p>'
+            f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
 def render_html(table: Table, figures: list[tuple[str, bytes, str]], tune: TuneView | None,
-                tracking_uri: str, command: str) -> str:
-    """`figures`: (title, png, caption) in page order."""
+                tracking_uri: str, command: str, tune_table: TuneTable | None = None) -> str:
+    """`figures`: (title, png, caption) in page order. A tune sweep's trial table (every trial, best
+    first) comes first; its ablation-style table only when a baseline is compared."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(table.sweep)}: MAGTKD {escape(table.kind)} report</title>",
@@ -113,7 +131,10 @@ def render_html(table: Table, figures: list[tuple[str, bytes, str]], tune: TuneV
     if table.warning:
         parts.append(f'<div class="warning">{escape(table.warning)}</div>')
     parts.append(f'<p class="caption">{" ".join(escape(c) for c in table.caption)}</p>')
-    parts.append(_table(table, table.columns, table.compares))
+    if tune_table is not None:
+        parts.append(_tune_table(tune_table))
+    if tune_table is None or table.compares:
+        parts.append(_table(table, table.columns, table.compares))
     parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in table.footnotes) + "</ul>")
     parts.append('<p class="notes">Hover a cell to see the MLflow run ids behind it; the CSV lists them too.</p>')
     if table.class_columns:
@@ -127,8 +148,8 @@ def render_html(table: Table, figures: list[tuple[str, bytes, str]], tune: TuneV
         if tune.importances:
             rows = "".join(f'<tr><td class="text mono">{escape(k)}</td><td>{v:.3f}</td></tr>'
                            for k, v in tune.importances.items())
-            parts.append(f"<p class=\"caption\">Importances by {escape(tune.evaluator)} over {len(tune.run_ids)} "
-                         f"finished trials, objective {escape(tune.objective)}.</p>"
+            parts.append(f"<p class=\"caption\">Importances by {escape(tune.evaluator)} over the {len(tune.run_ids)} "
+                         f"trials that ran their whole budget, objective {escape(tune.objective)}.</p>"
                          f"<table><thead><tr><th>parameter</th><th>importance</th></tr></thead>"
                          f"<tbody>{rows}</tbody></table>")
         if tune.note:

@@ -136,3 +136,64 @@ def param_importances(importances: dict[str, float], evaluator: str) -> bytes:
     ax.set_xlabel("importance (normalised to sum 1)")
     ax.set_title(f"Parameter importances ({evaluator})", fontsize=10)
     return _png(fig)
+
+
+# ---- Optuna's own plots (optuna.visualization.matplotlib) ------------------------------------------
+
+MIN_TRIALS_FOR_CONTOUR = 6  # a contour through fewer points is mostly interpolation
+
+
+def _optuna_png(draw, width: float, height: float) -> bytes:
+    """Run one of Optuna's matplotlib plot functions and return its figure as PNG.
+
+    They draw through pyplot and switch the global style to ggplot: rc_context puts the style back, and
+    the figure is closed so that a report made inside another program leaves no figure behind."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # matplotlib widening a range where all trials agree
+        result = draw()
+        axes = result.flat[0] if hasattr(result, "flat") else result
+        fig = axes.figure
+        try:
+            fig.set_size_inches(width, height)
+            return _png(fig)
+        finally:
+            plt.close(fig)
+
+
+def optuna_figures(study, importances: dict[str, float], objective: str) -> list[tuple[str, bytes, str]]:
+    """Parallel coordinates, one slice per parameter and, with enough trials, a contour of the two most
+    important parameters: (title, png, caption) each. Optuna draws COMPLETE trials only."""
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    params = sorted({p for t in complete for p in t.params}, key=lambda p: (-importances.get(p, 0.0), p))
+    if len(complete) < 2 or not params:
+        return []
+    why = (f"the {len(complete)} trials that ran their whole budget (trials stopped early are left out, as "
+           f"Optuna leaves out pruned trials); objective {objective}.")
+    figures = [
+        ("Parallel coordinates", _optuna_png(lambda: ovm.plot_parallel_coordinate(study, params=params,
+                                                                                    target_name=objective),
+                                             max(8.0, 1.3 * len(params) + 2), 4.8),
+         f"Optuna's parallel-coordinate plot: one line per trial through its chosen values, coloured by the "
+         f"objective; {why} A conditional parameter that was not active for a trial is drawn at 'None'."),
+        ("Slices: objective against each parameter", _optuna_png(
+            lambda: ovm.plot_slice(study, params=params, target_name=objective),
+            min(18.0, 3.2 * len(params) + 1), 3.8),
+         f"Optuna's slice plot: the objective against each parameter's value, darker dots are later trials; {why}"),
+    ]
+    top = [p for p in importances if p in params][:2]
+    both = [t for t in complete if all(p in t.params for p in top)]
+    if len(top) == 2 and len(both) >= MIN_TRIALS_FOR_CONTOUR:
+        figures.append((f"Contour: {top[0]} and {top[1]}", _optuna_png(
+            lambda: ovm.plot_contour(study, params=top, target_name=objective), 7.0, 5.5),
+            f"Optuna's contour plot of the objective over the two most important parameters (fANOVA), "
+            f"interpolated between the {len(both)} trials that set both (dots)."))
+    return figures

@@ -94,7 +94,7 @@ def render_markdown(table: Table) -> str:
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                 "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "—": "--",
-                "…": r"\ldots{}", "<": r"$<$", ">": r"$>$", "|": r"\textbar{}"}
+                "…": r"\ldots{}", "◦": r"$\circ$", "<": r"$<$", ">": r"$>$", "|": r"\textbar{}"}
 
 
 def tex_escape(text: str) -> str:

@@ -2,6 +2,8 @@
 
     result = make_report("demo", tracking_uri_for("runs"), Path("runs/reports/demo"))
     print(result.markdown); result.paths["tex"]
+
+A tune sweep's Markdown, LaTeX and CSV are its trial table instead (reports/tune_table.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from reports.render import render_csv, render_latex, render_markdown
 from reports.store import ReportError, Sweep, load_sweep, metric_history
 from reports.table import Table, build_table, metric_label
 from reports.tune import tune_view
+from reports.tune_table import (DEFAULT_TOP, build_tune_table, render_tune_csv, render_tune_latex,
+                                render_tune_markdown)
 
 FORMATS = ("md", "tex", "csv", "html")
 FILE_NAMES = {"md": "table.md", "tex": "table.tex", "csv": "table.csv", "html": "report.html"}
@@ -54,7 +58,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def _html(sweep: Sweep, table: Table, command: str) -> str:
+def _html(sweep: Sweep, table: Table, command: str, tune_table=None) -> str:
     from reports import plots  # matplotlib (seconds to import) only when figures are drawn
 
     finished = [t.run_id for t in sweep.trials if t.status == "FINISHED"]
@@ -78,20 +82,34 @@ def _html(sweep: Sweep, table: Table, command: str) -> str:
                             "Objective of every finished trial in launch order, and the best so far."))
         if tune.importances:
             figures.append(("Parameter importances", plots.param_importances(tune.importances, tune.evaluator),
-                            f"An Optuna study rebuilt in memory from the MLflow runs; {tune.evaluator}."))
-    return render_html(table, figures, tune, sweep.tracking_uri, command)
+                            f"An Optuna study rebuilt in memory from the MLflow runs (the trials that ran their "
+                            f"whole budget); {tune.evaluator}."))
+        if tune.study is not None:
+            figures += plots.optuna_figures(tune.study, tune.importances, tune.objective)
+    return render_html(table, figures, tune, sweep.tracking_uri, command, tune_table)
 
 
 def make_report(name: str, tracking_uri: str, out_dir: Path, formats: list[str] | tuple[str, ...] = FORMATS,
                 metric: str = "test_wf1", baseline: str | None = None, per_class: bool = False,
-                output: str | Path | None = None) -> ReportResult:
+                output: str | Path | None = None, top: int = DEFAULT_TOP) -> ReportResult:
+    """A tune sweep's md/tex/csv are its trial table (best first, top `top` rows in md/tex, all in csv);
+    with a --baseline, md and tex add the comparison table after it."""
+    if top < 0:
+        raise ReportError(f"--top must be >= 0 (0 = every trial), got {top}")
     sweep = load_sweep(name, tracking_uri, output)
     table = build_table(sweep, metric=metric, baseline=baseline, per_class=per_class)
-    markdown = render_markdown(table)
+    markdown, latex, csv_text = render_markdown(table), lambda: render_latex(table), lambda: render_csv(table)
+    tune_table = None
+    if sweep.kind == "tune":
+        tune_table = build_tune_table(sweep)
+        compared = "\n" + markdown if table.compares else ""
+        markdown = render_tune_markdown(tune_table, top) + compared
+        latex = lambda: render_tune_latex(tune_table, top) + ("\n" + render_latex(table) if table.compares else "")
+        csv_text = lambda: render_tune_csv(tune_table)
     command = (f"run_sweep.py report {name} --metric {table.metric}"
                + (f" --baseline {table.baseline}" if table.baseline else "") + (" --per-class" if per_class else ""))
-    renderers = {"md": lambda: markdown, "tex": lambda: render_latex(table), "csv": lambda: render_csv(table),
-                 "html": lambda: _html(sweep, table, command)}
+    renderers = {"md": lambda: markdown, "tex": latex, "csv": csv_text,
+                 "html": lambda: _html(sweep, table, command, tune_table)}
     paths = {}
     for fmt in formats:
         path = Path(out_dir) / FILE_NAMES[fmt]

@@ -229,7 +229,9 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                 r.cells[key].bold = float(v) == best
 
     caption, warning = _caption(sweep, metric, baseline)
-    footnotes = _footnotes(sweep, rows, duplicates)
+    # A tune sweep without a baseline shows its trial table instead (reports/tune_table.py): no seed notes.
+    ablation_rows = rows if baseline or sweep.kind != "tune" else []
+    footnotes = _footnotes(sweep, ablation_rows, duplicates)
     return Table(sweep=sweep.name, kind=sweep.kind, dataset=sweep.tags.get("dataset", "?"), metric=metric,
                  baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
                  caption=caption, warning=warning,
@@ -246,9 +248,11 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         commit_text += f" (some trials ran at {', '.join(child_commits)})"
     caption = [
         f"Sweep {sweep.name} ({sweep.kind}) on dataset {tags.get('dataset', 'unknown')}, {commit_text}.",
-        f"Scores at the selected epoch as percentages with 2 decimals (the ERC convention): mean ± sample "
-        f"standard deviation over seeds {seeds}; n = finished seeds; best mean per column in bold.",
     ]
+    if baseline or sweep.kind != "tune":  # otherwise the tune table (reports/tune_table.py) has its own caption
+        caption.append(f"Scores at the selected epoch as percentages with 2 decimals (the ERC convention): mean ± "
+                       f"sample standard deviation over seeds {seeds}; n = finished seeds; best mean per column in "
+                       f"bold.")
     rule = tags.get("selection_rule", "").strip()
     on_test, mixed = _select_on_test(sweep)
     splits = sorted({r.strip() for r in rule.split(",") if r.strip()})
@@ -280,9 +284,12 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append("Stage 1 trained per seed: the spread covers the whole pipeline.")
     else:
         caption.append(f"Stage-1 seed mode: {mode or 'not recorded'}.")
+    if tags.get("from_tune"):  # `ablate --from-tune NAME`: the round trip from a search back to an ablation
+        source = tags.get("from_tune_source") or f"best trial of tune sweep '{tags['from_tune']}'"
+        caption.append(f"Every variant starts from the {source.rstrip('.')}.")
     if not baseline:
-        caption.append("Rows are trials in launch order; no baseline was named, so no differences or tests "
-                       "(pass --baseline to compare).")
+        caption.append("No baseline was named, so no differences or tests (pass --baseline to compare a tune "
+                       "trial's row against the others).")
     else:
         caption.append(f"Δ = difference of means from the baseline {baseline} on {metric_label(metric)}, in "
                        f"percentage "

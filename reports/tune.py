@@ -1,18 +1,25 @@
 """Optuna's view of a tune sweep, rebuilt in memory from the MLflow child runs.
 
 The searched parameters are the parent's `search_params` (else the params that differ between finished
-trials, the seed excepted) that take more than one value among the finished trials; each
-gets a distribution from the values seen (ints -> IntDistribution, floats -> FloatDistribution, log
-scale when they span two decades, anything else -> CategoricalDistribution). The objective is the
-sweep's objective (parent tags `objective`/`metric` and `mode`; default the selected dev weighted F1,
-maximised; never test: tuning on test would leak). Importances come from
-Optuna's own evaluator (fANOVA with a fixed seed, so the numbers repeat).
+trials, the seed excepted). A trial's values are those it chose: its `overrides` tag (so a conditional
+parameter that was not active for it has no value), else its MLflow params. Each parameter that takes
+more than one value among the trials gets a distribution from the values seen (ints -> IntDistribution,
+floats -> FloatDistribution, log scale when they span two decades, anything else ->
+CategoricalDistribution). The objective is the sweep's objective (parent tags `objective`/`metric` and
+`mode`; default the selected dev weighted F1, maximised; never test: tuning on test would leak).
+
+Trials that ran their whole budget are COMPLETE; trials the scheduler stopped early (tag `stopped_early`)
+are PRUNED with their truncated score, as the sweep tells its own Optuna study (sweep/optuna_search.py).
+Importances and Optuna's plots use the COMPLETE trials only, like Optuna's own functions; importances come
+from Optuna's fANOVA evaluator with a fixed seed, so the numbers repeat.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from reports.store import Sweep, Trial
 
@@ -20,18 +27,20 @@ from reports.store import Sweep, Trial
 
 OBJECTIVE = "selected_dev_wf1"
 NOT_SEARCHED = {"seed"}
+_STOPPED = re.compile(r"after epoch (\d+) of (\d+)")
 
 
 @dataclass
 class TuneView:
     objective: str
-    points: list[tuple[int, float]]              # (trial number in launch order, objective)
+    points: list[tuple[int, float]]              # (trial number in launch order, objective), finished trials
     direction: str                               # "maximize" or "minimize"
-    run_ids: list[str]
-    searched: list[str]
+    run_ids: list[str]                           # COMPLETE trials (ran their whole budget), launch order
+    searched: list[str]                          # parameters with a distribution (more than one value seen)
     importances: dict[str, float] = field(default_factory=dict)
     evaluator: str = ""
     note: str = ""
+    study: Any = None                            # the rebuilt optuna Study (None with under 2 complete trials)
 
 
 def _parse(text: str):
@@ -40,27 +49,59 @@ def _parse(text: str):
             return cast(text)
         except ValueError:
             pass
-    return text
+    return {"True": True, "False": False}.get(text, text)
 
 
-def _distributions(trials: list[Trial], searched: list[str] | None = None) -> dict:
+def searched_keys(sweep: Sweep) -> list[str]:
+    """The parent's `search_params` (grouped choices appear as their parts), else whatever differs."""
+    try:
+        listed = [str(k) for k in json.loads(sweep.tags.get("search_params") or "[]")]
+    except json.JSONDecodeError:
+        listed = []
+    if listed:
+        return [k for k in listed if k not in NOT_SEARCHED]
+    finished = [t for t in sweep.trials if t.status == "FINISHED"]
+    keys = sorted({k for t in finished for k in t.params} - NOT_SEARCHED)
+    return [k for k in keys if len({t.params.get(k) for t in finished}) > 1]
+
+
+def chosen_values(trial: Trial, keys: list[str]) -> dict[str, Any]:
+    """What the trial chose for each searched key; a key it did not set (inactive) is absent."""
+    try:
+        overrides = json.loads(trial.tags["overrides"]) if "overrides" in trial.tags else None
+    except json.JSONDecodeError:
+        overrides = None
+    if isinstance(overrides, dict):
+        return {k: overrides[k] for k in keys if k in overrides}
+    return {k: _parse(trial.params[k]) for k in keys if k in trial.params}
+
+
+def stopped_at(trial: Trial) -> tuple[int, int] | None:
+    """(epoch reached, epochs planned) of a trial the scheduler stopped early; None otherwise."""
+    match = _STOPPED.search(trial.tags.get("stopped_early", ""))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _distributions(chosen: list[dict[str, Any]], keys: list[str]) -> dict:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    keys = sorted(set(searched or {k for t in trials for k in t.params}) - NOT_SEARCHED)
     out = {}
     for key in keys:
-        raw = [t.params.get(key) for t in trials]
-        if any(v is None for v in raw) or len(set(raw)) < 2:
+        values = [c[key] for c in chosen if key in c]
+        if len({json.dumps(v, sort_keys=True) for v in values}) < 2:
             continue
-        values = [_parse(v) for v in raw]
-        if all(isinstance(v, int) for v in values):
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             out[key] = IntDistribution(min(values), max(values))
-        elif all(isinstance(v, (int, float)) for v in values):
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             lo, hi = float(min(values)), float(max(values))
             out[key] = FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
         else:
-            out[key] = CategoricalDistribution(sorted(set(raw)))
+            out[key] = CategoricalDistribution(sorted({_hashable(v) for v in values}, key=str))
     return out
+
+
+def _hashable(value: Any):
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def objective_of(sweep: Sweep) -> tuple[str, str]:
@@ -73,41 +114,50 @@ def objective_of(sweep: Sweep) -> tuple[str, str]:
     return metric, "minimize" if mode.startswith("min") else "maximize"
 
 
+def scored(trial: Trial, objective: str) -> bool:
+    return trial.status == "FINISHED" and math.isfinite(trial.metrics.get(objective, math.nan))
+
+
 def tune_view(sweep: Sweep, objective: str | None = None) -> TuneView:
     import optuna
-    from optuna.distributions import CategoricalDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tagged, direction = objective_of(sweep)
     objective = objective or tagged
     launched = sorted(sweep.trials, key=lambda t: (t.start_time, t.run_id))
-    done = [t for t in launched if t.status == "FINISHED" and math.isfinite(t.metrics.get(objective, math.nan))]
-    view = TuneView(objective, [(i, t.metrics[objective]) for i, t in enumerate(launched)
-                                if t in done], direction, [t.run_id for t in done], [])
-    if len(done) < 2:
-        view.note = f"{len(done)} finished trial(s): no importances"
+    finished = [t for t in launched if scored(t, objective)]
+    complete = [t for t in finished if stopped_at(t) is None]
+    view = TuneView(objective, [(i, t.metrics[objective]) for i, t in enumerate(launched) if t in finished],
+                    direction, [t.run_id for t in complete], [])
+    if len(complete) < 2:
+        view.note = f"{len(complete)} trial(s) ran their whole budget: no importances"
         return view
-    # The sweep lists what it searched (parent tag search_params); without it, whatever differs was searched.
-    try:
-        searched = [str(k) for k in json.loads(sweep.tags.get("search_params") or "[]")]
-    except json.JSONDecodeError:
-        searched = []
-    dists = _distributions(done, searched or None)
+    keys = searched_keys(sweep)
+    chosen = {t.run_id: chosen_values(t, keys) for t in finished}
+    dists = _distributions(list(chosen.values()), keys)
     view.searched = list(dists)
     if not dists:
         view.note = "no parameter differs between the finished trials: no importances"
         return view
     study = optuna.create_study(direction=direction, study_name=sweep.name)
-    for t in done:
+    for t in finished:
         params = {}
-        for key, dist in dists.items():
-            raw = t.params[key]
-            params[key] = raw if isinstance(dist, CategoricalDistribution) else _parse(raw)
-            if not isinstance(dist, CategoricalDistribution):
-                params[key] = type(dist.low)(params[key])
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.metrics[objective],
-                                                  user_attrs={"mlflow_run_id": t.run_id}))
+        for key, value in chosen[t.run_id].items():
+            dist = dists.get(key)
+            if dist is not None:
+                params[key] = _hashable(value) if isinstance(dist, CategoricalDistribution) else \
+                    float(value) if isinstance(dist, FloatDistribution) else int(value)
+        state = TrialState.COMPLETE if stopped_at(t) is None else TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, value=t.metrics[objective], state=state,
+            user_attrs={"mlflow_run_id": t.run_id, "trial_id": t.tags.get("trial_id", "")}))
+    view.study = study
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     view.evaluator = "Optuna fANOVA, seed 0"
-    view.importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    try:
+        view.importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (ValueError, RuntimeError) as err:  # e.g. no parameter that every complete trial has
+        view.note = f"no importances: {err}"
     return view

@@ -39,7 +39,7 @@ exit codes: 0 every trial FINISHED; 3 finished with FAILED trials; 130 interrupt
 _EPILOG_TUNE = """examples:
   python run_sweep.py tune search_spaces/fusion.yaml data.path=/data/MELD.Raw --num-samples 20
   python run_sweep.py tune search_spaces/fusion.yaml data.name=synthetic stage1.tiny_hidden=32 stage1.width=32 \\
-      stage1.epochs=2 train.epochs=6 train.device=cpu --num-samples 8 --gpus-per-trial 0
+      stage1.epochs=2 train.epochs=6 train.device=cpu --num-samples 8 --gpus-per-trial 0 --cpus-per-trial 1
   python run_sweep.py tune search_spaces/stage1.yaml data.path=/data/MELD.Raw --address auto --time-budget 7200
 
 Optuna (TPE) proposes the trials, ASHA stops weak ones early on dev weighted F1 each epoch. The study is

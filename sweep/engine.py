@@ -202,8 +202,8 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
         raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
     best = (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
     overrides = json.loads(best.data.tags["overrides"])
-    return overrides, (f"best trial of tune sweep '{name}': run {best.info.run_id}, {metric} "
-                       f"{best.data.metrics[metric]:.4f}, {overrides}")
+    return overrides, (f"best trial of tune sweep '{name}': trial {best.data.tags.get('trial_id', '?')}, run "
+                       f"{best.info.run_id}, {metric} {best.data.metrics[metric]:.4f}, {overrides}")
 
 
 def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepPlan:
@@ -221,7 +221,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
 
     if kind == "ablate":
-        extra = None
+        extra, note = None, ""
         if opts.from_tune:
             extra, note = _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri)
             notes.append(f"starting from the {note}")
@@ -236,7 +236,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         plan_key = hash_of([identities, tracking_uri])
         for s in settings:
             s["plan_key"] = plan_key
-        parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data)})
+        parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
+                            "from_tune_source": note})  # the ablation report's caption names the trial
     else:
         spec = load_search_space(spec_path, cli)
         parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
@@ -567,25 +568,26 @@ def _tune_constants(plan: SweepPlan) -> dict:
 def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions, constants: dict):
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from sweep.optuna_search import PruningAwareOptunaSearch, asha_scheduler, intermediate_metric
 
     spec: SearchSpec = plan.spec
     optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
     optuna_dir = plan.output / "optuna"
     optuna_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
-    searcher = OptunaSearch(space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
-                            sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage,
-                            study_name=plan.exp_name)
-    asha_mode = "min" if "loss" in spec.asha.metric else "max"
-    scheduler = ASHAScheduler(time_attr="epoch", metric=spec.asha.metric, mode=asha_mode,
-                              max_t=spec.asha.max_t or spec.base.train.epochs, grace_period=spec.asha.grace_period,
-                              reduction_factor=spec.asha.reduction_factor)
+    searcher = PruningAwareOptunaSearch(  # ASHA-stopped trials reach the study as PRUNED (sweep/optuna_search.py)
+        space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage, study_name=plan.exp_name,
+        intermediate_metric=intermediate_metric(spec.metric, spec.mode, spec.asha.metric),
+        budget_epochs=spec.base.train.epochs, max_t=spec.asha.max_t)
+    scheduler = asha_scheduler(spec.asha, spec.base.train.epochs)
     return tune.Tuner(trainable, tune_config=tune.TuneConfig(
         search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
         max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,
-        reuse_actors=True, trial_dirname_creator=trial_dirname),
+        # No actor reuse: a trial ASHA stops keeps training until its epoch ends, and Ray gives a reused actor
+        # 2 s for that (TUNE_FUNCTION_THREAD_TIMEOUT_S) before failing the next trial (sweep/optuna_search.py).
+        reuse_actors=False, trial_dirname_creator=trial_dirname),
         run_config=run_config)
 
 

@@ -60,7 +60,8 @@ def ray_trials(experiment_path: Path) -> list[StoredTrial]:
     for trial in analysis.trials:
         if "trial" not in (trial.config or {}):
             continue
-        # Every report carries a checkpoint: a trial that never reported has none to look up.
+        # A trial that never reported has no checkpoint to look up. Checkpoints are saved every
+        # train.checkpoint_interval_s and after the last epoch, so a finished trial's holds every epoch.
         reported = (trial.last_result or {}).get("epoch") is not None
         checkpoint = analysis.get_last_checkpoint(trial) if reported else None
         history = {"epochs": [], FAILURE_REASON: None}

@@ -131,7 +131,7 @@ def main() -> int:
     for name, files in paths.items():
         ok &= check_latex(files["tex"], out / "latex")
         ok &= check_html(files["html"], out / "shots" / f"{name}.png", "1200,2000")
-        ok &= check_html(files["html"], out / "shots" / f"{name}_full.png", "1200,5200")
+        ok &= check_html(files["html"], out / "shots" / f"{name}_full.png", "1200,9000" if name == "fusion" else "1200,5200")
     print("render check:", "passed" if ok else "FAILED", f"(look at the PNGs under {out})")
     return 0 if ok else 1
 

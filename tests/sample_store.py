@@ -144,8 +144,9 @@ def sample_ablation(output: Path, name: str = "demo", *, variants: dict | None =
     return uri
 
 
-def sample_tune(output: Path, name: str = "fusion", *, trials: int = 10, epochs: int = 4) -> str:
-    """Write an Optuna-style tune sweep over lr, dropout, layers and fusion mode; returns the tracking URI."""
+def sample_tune(output: Path, name: str = "fusion", *, trials: int = 10, epochs: int = 4, stopped=(3, 8)) -> str:
+    """Write an Optuna-style tune sweep over lr, dropout, layers and fusion mode (trial 6 FAILED, the
+    trials in `stopped` stopped early by the scheduler); returns the tracking URI."""
     client, uri = _client(output)
     experiment_id = _experiment(client, output, name)
     parent_tags = {"sweep": name, "sweep_kind": "tune", "dataset": "synthetic", "variants": json.dumps([]),
@@ -167,10 +168,16 @@ def sample_tune(output: Path, name: str = "fusion", *, trials: int = 10, epochs:
         start += 10_000
         status = "FAILED" if i == 6 else "FINISHED"
         ov = {"train.lr": lr, "fusion.dropout": dropout, "fusion.layers": layers, "fusion.mode": mode, "seed": 0}
+        # Like the sweep engine: the trial's own choices in tag `overrides`; fusion.layers is conditional
+        # (searched only with fusion.mode anchor), so concat trials do not choose it.
+        chosen = {k: v for k, v in ov.items() if k != "seed" and (k != "fusion.layers" or mode == "anchor")}
+        extra = {"overrides": json.dumps(chosen)}
+        if i in stopped:  # stopped by ASHA half-way, as the sweep's MLflow callback tags it
+            extra["stopped_early"] = f"after epoch {epochs // 2} of {epochs} (scheduler)"
         # Like the sweep engine: tune trials carry no variant name, only Ray's trial id.
         _log_trial(client, experiment_id, parent.info.run_id, sweep=name, variant="", seed=0,
-                   params=_flat(ov), level=level, epochs=epochs, status=status, start=start, labels=MELD_LABELS,
-                   trial_id=f"{name}_{i:05d}",
+                   params=_flat(ov), level=level, epochs=epochs // 2 if i in stopped else epochs, status=status,
+                   start=start, labels=MELD_LABELS, trial_id=f"{name}_{i:05d}", extra_tags=extra,
                    failure_reason="DivergedError: loss is inf at epoch 1" if status == "FAILED" else "")
     client.set_terminated(parent.info.run_id, status="FINISHED", end_time=start + 60_000)
     return uri

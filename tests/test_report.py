@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -236,17 +237,55 @@ def test_html_is_self_contained_with_plots(store, tmp_path):
 
 
 def test_tune_report_has_history_and_importances(store, tmp_path):
-    result = _report(store, "fusion", tmp_path)
+    result = _report(store, "fusion", tmp_path, top=5)
     html = result.paths["html"].read_text(encoding="utf-8")
-    assert len(_images(html)) == 4
-    assert "Optimisation history" in html and "Parameter importances" in html
+    images = _images(html)
+    assert len(images) == 7 and all(img.startswith(b"\x89PNG") for img in images)
+    for title in ("Optimisation history", "Parameter importances", "Parallel coordinates", "Slices",
+                  "Contour: train.lr and"):
+        assert title in html
     importances = re.findall(r'<td class="text mono">([\w.]+)</td><td>([0-9.]+)</td>', html)
     assert importances[0][0] == "train.lr"  # the planted effect: lr matters most
-    assert {name for name, _ in importances} == {"train.lr", "fusion.dropout", "fusion.layers", "fusion.mode"}
-    # A tune sweep without a baseline compares nothing; rows are trials in launch order.
-    assert "Δ" not in result.markdown.split("\n\n")[1] and "no baseline was named" in result.markdown
-    variants = list(dict.fromkeys(r["variant"] for r in _csv(result.paths["csv"])))
-    assert variants == [f"trial fusion_{i:05d}" for i in range(10)]  # no variant tag: named by Ray's trial id
+    # fANOVA (like Optuna) assesses what every complete trial chose: the conditional fusion.layers is left out.
+    assert {name for name, _ in importances} == {"train.lr", "fusion.dropout", "fusion.mode"}
+    assert "Δ" not in result.markdown and "pass --baseline" not in result.markdown
+
+
+def test_tune_table_is_sorted_with_one_column_per_searched_parameter(store, tmp_path):
+    result = _report(store, "fusion", tmp_path, top=5)
+    sweep = load_sweep("fusion", store["uri"])
+    by_trial = {t.tags["trial_id"]: t for t in sweep.trials}
+    rows = _csv(result.paths["csv"])  # every trial, best first, then the failed one
+    assert len(rows) == 10 and [r["rank"] for r in rows] == [str(i) for i in range(1, 10)] + [""]
+    scores = [float(r["selected_dev_wf1"]) for r in rows[:9]]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == max(t.metrics["selected_dev_wf1"] for t in sweep.trials if t.status == "FINISHED")
+    assert rows[-1]["status"] == "FAILED" and rows[-1]["selected_dev_wf1"] == ""
+    for row in rows:  # the values each trial chose; blank where fusion.layers was not active
+        chosen = json.loads(by_trial[row["trial_id"]].tags["overrides"])
+        assert {k: row[k] for k in ("train.lr", "fusion.dropout", "fusion.mode", "fusion.layers")} == {
+            k: str(chosen[k]) if k in chosen else "" for k in ("train.lr", "fusion.dropout", "fusion.mode",
+                                                              "fusion.layers")}
+    stopped = [r for r in rows if r["state"].startswith("stopped")]
+    assert {r["trial_id"] for r in stopped} == {"fusion_00003", "fusion_00008"}
+    assert all(r["stopped_at_epoch"] == "2" and r["planned_epochs"] == "4" for r in stopped)
+
+    # Markdown: the top 5 rows in the same order, one column per searched parameter, stopped ones marked.
+    lines = [ln for ln in result.markdown.splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:3] == ["#", "trial", "dev wF1 (objective)"]
+    assert head[3:7] == ["train.lr", "fusion.dropout", "fusion.layers", "fusion.mode"]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:] if not ln.startswith("| --")]
+    assert [b[1] for b in body] == [r["trial_id"] for r in rows[:5]]
+    for cells, row in zip(body, rows):
+        assert cells[5] == ("" if row["fusion.layers"] == "" else row["fusion.layers"])
+        assert cells[-1] == ("◦ 2/4" if row["state"].startswith("stopped") else "all")
+    assert "The top 5 of 10 trials" in result.markdown
+    tex = result.paths["tex"].read_text(encoding="utf-8")
+    assert tex.count(r" \\") == 6 and r"fusion.dropout" in tex  # header + 5 rows
+    # The HTML lists all ten, best first.
+    order = re.findall(r'<td class="text mono">(fusion_\d+)</td>', html := result.paths["html"].read_text())
+    assert order == [r["trial_id"] for r in rows] and html
 
 
 def test_duplicate_finished_runs_use_the_first_and_are_footnoted(store, tmp_path):

@@ -2,12 +2,17 @@
 best config (`--from-tune`)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from conftest import child_runs, parent_runs, write_ablation, write_search
 
+from reports.report import make_report
+from reports.store import tracking_uri_for
 from sweep.engine import SweepOptions, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -46,13 +51,44 @@ def test_optuna_asha_search_then_ablation_from_its_best(tmp_path, ray_local, sta
     assert parent.data.tags["sweep_kind"] == "tune" and parent.data.tags["metric"] == "selected_dev_wf1"
     assert json.loads(parent.data.tags["search_params"])[0] == "train.lr"
 
-    # The Optuna study holds every trial, told its result (stopped ones included).
+    # The Optuna study holds every trial: those ASHA stopped as PRUNED with one intermediate value per epoch
+    # they trained (dev_wf1, ASHA's metric), the value being the last of them; the others COMPLETE.
     storage = f"sqlite:///{opts.output / 'optuna' / 'search.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     assert len(study.trials) == 8
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
-    assert study.best_value == pytest.approx(max(r.data.metrics["selected_dev_wf1"] for r in runs))
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    client = MlflowClient(f"sqlite:///{opts.output / 'mlflow.db'}")
+    for run in runs:
+        ot = by_ray_id[run.data.tags["trial_id"]]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "dev_wf1")}
+        assert ot.intermediate_values == pytest.approx(history)
+        if "stopped_early" in run.data.tags:
+            assert ot.state == optuna.trial.TrialState.PRUNED and max(history) < 4
+            assert ot.value == pytest.approx(history[max(history)])
+        else:
+            assert ot.state == optuna.trial.TrialState.COMPLETE and max(history) == 4
+            assert ot.value == pytest.approx(run.data.metrics["selected_dev_wf1"])
+    complete = [r for r in runs if "stopped_early" not in r.data.tags]
+    assert study.best_value == pytest.approx(max(r.data.metrics["selected_dev_wf1"] for r in complete))
+
+    # The report answers "what next": every trial best first, one column per searched parameter (width and
+    # heads as the parts of their grouped choice), fusion.layers blank where gating was off (not active),
+    # trials ASHA stopped marked with the epoch they reached.
+    report = make_report("search", tracking_uri_for(opts.output), tmp_path / "report", formats=("md", "csv"), top=0)
+    rows = list(csv.DictReader(io.StringIO(report.paths["csv"].read_text(encoding="utf-8"))))
+    scores = [float(r["selected_dev_wf1"]) for r in rows]
+    assert len(rows) == 8 and scores == sorted(scores, reverse=True)
+    head = [c.strip() for c in report.markdown.splitlines()[2].strip("|").split("|")]
+    assert head[3:9] == ["train.lr", "fusion.dropout", "fusion.width", "fusion.heads", "fusion.anchor_gating",
+                         "fusion.layers"]
+    by_trial_id = {r.data.tags["trial_id"]: r for r in runs}
+    for row in rows:
+        run = by_trial_id[row["trial_id"]]
+        over = json.loads(run.data.tags["overrides"])
+        assert (row["fusion.layers"] == "") == (not over["fusion.anchor_gating"])
+        assert float(row["train.lr"]) == pytest.approx(over["train.lr"])
+        assert row["state"].startswith("stopped at epoch") == ("stopped_early" in run.data.tags)
 
     # The same command again: nothing trains, no run is added.
     again = run_sweep("tune", spec, [], opts)
@@ -72,3 +108,7 @@ def test_optuna_asha_search_then_ablation_from_its_best(tmp_path, ray_local, sta
         assert run.data.params["train.epochs"] == "2"        # the ablation's own settings stay its own
     (aparent,) = parent_runs(opts.output, "from-best")
     assert aparent.data.tags["from_tune"] == "search"
+    # ... and its report says which tune sweep and trial it started from.
+    caption = make_report("from-best", tracking_uri_for(opts.output), tmp_path / "abl", formats=("md",)).markdown
+    assert f"starts from the best trial of tune sweep 'search': trial {best.data.tags['trial_id']}, run " \
+           f"{best.info.run_id}" in caption.split("\n\n")[0]
