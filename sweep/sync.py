@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from core.config import ConfigError
 from sweep import tracking
 from sweep.spec_common import check_sweep_name, within
-from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, trial_config, trial_settings
+from sweep.trainable import FAILED, FAILURE_REASON, HISTORY, read_predictions_file, trial_config, trial_settings
 
 STATE_FILE = "sweep_state.json"
 
@@ -92,6 +92,15 @@ def _latest_history(trial_dir: Path) -> dict:
             except json.JSONDecodeError:
                 continue
     return {"epochs": [], FAILURE_REASON: None}
+
+
+def _latest_predictions(trial_dir: Path) -> str:
+    """The latest checkpoint's predictions.csv ('' when none has one)."""
+    for checkpoint in sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name, reverse=True):
+        text = read_predictions_file(checkpoint)
+        if text:
+            return text
+    return ""
 
 
 def read_trial(trial_dir: Path, errors_are_final: bool) -> Optional[StoredTrial]:
@@ -169,7 +178,8 @@ def sync_trials(client, experiment_id: str, parent_id: str, git: str, trials: li
                                      f"{cfg.train.epochs} (scheduler)"
         last = trial.epochs[-1] if trial.epochs and trial.status == "FINISHED" else None
         tracking.finish_trial_run(client, run_id, cfg, last, trial.status,
-                                  (settings.get("data") or {}).get("labels"), reason=trial.reason, extra_tags=extra)
+                                  (settings.get("data") or {}).get("labels"), reason=trial.reason, extra_tags=extra,
+                                  predictions=_latest_predictions(trial.path))
         report.written += 1
     return report
 

@@ -128,10 +128,15 @@ def test_paired_test_matches_scipy_on_the_same_pairs(store, tmp_path):
             assert float(row["t_statistic"]) == pytest.approx(expected.statistic, rel=1e-12)
             made += 1
     assert made == 2 * len(METRICS)  # no_kd and text_only have 3 pairs; the others 2
+    # Holm across the rows of a column: here the two rows with a test.
+    from reports.stats import holm
+    for metric in METRICS:
+        raw = [float(rows[(v, metric)]["p_value"]) for v in ("no_kd", "text_only")]
+        assert [float(rows[(v, metric)]["p_holm"]) for v in ("no_kd", "text_only")] == pytest.approx(holm(raw))
     md = result.markdown
-    assert "paired t-test vs full" in md
+    assert "test vs full" in md and "paired t-test over seeds" in md   # the caption names the fallback
     p = float(rows[("text_only", "test_wf1")]["p_value"])
-    assert re.search(r"\| text_only \|.*\| p=[0-9.e-]+, n=3 \|", md)
+    assert re.search(r"\| text_only \|.*\| p=[0-9.e-]+, Holm p=[0-9.e-]+, n=3 \|", md)
     assert p < 0.05  # the planted 4-point drop is found
     assert re.search(r"\| no_gate † \|.*\| no test \(n<3\) \|", md)
 
@@ -160,7 +165,8 @@ def test_caption_bold_and_difference(store, tmp_path):
                  "percentages with 2 decimals (the ERC convention)",
                  "Epoch selection: the epoch with the best dev weighted F1",
                  "Stage 1 trained per seed", "Masked modalities", "text_only: audio, video",
-                 "paired t-test (two-sided, scipy.stats.ttest_rel)"):
+                 "paired bootstrap over test dialogues", "Holm's correction", "95% confidence interval",
+                 "paired t-test over seeds"):
         assert text in md, text
     assert "WARNING" not in md
     rows = _csv(result.paths["csv"])
@@ -173,7 +179,7 @@ def test_caption_bold_and_difference(store, tmp_path):
     delta = float(by[("no_kd", "test_wf1")]["delta_pct"])
     assert delta == pytest.approx(100 * (float(by[("no_kd", "test_wf1")]["mean"])
                                          - float(by[("full", "test_wf1")]["mean"])))
-    assert f"| {delta:+.2f} |" in md
+    assert f"| {delta:+.2f} [" in md   # then its CI
 
 
 def test_select_on_test_and_shared_stage1_are_said_loudly(store, tmp_path):
