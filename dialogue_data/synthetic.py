@@ -34,6 +34,23 @@ row). Emotions follow the conversation: a speaker keeps their previous emotion w
 - `noise_modality=audio` (or video, or text) draws that modality's expressed emotion (for text:
   its cue) independently of the label.
 
+Planted mechanisms, one per MAGTKD part (each off at 0, the default, so the data above are unchanged)
+--------------------------------------------------------------------------------------------------------
+- `data.context_share` (prompt / dialogue context): that share of a speaker's repeat turns (the speaker
+  kept their emotion) says only "I still feel the same way." in a flat voice and face (audio and video
+  express a random emotion): the label is the same speaker's earlier one, readable only from context.
+- `data.train_label_noise` (stage-1 KD): that share of the *train* labels is redrawn uniformly (dev and
+  test stay clean). Text cues keep following the true emotion, so the text teacher's soft labels are
+  cleaner than the hard labels the audio/video students would otherwise learn from alone.
+- `data.corrupt_share` (anchor gating): that share of dialogues has a bad audio line: loud white noise
+  (`BAD_LINE_NOISE`, audible) and a random expressed emotion throughout. Audio is informative in the
+  other dialogues only; a gate conditioned on the anchor can learn to shut it where it is corrupted.
+- `data.speaker_prior` (speaker embeddings): when an emotion is drawn afresh (neither kept nor caught),
+  with this probability it is the speaker role's habitual one (`ROLE_EMOTION`: 1st speaker to appear
+  anger, 2nd joy, 3rd sadness, 4th fear), numbered as the model numbers speakers (order of first
+  appearance in the dialogue).
+`ablations/demo.yaml` turns all four on and writes down what each row of its table must show.
+
 Planted effects (the known right answers the ablation framework is tested against)
 -----------------------------------------------------------------------------------
 With the defaults (text 1.0, audio 0.6, video 0.35), per utterance and without context, the
