@@ -119,6 +119,9 @@ def test_paired_test_matches_scipy_on_the_same_pairs(store, tmp_path):
             row = rows[(variant, metric)]
             assert int(row["n_pairs"]) == len(seeds)
             col = f"metrics.selected_{metric}"
+            # Δ over the same paired seeds as the test, even where one side has a seed the other lacks.
+            paired = [mine.loc[s, col] - base.loc[s, col] for s in seeds]
+            assert float(row["delta_pct"]) == pytest.approx(100 * sum(paired) / len(paired), abs=1e-6)
             if len(seeds) < 3:
                 assert row["test"] == "no test (n<3)" and row["p_value"] == ""
                 continue
