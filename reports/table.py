@@ -307,16 +307,12 @@ def _shared_stage1_changed(sweep: Sweep, variant: str, baseline: str) -> bool:
     if sweep.tags.get("stage1_seed_mode", "") != "shared":
         return False
 
-    def stage1_overrides(v: str) -> dict:
-        for t in sweep.trials:
-            if t.variant == v and t.tags.get("overrides"):
-                try:
-                    return {k: x for k, x in json.loads(t.tags["overrides"]).items() if k.startswith("stage1.")
-                            and k != "stage1.shared_seed"}
-                except (json.JSONDecodeError, AttributeError):
-                    return {}
-        return {}
-    return stage1_overrides(variant) != stage1_overrides(baseline)
+    def stage1_params(v: str) -> dict:
+        """The variant's resolved stage-1 settings (MLflow params), the shared seed aside."""
+        trial = next((t for t in sweep.trials if t.variant == v and t.params), None)
+        return {k: x for k, x in (trial.params if trial else {}).items()
+                if k.startswith("stage1.") and k != "stage1.shared_seed"}
+    return stage1_params(variant) != stage1_params(baseline)
 
 
 def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:

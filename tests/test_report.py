@@ -192,6 +192,11 @@ def test_select_on_test_and_shared_stage1_are_said_loudly(store, tmp_path):
     assert warning in result.paths["tex"].read_text() and r"\textbf{WARNING" in result.paths["tex"].read_text()
     assert 'class="warning"' in result.paths["html"].read_text()
     assert "Stage 1 shared: every stage-2 seed reuses one stage-1 model (stage-1 seed 0)" in result.markdown
+    # no_kd changes stage 1 while stage 1 is shared: its p understates the uncertainty, and says so.
+    assert "| no_kd § |" in result.markdown and "| no_gate |" in result.markdown
+    assert "§ Stage 1 shared while the row changes stage 1" in result.markdown
+    flags = {r["variant"]: r["flags"] for r in _csv(result.paths["csv"])}
+    assert flags["no_kd"] == "shared_stage1_understates" and flags["no_gate"] == ""
     assert "No failed, killed or unfinished trials." in result.markdown
 
 
