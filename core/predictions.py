@@ -35,7 +35,10 @@ def positional_ids(dialogue_lengths: list[int]) -> list[tuple[str, str]]:
 
 
 def predictions_csv(selected: dict, ids: dict[str, list[tuple[str, str]]], labels: list[str]) -> str:
-    """The CSV text for the selected epoch `selected` (train._select's record); '' before the first epoch."""
+    """The CSV text for the selected epoch `selected` (train._select's record); '' when it holds no predictions
+    (before the first epoch, or a selection restored from a checkpoint written before predictions existed)."""
+    if not any((selected.get(split) or {}).get("predictions") for split in SPLITS):
+        return ""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["split", "dialogue_id", "utterance_id", "gold", "predicted"] + [f"p_{lbl}" for lbl in labels])

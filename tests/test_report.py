@@ -275,7 +275,7 @@ def test_duplicate_finished_runs_use_the_last_and_are_footnoted(store, tmp_path)
 def test_per_class_metric_and_baseline_options(store, tmp_path):
     result = _report(store, "demo", tmp_path, metric="test_f1_joy", baseline="no_kd", per_class=True)
     md = result.markdown
-    assert "Δ test F1 joy" in md and "paired t-test vs no_kd" in md
+    assert "Δ test F1 joy [95% CI]" in md and "test vs no_kd" in md
     assert "Per-class test F1" in md and all(label in md for label in MELD_LABELS)
     # Label columns in the dataset's order (from per_class_report.json), not alphabetical.
     per_class_head = [line for line in md.splitlines() if line.startswith("| Variant") and "neutral" in line][0]
