@@ -216,6 +216,8 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
             if not files[trial.run_id]:
                 return None
             out[seed] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            if len(out[seed].gold) == 0:   # the file has no row of this split
+                return None
         return out
 
     rows: list[Row] = []

@@ -311,3 +311,57 @@ def test_print_table_after_sweep(store, tmp_path, capsys):
         "report.html", "table.csv", "table.md", "table.tex"]
     print_table_after_sweep("nope", out, f"sqlite:///{out / 'mlflow.db'}")  # warns, never raises
     assert "warning: no report for sweep nope" in capsys.readouterr().err
+
+
+def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tmp_path):
+    """Child runs that carry predictions.csv (as every trial now logs) get the bootstrap test; its p is the
+    one reports.stats computes from the same files, and the caption names the method."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from core.predictions import read_predictions
+    from reports.stats import Predictions, bootstrap_test
+
+    variants = {k: ABLATION[k] for k in ("full", "no_kd", "text_only")}
+    uri = sample_ablation(tmp_path / "runs", "boot", variants=variants, failed=(), killed=())
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(4, 10, size=30)
+    gold = rng.integers(len(MELD_LABELS), size=int(lengths.sum()))
+    skill = {"full": 0.75, "no_kd": 0.74, "text_only": 0.55}
+    files = {}
+    for run in client.search_runs([client.get_experiment_by_name("boot").experiment_id]):
+        variant = run.data.tags.get("variant")
+        if variant is None:
+            continue
+        right = rng.random(len(gold)) < skill[variant]
+        pred = np.where(right, gold, (gold + 1) % len(MELD_LABELS))
+        lines = ["split,dialogue_id,utterance_id,gold,predicted"]
+        u = 0
+        for d, n in enumerate(lengths):
+            for i in range(n):
+                lines.append(f"test,test{d},test{d}_u{i},{MELD_LABELS[gold[u]]},{MELD_LABELS[pred[u]]}")
+                u += 1
+        files[(variant, run.data.tags["seed"])] = "\n".join(lines) + "\n"
+        client.log_text(run.info.run_id, files[(variant, run.data.tags["seed"])], "predictions.csv")
+
+    result = make_report("boot", uri, tmp_path / "out")
+    rows = {(r["variant"], r["metric"]): r for r in _csv(result.paths["csv"])}
+
+    def preds(variant):
+        out = {}
+        for seed in ("0", "1", "2"):
+            r = read_predictions(files[(variant, seed)])
+            out[seed] = Predictions.from_rows(r["dialogue_ids"], r["utterance_ids"], r["gold"], r["predicted"],
+                                              MELD_LABELS)
+        return out
+    expected = {v: bootstrap_test(preds(v), preds("full"), "wf1", MELD_LABELS) for v in ("no_kd", "text_only")}
+    for variant, test in expected.items():
+        row = rows[(variant, "test_wf1")]
+        assert row["test"] == "paired bootstrap + seeds"
+        assert float(row["p_value"]) == pytest.approx(test.p, rel=1e-9)
+        assert float(row["ci_low_pct"]) < float(row["ci_high_pct"]) and float(row["df"]) >= 2
+    assert float(rows[("text_only", "test_wf1")]["p_holm"]) < 0.05   # a 20-point drop in accuracy is found
+    assert float(rows[("text_only", "test_wf1")]["p_holm"]) == pytest.approx(min(1.0, 2 * min(
+        t.p for t in expected.values())), rel=1e-9)                  # Holm over two rows: the smaller p doubled
+    assert "paired bootstrap over test dialogues" in result.markdown and "Holm" in result.markdown
