@@ -43,6 +43,11 @@ class DataConfig:
     audio_signal: float = 0.6        # ... in the waveform's pitch/energy/tempo
     video_signal: float = 0.35       # ... in the frame pattern (planted: weakest)
     noise_modality: str = ""         # "" | audio | video: that modality carries no signal at all
+    # Planted mechanisms, one per MAGTKD part (dialogue_data/synthetic.py); 0 = off, the data unchanged.
+    context_share: float = 0.0       # prompt/context: share of repeat turns readable only from earlier turns
+    train_label_noise: float = 0.0   # stage-1 KD: share of train labels replaced at random (dev/test clean)
+    corrupt_share: float = 0.0       # anchor gating: share of dialogues whose audio is a bad line (noise, random tone)
+    speaker_prior: float = 0.0       # speakers: P(a fresh emotion is the speaker role's habitual one)
     sample_rate: int = 16000
     audio_seconds: float = 1.0
     frames: int = 8
@@ -246,6 +251,8 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(d.synthetic_dialogues >= 4, "data.synthetic_dialogues", "must be >= 4")
     for key in ("text_signal", "audio_signal", "video_signal"):
         need(getattr(d, key) >= 0, f"data.{key}", "must be >= 0")
+    for key in ("context_share", "train_label_noise", "corrupt_share", "speaker_prior"):
+        need(0.0 <= getattr(d, key) <= 1.0, f"data.{key}", f"must be in [0, 1] (got {getattr(d, key)})")
     need(d.noise_modality in ("", "audio", "video", "text"), "data.noise_modality", "must be '', text, audio or video")
     need(d.sample_rate >= 1000 and d.audio_seconds > 0, "data.sample_rate", "and data.audio_seconds must be positive (>= 1000 Hz)")
     need(d.frames >= 1 and d.frame_size >= 8, "data.frames", "must be >= 1 with data.frame_size >= 8")

@@ -34,6 +34,23 @@ row). Emotions follow the conversation: a speaker keeps their previous emotion w
 - `noise_modality=audio` (or video, or text) draws that modality's expressed emotion (for text:
   its cue) independently of the label.
 
+Planted mechanisms, one per MAGTKD part (each off at 0, the default, so the data above are unchanged)
+--------------------------------------------------------------------------------------------------------
+- `data.context_share` (prompt / dialogue context): that share of a speaker's repeat turns (the speaker
+  kept their emotion) says only "I still feel the same way." in a flat voice and face (audio and video
+  express a random emotion): the label is the same speaker's earlier one, readable only from context.
+- `data.train_label_noise` (stage-1 KD): that share of the *train* labels is redrawn uniformly (dev and
+  test stay clean). Text cues keep following the true emotion, so the text teacher's soft labels are
+  cleaner than the hard labels the audio/video students would otherwise learn from alone.
+- `data.corrupt_share` (anchor gating): that share of dialogues has a bad audio line: loud white noise
+  (`BAD_LINE_NOISE`, audible) and a random expressed emotion throughout. Audio is informative in the
+  other dialogues only; a gate conditioned on the anchor can learn to shut it where it is corrupted.
+- `data.speaker_prior` (speaker embeddings): when an emotion is drawn afresh (neither kept nor caught),
+  with this probability it is the speaker role's habitual one (`ROLE_EMOTION`: 1st speaker to appear
+  anger, 2nd joy, 3rd sadness, 4th fear), numbered as the model numbers speakers (order of first
+  appearance in the dialogue).
+`ablations/demo.yaml` turns all four on and writes down what each row of its table must show.
+
 Planted effects (the known right answers the ablation framework is tested against)
 -----------------------------------------------------------------------------------
 With the defaults (text 1.0, audio 0.6, video 0.35), per utterance and without context, the
@@ -64,6 +81,7 @@ LABELS = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 PARTNER = {"anger": "disgust", "disgust": "anger", "fear": "sadness", "sadness": "fear",
            "joy": "surprise", "surprise": "joy"}
 
+MECHANISMS = ("context_share", "train_label_noise", "corrupt_share", "speaker_prior")  # data.* knobs, 0 = off
 PERSIST = 0.6            # a speaker keeps their previous emotion
 CONTAGION = 0.25         # ... else catches the previous utterance's emotion
 CUE_PER_SIGNAL = 0.85    # P(text cue) = min(1, 0.85 * text_signal)
@@ -102,6 +120,10 @@ MODIFIERS = ["so", "really", "absolutely", "totally", "quite"]
 NAMES = ["Alex", "Blair", "Casey", "Drew", "Emery", "Finley", "Gray", "Harper", "Indy", "Jordan",
          "Kai", "Logan", "Morgan", "Noel", "Parker", "Quinn", "Reese", "Sage", "Taylor", "Wren"]
 
+LINE_NOISE = 0.05        # white-noise level of a normal recording
+BAD_LINE_NOISE = 0.35    # ... of a corrupted dialogue's audio (data.corrupt_share): audible, so a gate can learn it
+ROLE_EMOTION = ["anger", "joy", "sadness", "fear"]  # habitual emotion of the 1st..4th speaker (data.speaker_prior)
+
 # Prosody of each expressed emotion: pitch in Hz (distinct tones 1.25x apart), energy, tempo in Hz.
 PITCH = {"sadness": 130.0, "disgust": 162.5, "surprise": 203.1, "joy": 253.9, "anger": 317.4, "fear": 396.7}
 ENERGY = {"anger": 0.9, "disgust": 0.6, "fear": 0.45, "joy": 0.8, "sadness": 0.35, "surprise": 0.7}
@@ -120,6 +142,9 @@ def generate(data_cfg) -> DialogueDataset:
     source = (f"synthetic(seed={data_cfg.synthetic_seed}, dialogues={data_cfg.synthetic_dialogues}, "
               f"signals text={data_cfg.text_signal} audio={data_cfg.audio_signal} "
               f"video={data_cfg.video_signal}, noise={data_cfg.noise_modality or 'none'})")
+    knobs = {k: getattr(data_cfg, k) for k in MECHANISMS if getattr(data_cfg, k) > 0}
+    if knobs:
+        source = source[:-1] + ", " + ", ".join(f"{k}={v}" for k, v in knobs.items()) + ")"
     notes = []
     if data_cfg.noise_modality:
         notes.append(f"synthetic: {data_cfg.noise_modality} carries no label information (noise_modality)")
@@ -136,6 +161,8 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
                 for m in ("audio", "video")}
     dialogues = []
     for d in range(n):
+        # Anchor-gating mechanism: in a corrupted dialogue the audio is a bad line (loud, tells nothing).
+        corrupt = cfg.corrupt_share > 0 and rng.random() < cfg.corrupt_share
         n_speakers = int(rng.integers(2, 5))
         names = list(rng.choice(NAMES, size=n_speakers, replace=False))
         voice = {s: float(rng.uniform(0.96, 1.04)) for s in names}        # pitch factor per speaker
@@ -143,10 +170,12 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
         tint = {s: rng.uniform(-0.08, 0.08, size=3).astype(np.float32) for s in names}  # face colour
         last: dict[str, int] = {}
         prev_speaker, prev_label = None, None
+        roles: dict[str, int] = {}   # order of first appearance: what the model's speaker ids number
         utterances = []
         for u in range(int(rng.integers(4, 13))):
             choices = [s for s in names if s != prev_speaker]
             speaker = choices[int(rng.integers(len(choices)))]
+            role = roles.setdefault(speaker, len(roles))
             persisted = False
             if speaker in last and rng.random() < PERSIST:
                 label, persisted = last[speaker], True
@@ -154,16 +183,33 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
                 label = prev_label
             else:
                 label = int(rng.integers(k))
-            text = _text(rng, label, persisted, p_cue, cfg.noise_modality == "text")
-            expressed_a = label if rng.random() < faithful["audio"] else int(rng.integers(k))
-            expressed_v = label if rng.random() < faithful["video"] else int(rng.integers(k))
-            wave = _waveform(rng, LABELS[expressed_a], voice[speaker], loudness[speaker], cfg)
+                if cfg.speaker_prior > 0 and rng.random() < cfg.speaker_prior:   # speakers mechanism
+                    label = LABELS.index(ROLE_EMOTION[role])
+            # Context mechanism: a repeat turn that says only "same as before", in a flat voice and face.
+            context_only = persisted and cfg.context_share > 0 and rng.random() < cfg.context_share
+            if context_only:
+                text = _pick(rng, CONTINUATIONS).capitalize()
+            else:
+                text = _text(rng, label, persisted, p_cue, cfg.noise_modality == "text")
+            p_audio = 0.0 if context_only or corrupt else faithful["audio"]
+            p_video = 0.0 if context_only else faithful["video"]
+            expressed_a = label if rng.random() < p_audio else int(rng.integers(k))
+            expressed_v = label if rng.random() < p_video else int(rng.integers(k))
+            wave = _waveform(rng, LABELS[expressed_a], voice[speaker], loudness[speaker], cfg,
+                             BAD_LINE_NOISE if corrupt else LINE_NOISE)
             frames = _frames(rng, expressed_v, tint[speaker], cfg)
             utterances.append(Utterance(speaker=speaker, text=text, label=label,
                                         utterance_id=f"{split}{d}_u{u}", waveform=wave, frames=frames))
             last[speaker] = label
             prev_speaker, prev_label = speaker, label
         dialogues.append(Dialogue(dialogue_id=f"{split}{d}", utterances=utterances))
+    if split == "train" and cfg.train_label_noise > 0:
+        # Stage-1 KD mechanism: annotation noise in train only. The cues still follow the true emotion, so
+        # the text teacher's soft labels are cleaner than the audio/video students' hard labels.
+        for dialogue in dialogues:
+            for utt in dialogue.utterances:
+                if rng.random() < cfg.train_label_noise:
+                    utt.label = int(rng.integers(k))
     return dialogues
 
 
@@ -191,7 +237,8 @@ def _text(rng: np.random.Generator, label: int, persisted: bool, p_cue: float, n
 
 # ---- media ------------------------------------------------------------------------------------
 
-def _waveform(rng: np.random.Generator, emotion: str, voice: float, loudness: float, cfg) -> np.ndarray:
+def _waveform(rng: np.random.Generator, emotion: str, voice: float, loudness: float, cfg,
+              noise: float = 0.05) -> np.ndarray:
     sr, n = cfg.sample_rate, max(1, int(round(cfg.sample_rate * cfg.audio_seconds)))
     t = np.arange(n, dtype=np.float32) / np.float32(sr)                    # (n,) float32 keeps this fast
     phase = rng.uniform(0, 2 * np.pi, size=4).astype(np.float32)
@@ -203,7 +250,7 @@ def _waveform(rng: np.random.Generator, emotion: str, voice: float, loudness: fl
     syllables = np.float32(0.55) + np.float32(0.45) * syllables
     length = int(n * rng.uniform(0.6, 1.0))                                # speech spans 60-100% of the clip
     start = int(rng.integers(0, n - length + 1))
-    wave = rng.standard_normal(n, dtype=np.float32) * np.float32(0.05)     # white noise everywhere
+    wave = rng.standard_normal(n, dtype=np.float32) * np.float32(noise)    # white noise everywhere
     gain = np.float32(ENERGY[emotion] * loudness / 1.75)
     wave[start:start + length] += gain * (syllables * tone)[start:start + length]
     return np.clip(wave, -1.0, 1.0, out=wave)

@@ -157,7 +157,7 @@ def _train_epoch(cfg, model, data: PaddedSplit, optimizer, scheduler, generator,
 def evaluate(cfg, model, data: PaddedSplit, labels: list[str]) -> dict:
     """Scores of the prediction head on one split, plus the stage-2 loss averaged over utterances."""
     model.eval()
-    loss_sum, count, preds, trues = 0.0, 0, [], []
+    loss_sum, count, preds, trues, probs = 0.0, 0, [], [], []
     for start in range(0, len(data), cfg.train.batch_size):
         batch = data.batch(torch.arange(start, min(start + cfg.train.batch_size, len(data))))
         out = _forward(model, batch)
@@ -165,10 +165,15 @@ def evaluate(cfg, model, data: PaddedSplit, labels: list[str]) -> dict:
         n = int(mask.sum())
         loss_sum += stage2_loss(cfg, out, batch["labels"], mask).item() * n
         count += n
-        preds.append(out["logits"][out["prediction"]].argmax(dim=-1)[mask].cpu())
+        logits = out["logits"][out["prediction"]][mask]
+        preds.append(logits.argmax(dim=-1).cpu())
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
         trues.append(batch["labels"][mask].cpu())
     scores = classification_scores(torch.cat(trues).numpy(), torch.cat(preds).numpy(), labels)
     scores["loss"] = loss_sum / count
+    # Per utterance, in the split's row order (dialogue by dialogue): what the report's bootstrap resamples.
+    scores["predictions"] = {"gold": torch.cat(trues).tolist(), "predicted": torch.cat(preds).tolist(),
+                             "probabilities": [[round(p, 5) for p in row] for row in torch.cat(probs).tolist()]}
     return scores
 
 
@@ -195,7 +200,7 @@ def _select(best: Optional[dict], epoch: int, dev: dict, test: dict, select_on: 
     """Keep the epoch with the highest weighted F1 on `select_on`; ties keep the earlier epoch."""
     score = (dev if select_on == "dev" else test)["wf1"]
     if best is None or score > best["score"]:
-        keep = ("wf1", "acc", "mf1", "f1", "confusion")
+        keep = ("wf1", "acc", "mf1", "f1", "confusion", "predictions")
         return {"epoch": epoch, "score": score,
                 "dev": {k: dev[k] for k in keep}, "test": {k: test[k] for k in keep}}
     return best

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 from core.config import ConfigError, MAGTKDConfig
 from core.features import Stage1Features
+from core.predictions import SPLITS as PREDICTION_SPLITS
+from core.predictions import positional_ids, predictions_csv, utterance_ids
 from dialogue_data.cache import Stage1Cache, entry_key
 from dialogue_data.features_import import cached_author_features
 from dialogue_data.registry import load_dataset
@@ -56,9 +58,11 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
               log: Callable[[str], None] = print) -> TrialResult:
     if cfg.data.name == "features":  # the authors' released stage-1 output: no stage 1 to run
         fingerprint, features, notes = cached_author_features(cfg, cache_dir, log=log)
+        ids = {s: positional_ids(features.splits[s].dialogue_lengths) for s in PREDICTION_SPLITS}
     else:
         dataset, fingerprint, features = stage1_features(cfg, cache_dir, log=log)
         notes = list(dataset.notes)
+        ids = utterance_ids(dataset)
     run_cfg, masked = usable_config(cfg, features)
     if masked:
         notes.append(f"modalities absent from the data and masked: {', '.join(masked)}")
@@ -67,6 +71,9 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
 
     def record(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))
+        # The selected epoch's per-utterance predictions as CSV text; the trainable writes it beside the
+        # checkpoint (not into it) and the MLflow callback logs it as the trial's predictions.csv.
+        state["predictions_csv"] = predictions_csv(state["best"], ids, list(features.labels))
         if on_epoch is not None:
             on_epoch(metrics, state)
 

@@ -10,7 +10,7 @@ import csv
 import io
 import math
 
-from reports.stats import TEST_NAME, format_p, pct
+from reports.stats import format_p, pct
 from reports.table import Cell, Row, Table, metric_label
 
 Columns = list[tuple[str, str, str]]
@@ -24,7 +24,9 @@ def delta_text(row: Row, key: str) -> str:
         return "baseline"
     if math.isnan(comp.delta):
         return "—"
-    return f"{100.0 * comp.delta:+.2f}"
+    low, high = comp.test.ci
+    interval = "" if math.isnan(low) else f" [{100.0 * low:+.2f}, {100.0 * high:+.2f}]"
+    return f"{100.0 * comp.delta:+.2f}{interval}"
 
 
 def test_text(row: Row, key: str) -> str:
@@ -33,7 +35,7 @@ def test_text(row: Row, key: str) -> str:
 
 
 def compare_header(table: Table) -> tuple[str, str]:
-    return f"Δ {metric_label(table.metric)}", f"{TEST_NAME} vs {table.baseline}"
+    return f"Δ {metric_label(table.metric)} [95% CI]", f"test vs {table.baseline}"
 
 
 def per_class_title(table: Table) -> str:
@@ -93,7 +95,7 @@ def render_markdown(table: Table) -> str:
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "—": "--",
+                "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "§": r"\S{}", "‡": r"$^\ddagger$", "—": "--",
                 "…": r"\ldots{}", "◦": r"$\circ$", "<": r"$<$", ">": r"$>$", "|": r"\textbar{}"}
 
 
@@ -130,7 +132,8 @@ def _tex_test(row: Row, key: str) -> str:
         return "--"
     if not comp.test.made:
         return tex_escape(comp.test.note)
-    return f"{format_p(comp.test.p)} ({comp.test.n})"
+    holm = "" if math.isnan(comp.test.p_adjusted) else f"; Holm {format_p(comp.test.p_adjusted)}"
+    return f"{format_p(comp.test.p)}{holm} ({comp.test.n})"
 
 
 def _tex_tabular(table: Table, columns: Columns, compare: bool) -> list[str]:
@@ -146,7 +149,7 @@ def _tex_tabular(table: Table, columns: Columns, compare: bool) -> list[str]:
     ]
     head = ["Variant", "$n$"] + [tex_escape(short) for _, _, short in columns]
     if compare:
-        head += [r"$\Delta$", rf"$p$ ($n$) vs {tex_escape(table.baseline)}"]
+        head += [r"$\Delta$ [95\% CI]", rf"$p$; Holm ($n$) vs {tex_escape(table.baseline)}"]
     lines += [" & ".join(head) + r" \\", r"\midrule"]
     for row in table.rows:
         name = tex_escape(row.variant) + (tex_escape(row.marks) if row.marks else "")
@@ -202,12 +205,16 @@ def render_latex(table: Table) -> str:
 # ---- CSV ---------------------------------------------------------------------
 
 CSV_COLUMNS = ["sweep", "variant", "row", "metric", "mlflow_metric", "n", "mean", "std", "mean_pct", "std_pct",
-               "bold", "baseline", "delta_pct", "test", "t_statistic", "p_value", "n_pairs", "seeds", "run_ids",
-               "values", "missing_seeds", "flags"]
+               "bold", "baseline", "delta_pct", "ci_low_pct", "ci_high_pct", "se_pct", "df", "test", "t_statistic",
+               "p_value", "p_holm", "n_pairs", "seeds", "run_ids", "values", "missing_seeds", "flags"]
 
 
 def _num(value: float) -> str:
     return "" if value is None or math.isnan(value) else repr(float(value))
+
+
+def _pct6(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{100.0 * value:.6f}"
 
 
 def render_csv(table: Table) -> str:
@@ -219,17 +226,18 @@ def render_csv(table: Table) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for index, row in enumerate(table.rows, start=1):
-        flags = (["missing_seeds"] if row.missing else []) + (["not_in_variant_list"] if row.unlisted else [])
+        flags = ((["missing_seeds"] if row.missing else []) + (["not_in_variant_list"] if row.unlisted else [])
+                 + (["shared_stage1_understates"] if row.understated else []))
         for key, _, _ in table.all_columns:
             cell = row.cells[key]
             s = cell.summary
             comp = row.comparisons.get(key)
             if comp is None:
-                compared = ["", "baseline" if table.compares else "", "", "", ""]
+                compared = ["", "", "", "", "", "baseline" if table.compares else "", "", "", "", ""]
             else:
-                compared = ["" if math.isnan(comp.delta) else f"{100.0 * comp.delta:.6f}",
-                            comp.test.name or comp.test.note, _num(comp.test.statistic), _num(comp.test.p),
-                            comp.test.n]
+                t = comp.test
+                compared = [_pct6(comp.delta), _pct6(t.ci[0]), _pct6(t.ci[1]), _pct6(t.se), _num(t.df),
+                            t.name or t.note, _num(t.statistic), _num(t.p), _num(t.p_adjusted), t.n]
             writer.writerow([
                 table.sweep, row.variant, index, key, f"selected_{key}", s.n, _num(s.mean), _num(s.std),
                 pct(s.mean) if s.n else "", pct(s.std) if s.n > 1 else "", int(cell.bold), table.baseline,

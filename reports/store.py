@@ -257,5 +257,17 @@ def metric_history(tracking_uri: str, run_ids: list[str], key: str) -> dict[str,
     return out
 
 
+def trial_predictions(tracking_uri: str, run_id: str) -> str:
+    """The run's predictions.csv artifact (per-utterance predictions, core/predictions.py); '' when it has none."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = MlflowClient(tracking_uri).download_artifacts(run_id, "predictions.csv", tmp)
+            return Path(path).read_text(encoding="utf-8")
+    except Exception:  # no such artifact (a run recorded before they existed), unreadable artifact store
+        return ""
+
+
 def list_sweeps(tracking_uri: str) -> list[Sweep]:
     return [load_sweep(name, tracking_uri) for name in known_sweeps(tracking_uri)]

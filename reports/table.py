@@ -5,18 +5,21 @@ Only FINISHED child runs enter a number; the others are counted in footnotes.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 
-from reports.stats import MIN_PAIRS, TEST_NAME, PairedTest, Summary, paired_test, pct, summarize
-from reports.store import ReportError, Sweep, Trial, stands_for
+from reports.stats import (BOOTSTRAP_SEED, LEVEL, MIN_PAIRS, REPLICATES, TEST_NAME, TTEST_NAME, PairedTest,
+                           Predictions, Summary, bootstrap_test, holm, paired_test, pct, summarize)
+from reports.store import ReportError, Sweep, Trial, stands_for, trial_predictions
 
 # (key, split, short name); the MLflow metric is "selected_" + key.
 MAIN_METRICS = [("dev_wf1", "dev", "wF1"), ("dev_acc", "dev", "Acc"), ("dev_mf1", "dev", "mF1"),
                 ("test_wf1", "test", "wF1"), ("test_acc", "test", "Acc"), ("test_mf1", "test", "mF1")]
 MISSING_MARK = "†"
 UNLISTED_MARK = "‡"
+SHARED_STAGE1_MARK = "§"   # shared stage 1 and the row changes stage 1: its p understates the uncertainty
 REASON_CHARS = 80
 
 
@@ -40,8 +43,8 @@ class Cell:
 
 @dataclass
 class Comparison:
-    delta: float                   # mean(variant) - mean(baseline), in [0, 1] units; nan when either is empty
-    test: PairedTest
+    delta: float                   # mean paired difference over the seeds both finished, in [0, 1] units
+    test: PairedTest               # its CI, p and Holm-corrected p (reports/stats.py)
 
 
 @dataclass
@@ -53,10 +56,12 @@ class Row:
     missing: list[tuple[str, str]] = field(default_factory=list)  # (seed, why) for expected seeds without a number
     unlisted: bool = False
     masked: list[str] = field(default_factory=list)
+    understated: bool = False     # shared stage 1 while this row changes stage 1 (SHARED_STAGE1_MARK)
 
     @property
     def marks(self) -> str:
-        return (MISSING_MARK if self.missing else "") + (UNLISTED_MARK if self.unlisted else "")
+        return ((MISSING_MARK if self.missing else "") + (UNLISTED_MARK if self.unlisted else "")
+                + (SHARED_STAGE1_MARK if self.understated else ""))
 
 
 @dataclass
@@ -190,6 +195,25 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                 out[seed] = (float(value), trial.run_id)
         return out
 
+    files: dict[str, str] = {}
+
+    def predictions(variant: str, key: str) -> dict[str, Predictions] | None:
+        """Per seed, the finished trial's predictions on the metric's split; None when any trial has none."""
+        split = key.split("_", 1)[0]
+        out = {}
+        for seed in sweep.seeds:
+            trial = chosen.get((variant, seed))
+            if trial is None:
+                continue
+            if trial.run_id not in files:
+                files[trial.run_id] = trial_predictions(sweep.tracking_uri, trial.run_id)
+            if not files[trial.run_id]:
+                return None
+            out[seed] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            if len(out[seed].gold) == 0:   # the file has no row of this split
+                return None
+        return out
+
     rows: list[Row] = []
     base_values = {key: {s: v for s, (v, _) in values_of(baseline, key).items()} if baseline else {}
                    for key, _, _ in columns}
@@ -212,13 +236,13 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
         if baseline and variant != baseline:
             for key, _, _ in columns:
                 mine = {s: v for s, v in zip(cells[key].seeds, cells[key].values)}
-                base = base_values[key]
-                b = summarize(list(base.values()))
-                delta = cells[key].summary.mean - b.mean if mine and base else math.nan
-                comparisons[key] = Comparison(delta, paired_test(mine, base))
+                comparisons[key] = _compare(key, mine, base_values[key], predictions(variant, key),
+                                            predictions(baseline, key), labels)
         masked = sorted({m for t in sweep.trials if t.variant == variant for m in t.masked_modalities})
         rows.append(Row(variant, len(finished_seeds), cells, comparisons, missing,
-                        variant in sweep.unlisted_variants, masked))
+                        variant in sweep.unlisted_variants, masked,
+                        understated=bool(comparisons) and _shared_stage1_changed(sweep, variant, baseline)))
+    _correct_across_rows(rows, [key for key, _, _ in columns])
 
     # Best per column, compared at the printed precision so that equal-looking numbers are all bold.
     for key, _, _ in columns:
@@ -236,6 +260,57 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                  baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
                  caption=caption, warning=warning,
                  footnotes=footnotes, trials=list(sweep.trials), labels=labels)
+
+
+def _parse_predictions(text: str, split: str, labels: list[str], trial: Trial) -> Predictions:
+    from core.predictions import read_predictions
+
+    try:
+        rows = read_predictions(text, split)
+        return Predictions.from_rows(rows["dialogue_ids"], rows["utterance_ids"], rows["gold"], rows["predicted"],
+                                     labels)
+    except ValueError as err:
+        raise ReportError(f"run {trial.run_id} ({trial.variant}, seed {trial.seed}): predictions.csv: {err}") from None
+
+
+def _compare(key: str, mine: dict[str, float], base: dict[str, float], mine_predictions, base_predictions,
+             labels: list[str]) -> Comparison:
+    """The bootstrap test when both sides left predictions, else the paired t-test over seeds."""
+    seeds = [s for s in mine if s in base]
+    delta = math.fsum(mine[s] - base[s] for s in seeds) / len(seeds) if seeds else math.nan
+    if mine_predictions is not None and base_predictions is not None:
+        mine_p = {s: p for s, p in mine_predictions.items() if s in mine}
+        base_p = {s: p for s, p in base_predictions.items() if s in base}
+        try:
+            test = bootstrap_test(mine_p, base_p, key.split("_", 1)[1], labels)
+        except ValueError as err:
+            raise ReportError(f"{key}: {err}") from None
+    else:
+        test = paired_test(mine, base)
+    return Comparison(delta, test)
+
+
+def _correct_across_rows(rows: list[Row], keys: list[str]) -> None:
+    """Holm across the rows of each column: one family per metric."""
+    for key in keys:
+        compared = [r for r in rows if key in r.comparisons]
+        adjusted = holm([r.comparisons[key].test.p for r in compared])
+        for row, p in zip(compared, adjusted):
+            row.comparisons[key].test = dataclasses.replace(row.comparisons[key].test, p_adjusted=p)
+
+
+def _shared_stage1_changed(sweep: Sweep, variant: str, baseline: str) -> bool:
+    """Shared stage 1 and the variant overrides a stage-1 key: its seeds reuse one stage-1 draw that the
+    baseline does not share, so seed spread and bootstrap both miss that draw's variance."""
+    if sweep.tags.get("stage1_seed_mode", "") != "shared":
+        return False
+
+    def stage1_params(v: str) -> dict:
+        """The variant's resolved stage-1 settings (MLflow params), the shared seed aside."""
+        trial = next((t for t in sweep.trials if t.variant == v and t.params), None)
+        return {k: x for k, x in (trial.params if trial else {}).items()
+                if k.startswith("stage1.") and k != "stage1.shared_seed"}
+    return stage1_params(variant) != stage1_params(baseline)
 
 
 def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
@@ -291,12 +366,19 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append("No baseline was named, so no differences or tests (pass --baseline to compare a tune "
                        "trial's row against the others).")
     else:
-        caption.append(f"Δ = difference of means from the baseline {baseline} on {metric_label(metric)}, in "
-                       f"percentage "
-                       f"points; {TEST_NAME} (two-sided, scipy.stats.ttest_rel) against {baseline} over the seeds "
-                       f"both finished, paired by seed, shown as p with the number of pairs n; no test when "
-                       f"n<{MIN_PAIRS}; "
-                       f"no multiple-comparison correction.")
+        caption.append(
+            f"Δ = mean over seeds of the paired difference (variant minus {baseline}, same seed) on "
+            f"{metric_label(metric)}, in percentage points, with its {LEVEL:.0%} confidence interval. Test "
+            f"({TEST_NAME}): a paired bootstrap over test dialogues ({REPLICATES} resamples, seed {BOOTSTRAP_SEED}; "
+            f"the same resample for both sides of every seed pair; Efron & Tibshirani 1993, Koehn 2004) gives "
+            f"the test-set variance of Δ, the spread of the per-seed differences its seed variance; Δ over the "
+            f"combined standard error is referred to a t distribution with Welch-Satterthwaite degrees of "
+            f"freedom; p two-sided, with Holm's correction (Holm 1979) across the table's rows; no test when "
+            f"n<{MIN_PAIRS}. Rows whose trials left no per-utterance predictions fall back to a {TTEST_NAME} "
+            f"over seeds (test-set sampling not counted); the test column names the test.")
+        if mode == "shared":
+            caption.append(f"{SHARED_STAGE1_MARK} Stage 1 shared while the row changes stage 1: the comparison "
+                           f"rests on one stage-1 draw per side, so its p-value and CI understate the uncertainty.")
     stage1 = _stage1_caption(sweep)
     if stage1:
         caption.append(stage1)

@@ -29,7 +29,10 @@ from ray import tune
 
 from sweep import tracking
 from sweep.sync import error_reason
-from sweep.trainable import FAILED, FAILURE_REASON, read_history, trial_config, trial_settings
+from sweep.trainable import (FAILED, FAILURE_REASON, read_history, read_predictions_file, trial_config,
+                             trial_settings)
+
+PREDICTIONS_KEY = "predictions_csv"   # the checkpoint's predictions.csv text, beside its history
 
 # After a failed write, leave the store alone this long: every Tune event would otherwise wait out
 # the client's retries against a store that is down.
@@ -148,7 +151,8 @@ class MLflowSweepCallback(tune.Callback):
             extra["stopped_early"] = f"after epoch {epochs} of {cfg.train.epochs} (scheduler)"
         labels = (trial_settings(config).get("data") or {}).get("labels")
         tracking.finish_trial_run(client, state.run_id, cfg, None if reason else final,
-                                  "FAILED" if reason else "FINISHED", labels, reason=reason, extra_tags=extra)
+                                  "FAILED" if reason else "FINISHED", labels, reason=reason, extra_tags=extra,
+                                  predictions=history.get(PREDICTIONS_KEY, ""))
         state.closed = True
         self.unsynced.discard(trial.trial_id)
 
@@ -160,6 +164,6 @@ def _checkpoint_history(trial) -> dict:
         return {"epochs": [], FAILURE_REASON: None}
     try:
         with checkpoint.as_directory() as directory:
-            return read_history(directory)
+            return {**read_history(directory), PREDICTIONS_KEY: read_predictions_file(directory)}
     except (OSError, ValueError):
         return {"epochs": [], FAILURE_REASON: None}

@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 from sweep import tracking
 from sweep.identity import plan_of
 from sweep.spec_common import check_sweep_name, within
-from sweep.trainable import FAILURE_REASON, read_history, trial_config, trial_settings
+from sweep.trainable import FAILURE_REASON, read_history, read_predictions_file, trial_config, trial_settings
 
 
 @dataclass
@@ -31,6 +31,7 @@ class StoredTrial:
     status: Optional[str]             # FINISHED | FAILED | None (unfinished)
     reason: Optional[str] = None
     stopped_early: bool = False
+    predictions: str = ""             # the last checkpoint's predictions.csv text ('' when none)
 
 
 @dataclass
@@ -64,11 +65,12 @@ def ray_trials(experiment_path: Path) -> list[StoredTrial]:
         # train.checkpoint_interval_s and after the last epoch, so a finished trial's holds every epoch.
         reported = (trial.last_result or {}).get("epoch") is not None
         checkpoint = analysis.get_last_checkpoint(trial) if reported else None
-        history = {"epochs": [], FAILURE_REASON: None}
+        history, predictions = {"epochs": [], FAILURE_REASON: None}, ""
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
-                history = read_history(directory)
-        stored = StoredTrial(trial.path, trial.trial_id, dict(trial.config), list(history["epochs"]), None)
+                history, predictions = read_history(directory), read_predictions_file(directory)
+        stored = StoredTrial(trial.path, trial.trial_id, dict(trial.config), list(history["epochs"]), None,
+                             predictions=predictions)
         if trial.status == "ERROR":
             stored.status, stored.reason = "FAILED", error_reason(trial)
         elif trial.status == "TERMINATED":
@@ -114,7 +116,8 @@ def sync_trials(client, experiment_id: str, parent_id: str, git: str, trials: li
                                      f"{cfg.train.epochs} (scheduler)"
         last = trial.epochs[-1] if trial.epochs and trial.status == "FINISHED" else None
         tracking.finish_trial_run(client, run_id, cfg, last, trial.status,
-                                  (settings.get("data") or {}).get("labels"), reason=trial.reason, extra_tags=extra)
+                                  (settings.get("data") or {}).get("labels"), reason=trial.reason, extra_tags=extra,
+                                  predictions=trial.predictions)
         report.written += 1
     return report
 

@@ -348,8 +348,10 @@ def labels_of(result: dict, fallback: Optional[list[str]] = None) -> list[str]:
 
 
 def finish_trial_run(client, run_id: str, cfg, last: Optional[dict], status: str, labels: Optional[list[str]],
-                     reason: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None) -> None:
-    """Selected figures, artifacts (config.yaml, confusion_matrix.csv, per_class_report.json), status."""
+                     reason: Optional[str] = None, extra_tags: Optional[dict[str, str]] = None,
+                     predictions: str = "") -> None:
+    """Selected figures, artifacts (config.yaml, confusion_matrix.csv, per_class_report.json and, when the
+    trial wrote one, predictions.csv), status."""
     from mlflow.entities import Metric, RunTag
 
     tags = dict(extra_tags or {})
@@ -370,6 +372,8 @@ def finish_trial_run(client, run_id: str, cfg, last: Optional[dict], status: str
             names = labels_of(last, labels)
             files["confusion_matrix.csv"] = confusion_csv(last["selected_test_confusion"], names)
             files["per_class_report.json"] = json.dumps(per_class_report(last, names, cfg.train.select_on), indent=2)
+            if predictions:
+                files["predictions.csv"] = predictions
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
             retrying(client.log_artifact, run_id, str(Path(tmp) / name))

@@ -5,6 +5,7 @@ after the last epoch and otherwise at most every `train.checkpoint_interval_s` s
 epoch); the sweep keeps one per trial. It holds
   state.pt      the pipeline's resume state (torch.save; read back with weights_only=True)
   history.json  {"epochs": [every epoch's metrics so far], "failure_reason": null}
+  predictions.csv  the selected epoch's per-utterance dev/test predictions (core/predictions.py)
 so a retried or resumed trial continues from its last checkpointed epoch, and the driver (MLflow
 callback, `sync`) can rebuild a trial's whole record from its final checkpoint alone. At width 768
 a checkpoint is about 0.4 GB (model + AdamW moments), so saving every epoch cost disk and I/O
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.config import ConfigError, MAGTKDConfig, from_dict
+from core.predictions import PREDICTIONS_FILE
 from core.schema import DataError
 
 HISTORY = "history.json"
@@ -81,6 +83,12 @@ def read_history(checkpoint_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def read_predictions_file(checkpoint_dir: str | Path) -> str:
+    """The checkpoint's predictions.csv text, '' when it has none."""
+    path = Path(checkpoint_dir) / PREDICTIONS_FILE
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
 def _failure_reason(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}"
     return text if len(text) <= 2000 else text[:1997] + "..."
@@ -112,11 +120,14 @@ def train_trial(config: dict) -> None:
 
     def on_epoch(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))
+        predictions = state.pop("predictions_csv", "")   # never inside state.pt: a file beside it
         if not cadence.due(int(metrics["epoch"])):
             tune.report(dict(metrics))
             return
         with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
             torch.save(state, os.path.join(tmp, STATE))
+            if predictions:  # the selected epoch's per-utterance predictions (core/predictions.py)
+                Path(tmp, PREDICTIONS_FILE).write_text(predictions, encoding="utf-8")
             _write_history(tmp, history, None)
             tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(tmp))
         cadence.saved()

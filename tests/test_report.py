@@ -121,6 +121,9 @@ def test_paired_test_matches_scipy_on_the_same_pairs(store, tmp_path):
             row = rows[(variant, metric)]
             assert int(row["n_pairs"]) == len(seeds)
             col = f"metrics.selected_{metric}"
+            # Δ over the same paired seeds as the test, even where one side has a seed the other lacks.
+            paired = [mine.loc[s, col] - base.loc[s, col] for s in seeds]
+            assert float(row["delta_pct"]) == pytest.approx(100 * sum(paired) / len(paired), abs=1e-6)
             if len(seeds) < 3:
                 assert row["test"] == "no test (n<3)" and row["p_value"] == ""
                 continue
@@ -130,10 +133,15 @@ def test_paired_test_matches_scipy_on_the_same_pairs(store, tmp_path):
             assert float(row["t_statistic"]) == pytest.approx(expected.statistic, rel=1e-12)
             made += 1
     assert made == 2 * len(METRICS)  # no_kd and text_only have 3 pairs; the others 2
+    # Holm across the rows of a column: here the two rows with a test.
+    from reports.stats import holm
+    for metric in METRICS:
+        raw = [float(rows[(v, metric)]["p_value"]) for v in ("no_kd", "text_only")]
+        assert [float(rows[(v, metric)]["p_holm"]) for v in ("no_kd", "text_only")] == pytest.approx(holm(raw))
     md = result.markdown
-    assert "paired t-test vs full" in md
+    assert "test vs full" in md and "paired t-test over seeds" in md   # the caption names the fallback
     p = float(rows[("text_only", "test_wf1")]["p_value"])
-    assert re.search(r"\| text_only \|.*\| p=[0-9.e-]+, n=3 \|", md)
+    assert re.search(r"\| text_only \|.*\| p=[0-9.e-]+, Holm p=[0-9.e-]+, n=3 \|", md)
     assert p < 0.05  # the planted 4-point drop is found
     assert re.search(r"\| no_gate † \|.*\| no test \(n<3\) \|", md)
 
@@ -162,7 +170,8 @@ def test_caption_bold_and_difference(store, tmp_path):
                  "percentages with 2 decimals (the ERC convention)",
                  "Epoch selection: the epoch with the best dev weighted F1",
                  "Stage 1 trained per seed", "Masked modalities", "text_only: audio, video",
-                 "paired t-test (two-sided, scipy.stats.ttest_rel)"):
+                 "paired bootstrap over test dialogues", "Holm's correction", "95% confidence interval",
+                 "paired t-test over seeds"):
         assert text in md, text
     assert "WARNING" not in md
     rows = _csv(result.paths["csv"])
@@ -175,7 +184,7 @@ def test_caption_bold_and_difference(store, tmp_path):
     delta = float(by[("no_kd", "test_wf1")]["delta_pct"])
     assert delta == pytest.approx(100 * (float(by[("no_kd", "test_wf1")]["mean"])
                                          - float(by[("full", "test_wf1")]["mean"])))
-    assert f"| {delta:+.2f} |" in md
+    assert f"| {delta:+.2f} [" in md   # then its CI
 
 
 def test_select_on_test_and_shared_stage1_are_said_loudly(store, tmp_path):
@@ -185,6 +194,11 @@ def test_select_on_test_and_shared_stage1_are_said_loudly(store, tmp_path):
     assert warning in result.paths["tex"].read_text() and r"\textbf{WARNING" in result.paths["tex"].read_text()
     assert 'class="warning"' in result.paths["html"].read_text()
     assert "Stage 1 shared: every stage-2 seed reuses one stage-1 model (stage-1 seed 0)" in result.markdown
+    # no_kd changes stage 1 while stage 1 is shared: its p understates the uncertainty, and says so.
+    assert "| no_kd § |" in result.markdown and "| no_gate |" in result.markdown
+    assert "§ Stage 1 shared while the row changes stage 1" in result.markdown
+    flags = {r["variant"]: r["flags"] for r in _csv(result.paths["csv"])}
+    assert flags["no_kd"] == "shared_stage1_understates" and flags["no_gate"] == ""
     assert "No failed, killed or unfinished trials." in result.markdown
 
 
@@ -301,7 +315,7 @@ def test_duplicate_finished_runs_use_the_first_and_are_footnoted(store, tmp_path
 def test_per_class_metric_and_baseline_options(store, tmp_path):
     result = _report(store, "demo", tmp_path, metric="test_f1_joy", baseline="no_kd", per_class=True)
     md = result.markdown
-    assert "Δ test F1 joy" in md and "paired t-test vs no_kd" in md
+    assert "Δ test F1 joy [95% CI]" in md and "test vs no_kd" in md
     assert "Per-class test F1" in md and all(label in md for label in MELD_LABELS)
     # Label columns in the dataset's order (from per_class_report.json), not alphabetical.
     per_class_head = [line for line in md.splitlines() if line.startswith("| Variant") and "neutral" in line][0]
@@ -337,3 +351,57 @@ def test_print_table_after_sweep(store, tmp_path, capsys):
         "report.html", "table.csv", "table.md", "table.tex"]
     print_table_after_sweep("nope", out, f"sqlite:///{out / 'mlflow.db'}")  # warns, never raises
     assert "warning: no report for sweep nope" in capsys.readouterr().err
+
+
+def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tmp_path):
+    """Child runs that carry predictions.csv (as every trial now logs) get the bootstrap test; its p is the
+    one reports.stats computes from the same files, and the caption names the method."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from core.predictions import read_predictions
+    from reports.stats import Predictions, bootstrap_test
+
+    variants = {k: ABLATION[k] for k in ("full", "no_kd", "text_only")}
+    uri = sample_ablation(tmp_path / "runs", "boot", variants=variants, failed=(), killed=())
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(4, 10, size=30)
+    gold = rng.integers(len(MELD_LABELS), size=int(lengths.sum()))
+    skill = {"full": 0.75, "no_kd": 0.74, "text_only": 0.55}
+    files = {}
+    for run in client.search_runs([client.get_experiment_by_name("boot").experiment_id]):
+        variant = run.data.tags.get("variant")
+        if variant is None:
+            continue
+        right = rng.random(len(gold)) < skill[variant]
+        pred = np.where(right, gold, (gold + 1) % len(MELD_LABELS))
+        lines = ["split,dialogue_id,utterance_id,gold,predicted"]
+        u = 0
+        for d, n in enumerate(lengths):
+            for i in range(n):
+                lines.append(f"test,test{d},test{d}_u{i},{MELD_LABELS[gold[u]]},{MELD_LABELS[pred[u]]}")
+                u += 1
+        files[(variant, run.data.tags["seed"])] = "\n".join(lines) + "\n"
+        client.log_text(run.info.run_id, files[(variant, run.data.tags["seed"])], "predictions.csv")
+
+    result = make_report("boot", uri, tmp_path / "out")
+    rows = {(r["variant"], r["metric"]): r for r in _csv(result.paths["csv"])}
+
+    def preds(variant):
+        out = {}
+        for seed in ("0", "1", "2"):
+            r = read_predictions(files[(variant, seed)])
+            out[seed] = Predictions.from_rows(r["dialogue_ids"], r["utterance_ids"], r["gold"], r["predicted"],
+                                              MELD_LABELS)
+        return out
+    expected = {v: bootstrap_test(preds(v), preds("full"), "wf1", MELD_LABELS) for v in ("no_kd", "text_only")}
+    for variant, test in expected.items():
+        row = rows[(variant, "test_wf1")]
+        assert row["test"] == "paired bootstrap + seeds"
+        assert float(row["p_value"]) == pytest.approx(test.p, rel=1e-9)
+        assert float(row["ci_low_pct"]) < float(row["ci_high_pct"]) and float(row["df"]) >= 2
+    assert float(rows[("text_only", "test_wf1")]["p_holm"]) < 0.05   # a 20-point drop in accuracy is found
+    assert float(rows[("text_only", "test_wf1")]["p_holm"]) == pytest.approx(min(1.0, 2 * min(
+        t.p for t in expected.values())), rel=1e-9)                  # Holm over two rows: the smaller p doubled
+    assert "paired bootstrap over test dialogues" in result.markdown and "Holm" in result.markdown

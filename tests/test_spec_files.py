@@ -60,8 +60,12 @@ def test_the_ablation_study_has_the_papers_rows():
     assert [v.name for v in magtkd.variants] == rows
     assert magtkd.base.data.name == "meld" and magtkd.baseline == "full"
     demo = load_ablation(ROOT / "ablations" / "demo.yaml")
-    assert [v.name for v in demo.variants] == rows      # the same study, sized for the synthetic default
+    # The same study, sized for the synthetic default, plus a row for its planted speaker mechanism.
+    assert [v.name for v in demo.variants] == rows[:6] + ["w/o speaker embeddings"] + rows[6:]
     assert demo.base.data.name == "synthetic"
+    assert min(demo.base.data.context_share, demo.base.data.train_label_noise, demo.base.data.corrupt_share,
+               demo.base.data.speaker_prior) > 0     # every planted mechanism is on
+    assert demo.stage1_seed_mode == "per-seed"        # rows that change stage 1 carry stage-1 variance
     by_name = {t.variant: t.cfg for t in demo.trials() if t.seed == demo.seeds[0]}
     assert by_name["w/o prompt"].stage1.prompt is False
     assert by_name["w/o stage-1 KD"].stage1.kd is False

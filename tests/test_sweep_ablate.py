@@ -2,9 +2,12 @@
 MAGTKD pipeline on a tiny synthetic config (stage 1 cached once for the session)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,7 +71,16 @@ def test_ablation_parent_children_tags_metrics_then_rerun_trains_nothing(tmp_pat
         assert {"selected_dev_wf1", "selected_test_wf1", "selected_epoch"} <= set(run.data.metrics)
         assert any(k.startswith("selected_test_f1_") for k in run.data.metrics)
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == \
-            {"config.yaml", "confusion_matrix.csv", "per_class_report.json"}
+            {"config.yaml", "confusion_matrix.csv", "per_class_report.json", "predictions.csv"}
+        # Per-utterance predictions at the selected epoch: every dev and test utterance, with ids and probabilities.
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run.info.run_id, "predictions.csv", tmp)).read_text()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        test_rows = [r for r in rows if r["split"] == "test"]
+        assert {r["split"] for r in rows} == {"dev", "test"} and test_rows[0]["utterance_id"] == "test0_u0"
+        assert sum(r["gold"] == r["predicted"] for r in test_rows) / len(test_rows) == \
+            pytest.approx(run.data.metrics["selected_test_acc"])
+        assert sum(float(v) for k, v in test_rows[0].items() if k.startswith("p_")) == pytest.approx(1.0, abs=1e-3)
     t_runs = [r for r in children if r.data.tags["variant"] == "T"]
     assert all(r.data.params["fusion.modalities"] == "text" for r in t_runs)
 
@@ -216,7 +228,7 @@ def test_sync_writes_what_mlflow_lacks_from_ray_storage(tmp_path, ray_local, sta
         assert run.data.metrics["selected_dev_wf1"] == pytest.approx(before[trial_id].data.metrics["selected_dev_wf1"])
         assert run.data.tags["config_hash"] == before[trial_id].data.tags["config_hash"]
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == \
-            {"config.yaml", "confusion_matrix.csv", "per_class_report.json"}
+            {"config.yaml", "confusion_matrix.csv", "per_class_report.json", "predictions.csv"}
     assert run_sweep.main(["sync", "syn", "--output", str(out)]) == 0
     assert "0 trial(s) written to MLflow, 2 already there" in capsys.readouterr().out
     assert run_sweep.main(["sync", "nosuch", "--output", str(out)]) == 1
