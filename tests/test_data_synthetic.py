@@ -1,5 +1,4 @@
 """The embedded synthetic default: deterministic, well-formed, cheap, and with its planted effects."""
-import time
 
 import numpy as np
 import pytest
@@ -16,14 +15,11 @@ from core.config import DataConfig, load_config
 
 @pytest.fixture(scope="module")
 def default():
-    start = time.perf_counter()
-    dataset = synthetic.generate(DataConfig())
-    return dataset, time.perf_counter() - start
+    return synthetic.generate(DataConfig())
 
 
-def test_default_is_cheap_and_shaped_as_documented(default):
-    dataset, seconds = default
-    assert seconds < 8.0, f"generating the default took {seconds:.1f} s"  # ~1.2 s here; generous for a busy CI box
+def test_default_is_shaped_as_documented(default):  # its generation time: benchmarks, not tests
+    dataset = default
     assert dataset.labels == synthetic.LABELS and len(dataset.labels) == 6
     assert [len(dataset.splits[s]) for s in ("train", "dev", "test")] == [120, 30, 30]
     cfg = DataConfig()
@@ -99,7 +95,7 @@ def _dev_scores(dataset):
 
 
 def test_planted_order_all_over_text_over_audio_over_video(default):
-    dataset, _ = default
+    dataset = default
     scores = _dev_scores(dataset)
     chance = 1.0 / len(dataset.labels)
     for i, metric in enumerate(("accuracy", "weighted F1")):

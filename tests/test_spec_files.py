@@ -65,7 +65,7 @@ def test_the_ablation_study_has_the_papers_rows():
     assert demo.base.data.name == "synthetic"
     assert min(demo.base.data.context_share, demo.base.data.train_label_noise, demo.base.data.corrupt_share,
                demo.base.data.speaker_prior) > 0     # every planted mechanism is on
-    assert demo.stage1_seed_mode == "per-seed"        # rows that change stage 1 carry stage-1 variance
+    assert demo.stage1_seed_mode == "shared"          # sized for 2 cores: rows that change stage 1 are marked
     by_name = {t.variant: t.cfg for t in demo.trials() if t.seed == demo.seeds[0]}
     assert by_name["w/o prompt"].stage1.prompt is False
     assert by_name["w/o stage-1 KD"].stage1.kd is False
