@@ -552,7 +552,11 @@ def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions
 
     return tune.RunConfig(name=plan.exp_name, storage_path=str(sweep_root), callbacks=callbacks,
                           verbose=1 if opts.verbose else 0,
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                          # Two, not one: after a SIGKILLed driver, Ray's last experiment snapshot can name the
+                          # checkpoint before the newest, and with one kept that one is already deleted
+                          # ("Could not recover from checkpoint as it does not exist"; seen in the resume test).
+                          # Disk stays bounded by train.checkpoint_interval_s.
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 

@@ -181,7 +181,8 @@ def test_two_sweeps_on_one_tracking_server_never_touch_each_others_runs(tmp_path
             assert driver.wait(300) == 0, driver.text()
         client = MlflowClient(server.url)
         runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=100)
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        # sweep parents: top-level runs with a sweep_kind (stage-1 runs are top-level too, and have none)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and "sweep_kind" in r.data.tags]
         assert len(parents) == 2 and {p.data.tags["output"] for p in parents} == \
             {str((tmp_path / o).resolve()) for o in ("left", "right")}
         for parent in parents:
