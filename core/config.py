@@ -135,11 +135,11 @@ class MAGTKDConfig:
     def content_hash(self, exclude: Iterable[str] = ("train.device", "train.checkpoint_interval_s")) -> str:
         """Hash of the resolved config; the device and the checkpoint cadence do not change what is computed."""
         flat = {k: v for k, v in self.flat().items() if k not in set(exclude)}
-        return _hash(flat)
+        return stable_hash(flat)
 
     def stage1_hash(self) -> str:
         """What stage 1 depends on: the stage1 section and the seed stage 1 is trained with."""
-        return _hash({"stage1": dataclasses.asdict(self.stage1), "seed": self.stage1_seed})
+        return stable_hash({"stage1": dataclasses.asdict(self.stage1), "seed": self.stage1_seed})
 
     @property
     def stage1_seed(self) -> int:
@@ -406,6 +406,7 @@ def _flatten(d: Mapping, prefix: str = ""):
             yield path, value
 
 
-def _hash(obj: Any) -> str:
+def stable_hash(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of obj as sorted JSON: the one hash behind config, plan and trial keys."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -39,13 +39,13 @@ from typing import Any, Optional, Sequence
 
 from filelock import FileLock, Timeout
 
-from core.config import ConfigError, absolute_path_overrides
+from core.config import ConfigError, absolute_path_overrides, stable_hash
 from core.environment import worker_env
 from dialogue_data.registry import load_dataset
 from sweep import tracking
 from sweep.ablation_spec import load_ablation
 from sweep.identity import code_fingerprint
-from sweep.plan import SweepPlan, ablation_plan, data_key, hash_of, plan_runs, search_plan
+from sweep.plan import SweepPlan, ablation_plan, data_key, plan_runs, search_plan
 from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
@@ -233,7 +233,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         # writes to the store it was pickled with).
         common = {"sweep": spec.name, "cache_dir": str(cache_dir), "code_fingerprint": code}
         settings, identities, parent_tags = ablation_plan(spec, data, common)
-        plan_key = hash_of([identities, tracking_uri])
+        plan_key = stable_hash([identities, tracking_uri])
         for s in settings:
             s["plan_key"] = plan_key
         parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
@@ -244,7 +244,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         _check_local_paths([spec.base])
         data = _data_info([spec.base], opts.strict)
         settings = []
-        plan_key = hash_of([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
+        plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
         parent_tags["dataset"] = _dataset_names(data)
 
     resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,

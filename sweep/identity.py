@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TypeVar
 
+from core.config import stable_hash
+
 # The packages whose source decides a trial's numbers (the sweep machinery and reports do not).
 CODE_PACKAGES = ("core", "model", "dialogue_data", "pipeline")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,7 @@ def stage1_key(cfg, data_fingerprint: str) -> str:
 def trial_identity(cfg, data_fingerprint: str, code: str) -> str:
     payload = {"config": cfg.content_hash(), "data": data_fingerprint, "code": code,
                "stage1": stage1_key(cfg, data_fingerprint)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(payload)
 
 
 def representative(runs: Iterable[Run], facts: Callable[[Run], tuple[str, int, str]]) -> Optional[Run]:

@@ -8,7 +8,6 @@ are proposed while it runs, so its plan is its spec, data and code (`search_plan
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import dataclasses
 from dataclasses import dataclass
@@ -107,10 +106,6 @@ def search_plan(spec: SearchSpec, num_samples: Optional[int], time_budget: Optio
             "baseline": "", "metric": spec.metric, "mode": spec.mode, "selection_rule": spec.base.train.select_on,
             "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
             "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}
-
-
-def hash_of(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan_runs(plan: SweepPlan, runs: list) -> list:
