@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VPY) run_sweep.py ablate ablations/demo.yaml
 
 test: $(STAMP)
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -16,6 +16,7 @@ SEEDS = (0, 1, 2)
 SUBSETS = {"all": "text,audio,video", "T": "text", "A": "audio", "V": "video"}
 BASE = [
     "data.synthetic_dialogues=120", "data.text_signal=0.7",  # 30% of the text ambiguous: room for audio/video
+    "data.audio_seconds=0.5", "data.frames=4", "data.frame_size=16",  # the same cues at half the media cost
     "stage1.tiny_hidden=32", "stage1.tiny_layers=1", "stage1.width=32", "stage1.max_tokens=64",
     "stage1.epochs=12", "stage1.batch_size=8", "stage1.lr=1e-3", "stage1.shared_seed=0",
     "fusion.width=64", "fusion.heads=4", "fusion.dropout=0.1",
