@@ -158,16 +158,20 @@ class FitResult:
     best_dev_wf1: float      # nan when nothing was selected on dev
     best_dev_acc: float
     seconds: float
+    best_test_wf1: float = float("nan")   # at the kept epoch; nan without test rows
+    best_test_acc: float = float("nan")
 
 
 def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int], torch.Tensor],
         dev: tuple[Batcher, Sequence[int], torch.Tensor], num_classes: int, device: torch.device,
         generator: torch.Generator, log: Log, teacher: Optional[TeacherTargets] = None,
-        order_key=None) -> FitResult:
+        order_key=None, test: Optional[tuple[Batcher, Sequence[int], torch.Tensor]] = None,
+        test_order_key=None) -> FitResult:
     """AdamW + CE (+ KD terms against fixed teacher targets), gradient clipping, and the weights of
     the best dev weighted-F1 epoch restored at the end (the last epoch when dev has no rows).
 
-    `train`/`dev` are (batcher, row indices, labels of all rows of that split).
+    `train`/`dev`/`test` are (batcher, row indices, labels of all rows of that split). Test scores are
+    logged every epoch beside dev (a KD ablation asks how good each stage-1 model was), never used to select.
     """
     start = time.perf_counter()
     batcher, rows, labels = train
@@ -199,13 +203,14 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
             count += len(chunk)
         message = f"stage1 {name}: epoch {epoch}/{stage1.epochs} train loss {total / max(count, 1):.4f}"
         if len(dev_rows):
-            _, logits = predict(model, dev_batcher, dev_rows, eval_batch, device, order_key)
-            target = dev_labels[list(dev_rows)]
-            wf1 = weighted_f1(target.cpu().numpy(), logits.argmax(1).cpu().numpy())
-            acc = float((logits.argmax(1) == target).float().mean())
+            wf1, acc = _scores(model, dev, eval_batch, device, order_key)
             message += f" dev wF1 {wf1:.4f} acc {acc:.4f}"
+            test_wf1, test_acc = (_scores(model, test, eval_batch, device, test_order_key)
+                                  if test is not None and len(test[1]) else (float("nan"), float("nan")))
+            if test is not None and len(test[1]):
+                message += f" test wF1 {test_wf1:.4f} acc {test_acc:.4f}"
             if best_state is None or wf1 > best.best_dev_wf1:
-                best = FitResult(epoch, wf1, acc, 0.0)
+                best = FitResult(epoch, wf1, acc, 0.0, test_wf1, test_acc)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log(message + f" ({time.perf_counter() - start:.1f}s)")
     if best_state is not None:
@@ -215,6 +220,16 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         best.best_epoch = stage1.epochs
     best.seconds = time.perf_counter() - start
     return best
+
+
+def _scores(model: nn.Module, split: tuple[Batcher, Sequence[int], torch.Tensor], batch_size: int,
+            device: torch.device, order_key=None) -> tuple[float, float]:
+    """(weighted F1, accuracy) of the model on a split's rows."""
+    batcher, rows, labels = split
+    _, logits = predict(model, batcher, rows, batch_size, device, order_key)
+    target = labels[list(rows)]
+    predicted = logits.argmax(1)
+    return weighted_f1(target.cpu().numpy(), predicted.cpu().numpy()), float((predicted == target).float().mean())
 
 
 # ---- modalities ------------------------------------------------------------------------------------
@@ -267,14 +282,16 @@ def run_text(cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, Spli
     num_classes = len(dataset.labels)
     result = fit("text", model, s1, (batchers["train"], range(len(ids["train"])), tables["train"].labels),
                  (batchers["dev"], range(len(ids["dev"])), tables["dev"].labels), num_classes, device,
-                 generator, log, order_key=keys["dev"])
+                 generator, log, order_key=keys["dev"],
+                 test=(batchers["test"], range(len(ids["test"])), tables["test"].labels), test_order_key=keys["test"])
     vectors = {}
     for split, seqs in ids.items():
         vectors[split] = (predict(model, batchers[split], range(len(seqs)), eval_batch, device, keys[split])[0]
                           if seqs else torch.zeros(0, s1.width))
     present = {split: torch.ones(len(seqs), dtype=torch.bool) for split, seqs in ids.items()}
     info = {"text_best_epoch": str(result.best_epoch), "text_dev_wf1": f"{result.best_dev_wf1:.4f}",
-            "text_dev_acc": f"{result.best_dev_acc:.4f}", "text_seconds": f"{result.seconds:.1f}"}
+            "text_dev_acc": f"{result.best_dev_acc:.4f}", "text_test_wf1": f"{result.best_test_wf1:.4f}",
+            "text_test_acc": f"{result.best_test_acc:.4f}", "text_seconds": f"{result.seconds:.1f}"}
     # Only a KD student needs the teacher's outputs: computed on first use, then shared by audio and video.
     teacher = functools.cache(lambda: teacher_targets(model, batchers["train"], range(len(ids["train"])),
                                                       eval_batch, device, keys["train"]))
@@ -370,7 +387,8 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
     log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
     result = fit(label, encoder, s1, (batchers["train"], train_rows, tables["train"].labels),
                  (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
-                 len(dataset.labels), device, generator, log, teacher=teacher() if distil else None)
+                 len(dataset.labels), device, generator, log, teacher=teacher() if distil else None,
+                 test=(batchers["test"], present["test"].nonzero().flatten().tolist(), tables["test"].labels))
     eval_batch = max(s1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
     vectors = {}
     for split, p in present.items():
@@ -380,7 +398,8 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
             vectors[split][rows] = predict(encoder, batchers[split], rows, eval_batch, device)[0]
     info = {f"{modality}_trained": "true", f"{modality}_kd": str(distil).lower(), f"{modality}_coverage": counts,
             f"{modality}_best_epoch": str(result.best_epoch), f"{modality}_dev_wf1": f"{result.best_dev_wf1:.4f}",
-            f"{modality}_dev_acc": f"{result.best_dev_acc:.4f}",
+            f"{modality}_dev_acc": f"{result.best_dev_acc:.4f}", f"{modality}_test_wf1": f"{result.best_test_wf1:.4f}",
+            f"{modality}_test_acc": f"{result.best_test_acc:.4f}",
             f"{modality}_seconds": f"{result.seconds:.1f}"}
     return ModalityOutput(vectors, present, info)
 

@@ -396,8 +396,9 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
 
 
 def _stage1_caption(sweep: Sweep) -> str:
-    """The stage-1 scores behind each row: dev wF1 of the text teacher and the audio/video students at
-    their kept epoch (mean over the row's stage-1 runs when seeds train their own), and the stage-1 time."""
+    """The stage-1 scores behind each row: dev (and, where logged, test) wF1 of the text teacher and the
+    audio/video students at their kept epoch (mean over the row's stage-1 runs when seeds train their own),
+    and the stage-1 time."""
     parts = []
     for variant in sweep.variants:
         ids = sorted({t.tags.get("stage1_run_id", "") for t in sweep.trials if t.variant == variant} - {""})
@@ -407,8 +408,10 @@ def _stage1_caption(sweep: Sweep) -> str:
         scores = []
         for modality in ("text", "audio", "video"):
             values = [r.metrics[f"selected_{modality}_dev_wf1"] for r in runs if f"selected_{modality}_dev_wf1" in r.metrics]
+            tests = [r.metrics[f"selected_{modality}_test_wf1"] for r in runs if f"selected_{modality}_test_wf1" in r.metrics]
             if values:
-                scores.append(f"{modality} {pct(sum(values) / len(values))}")
+                test_text = f" / {pct(sum(tests) / len(tests))}" if len(tests) == len(values) else ""
+                scores.append(f"{modality} {pct(sum(values) / len(values))}{test_text}")
         failed = sum(r.status == "FAILED" for r in runs)
         seconds = sum(r.metrics.get("stage1_seconds", 0.0) for r in runs)
         runs_text = ", ".join(r.run_id[:8] for r in runs)
@@ -416,7 +419,8 @@ def _stage1_caption(sweep: Sweep) -> str:
                      f"{f' ({failed} failed)' if failed else ''} (run {runs_text}, {seconds:.0f} s)")
     if not parts:
         return ""
-    return "Stage 1 behind each row (dev wF1 at the kept epoch; MLflow stage-1 runs): " + "; ".join(parts) + "."
+    return ("Stage 1 behind each row (dev / test wF1 at the epoch kept on dev; test omitted for runs that did not "
+            "log it; MLflow stage-1 runs): " + "; ".join(parts) + ".")
 
 
 def _footnotes(sweep: Sweep, rows: list[Row], duplicates: list[Trial]) -> list[str]:

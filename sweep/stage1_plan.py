@@ -15,8 +15,8 @@ cluster and `max_concurrent` allow. Trials start after that and find their entry
 Each entry is an MLflow run in the sweep's experiment, without the parent-run tag (it is not a trial:
 tables, dedup and resume never count it), tagged `stage1_cache_key`, `dataset_fingerprint`,
 `dataset`, `git_commit`, `device`, `stage1_source` (computed | cache); metrics: per epoch (step =
-epoch) `{text,audio,video}_train_loss`, `_dev_wf1`, `_dev_acc`; the kept (best dev) epoch's
-`selected_{modality}_dev_wf1`, `_dev_acc`, `_epoch`; `stage1_seconds` and `wall_seconds`; the stage-1
+epoch) `{text,audio,video}_train_loss`, `_dev_wf1`, `_dev_acc`, `_test_wf1`, `_test_acc`; the kept
+(best dev) epoch's `selected_{modality}_dev_wf1`, `_dev_acc`, `_test_wf1`, `_test_acc`, `_epoch`; `stage1_seconds` and `wall_seconds`; the stage-1
 log as artifact `stage1.log`. Every trial that uses the entry carries tag `stage1_run_id`.
 
 Failures: a deterministic one (NaN loss, bad data, a config the data refuse) is returned by the
@@ -44,9 +44,11 @@ CACHE_KEY_TAG = "stage1_cache_key"
 TRIAL_LINK_TAG = "stage1_run_id"     # on every trial run: the stage-1 run it used
 PROGRESS_EVERY_S = 30.0
 MODALITIES = ("text", "audio", "video")
-# One line per epoch from model.stage1.fit: "stage1 text: epoch 3/60 train loss 1.2345 dev wF1 0.5 acc 0.6 (2.1s)"
+# One line per epoch from model.stage1.fit:
+# "stage1 text: epoch 3/60 train loss 1.2345 dev wF1 0.5 acc 0.6 test wF1 0.4 acc 0.5 (2.1s)"
 _EPOCH_LINE = re.compile(r"^stage1 (?P<modality>text|audio|video)\b[^:]*: epoch (?P<epoch>\d+)/\d+ "
-                         r"train loss (?P<train_loss>\S+)(?: dev wF1 (?P<dev_wf1>\S+) acc (?P<dev_acc>\S+))?")
+                         r"train loss (?P<train_loss>\S+)(?: dev wF1 (?P<dev_wf1>\S+) acc (?P<dev_acc>\S+))?"
+                         r"(?: test wF1 (?P<test_wf1>\S+) acc (?P<test_acc>\S+))?")
 
 
 @dataclass
@@ -290,7 +292,7 @@ def epoch_metrics(log_lines: list[str]) -> list[tuple[str, float, int]]:
         if not match:
             continue
         epoch, modality = int(match["epoch"]), match["modality"]
-        for name in ("train_loss", "dev_wf1", "dev_acc"):
+        for name in ("train_loss", "dev_wf1", "dev_acc", "test_wf1", "test_acc"):
             value = _number(match[name])
             if value is not None:
                 out.append((f"{modality}_{name}", value, epoch))
@@ -302,6 +304,7 @@ def selected_metrics(info: dict) -> dict[str, float]:
     out = {}
     for m in MODALITIES:
         for key, name in ((f"{m}_dev_wf1", f"selected_{m}_dev_wf1"), (f"{m}_dev_acc", f"selected_{m}_dev_acc"),
+                          (f"{m}_test_wf1", f"selected_{m}_test_wf1"), (f"{m}_test_acc", f"selected_{m}_test_acc"),
                           (f"{m}_best_epoch", f"selected_{m}_epoch"), (f"{m}_seconds", f"{m}_seconds")):
             value = _number(info.get(key))
             if value is not None:

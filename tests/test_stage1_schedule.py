@@ -50,10 +50,14 @@ def test_two_variants_share_an_entry_one_has_its_own_each_computed_once_before_i
         assert tags["device"] == "cpu" and run.data.params["stage1.epochs"] == "2"
         assert tags[CACHE_KEY_TAG] == f"{tags['dataset_fingerprint']}-{tags['stage1_hash']}"
         for modality in ("text", "audio", "video"):   # the teacher and both students, per epoch
-            for name in ("train_loss", "dev_wf1", "dev_acc"):
+            for name in ("train_loss", "dev_wf1", "dev_acc", "test_wf1", "test_acc"):
                 history = client.get_metric_history(run.info.run_id, f"{modality}_{name}")
                 assert [m.step for m in history] == [1, 2], (modality, name)
             assert 0 <= metrics[f"selected_{modality}_dev_wf1"] <= 1 and metrics[f"selected_{modality}_epoch"] in (1, 2)
+            # the test score at the kept epoch is that epoch's point of the per-epoch test history
+            test_history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"{modality}_test_wf1")}
+            assert metrics[f"selected_{modality}_test_wf1"] == pytest.approx(
+                test_history[int(metrics[f"selected_{modality}_epoch"])], abs=1e-4)
         assert metrics["wall_seconds"] > 0 and metrics["stage1_seconds"] > 0
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["stage1.log"]
 
@@ -74,6 +78,9 @@ def test_two_variants_share_an_entry_one_has_its_own_each_computed_once_before_i
     assert "Stage 1 behind each row" in caption
     for variant, run_id in links.items():
         assert f"{variant}: text " in caption and run_id[:8] in caption
+        run = by_id[run_id]   # dev / test wF1 of the teacher at its kept epoch, as percentages
+        dev, test = (100 * run.data.metrics[f"selected_text_{split}_wf1"] for split in ("dev", "test"))
+        assert f"{variant}: text {dev:.2f} / {test:.2f}" in caption
 
     # Resume/extend: a second seed needs the same two entries: both reused from the cache, no new
     # stage-1 run, the new trials link to the runs that computed them.
@@ -107,10 +114,11 @@ def test_a_diverging_stage1_fails_its_trials_once_with_the_reason(tmp_path, ray_
 
 
 def test_epoch_lines_of_stage1_fit_become_metrics():
-    lines = ["stage1 text: epoch 1/2 train loss 1.5000 dev wF1 0.2500 acc 0.5000 (0.1s)",
+    lines = ["stage1 text: epoch 1/2 train loss 1.5000 dev wF1 0.2500 acc 0.5000 test wF1 0.2000 acc 0.4000 (0.1s)",
              "stage1 audio student (KD from text): epoch 2/2 train loss 0.7500 (0.2s)",
              "stage1 text: kept epoch 1 (dev wF1 0.2500)"]
     assert epoch_metrics(lines) == [("text_train_loss", 1.5, 1), ("text_dev_wf1", 0.25, 1), ("text_dev_acc", 0.5, 1),
+                                    ("text_test_wf1", 0.2, 1), ("text_test_acc", 0.4, 1),
                                     ("audio_train_loss", 0.75, 2)]
 
 
