@@ -20,7 +20,7 @@ BASE = [
     "stage1.tiny_hidden=32", "stage1.tiny_layers=1", "stage1.width=32", "stage1.max_tokens=64",
     "stage1.epochs=12", "stage1.batch_size=8", "stage1.lr=1e-3", "stage1.shared_seed=0",
     "fusion.width=64", "fusion.heads=4", "fusion.dropout=0.1",
-    "train.epochs=20", "train.batch_size=8", "train.lr=2e-3", "train.device=cpu",
+    "train.epochs=12", "train.batch_size=8", "train.lr=2e-3", "train.device=cpu",
 ]
 
 
