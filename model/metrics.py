@@ -42,11 +42,15 @@ def _per_class_f1(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return f1, support, predicted
 
 
+def _support_weighted(f1: np.ndarray, support: np.ndarray) -> float:
+    total = support.sum()
+    return float((f1 * support).sum() / total) if total else 0.0
+
+
 def weighted_f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     """Support-weighted mean of per-class F1 (0.0 for a class never predicted); stage 1 selects its epoch by it."""
     f1, support, _ = _per_class_f1(confusion(y_true, y_pred))
-    total = support.sum()
-    return float((f1 * support).sum() / total) if total else 0.0
+    return _support_weighted(f1, support)
 
 
 def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]) -> dict:
@@ -57,11 +61,11 @@ def classification_scores(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     matrix = confusion(y_true, y_pred, len(labels))
     f1, support, predicted = _per_class_f1(matrix)
     occurring = (support + predicted) > 0
-    ids = len(labels)
+    k = len(labels)
     return {
-        "wf1": float((f1 * support).sum() / support.sum()),
+        "wf1": _support_weighted(f1, support),
         "acc": float(np.diag(matrix).sum() / y_true.size),
         "mf1": float(f1[occurring].mean()),
-        "f1": {name: float(score) for name, score in zip(labels, f1[:ids])},
-        "confusion": matrix[:ids, :ids].tolist(),
+        "f1": {name: float(score) for name, score in zip(labels, f1[:k])},
+        "confusion": matrix[:k, :k].tolist(),
     }

@@ -174,6 +174,8 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
     logged every epoch beside dev (a KD ablation asks how good each stage-1 model was), never used to select.
     """
     start = time.perf_counter()
+    if test is not None and not len(test[1]):
+        test = None
     batcher, rows, labels = train
     dev_batcher, dev_rows, dev_labels = dev
     rows = torch.as_tensor(list(rows), dtype=torch.long)
@@ -205,9 +207,9 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         if len(dev_rows):
             wf1, acc = _scores(model, dev, eval_batch, device, order_key)
             message += f" dev wF1 {wf1:.4f} acc {acc:.4f}"
-            test_wf1, test_acc = (_scores(model, test, eval_batch, device, test_order_key)
-                                  if test is not None and len(test[1]) else (float("nan"), float("nan")))
-            if test is not None and len(test[1]):
+            test_wf1, test_acc = float("nan"), float("nan")
+            if test is not None:
+                test_wf1, test_acc = _scores(model, test, eval_batch, device, test_order_key)
                 message += f" test wF1 {test_wf1:.4f} acc {test_acc:.4f}"
             if best_state is None or wf1 > best.best_dev_wf1:
                 best = FitResult(epoch, wf1, acc, 0.0, test_wf1, test_acc)
