@@ -1,12 +1,15 @@
 """Stage-1 scheduling: a cold-cache sweep's wall time against the ideal schedule, and slot time spent waiting.
 
-    .venv/bin/python benchmarks/stage1_schedule.py [--output /tmp/stage1-bench] [--cpus 2]
+    .venv/bin/python benchmarks/stage1_schedule.py [--output /tmp/stage1-bench] [--cpus 2] [--repeats 2]
     .venv/bin/python benchmarks/stage1_schedule.py --analyse meld_text --output /tmp/meld-cold --wall 583
 
 Without --analyse it writes a synthetic ablation with three distinct stage-1 entries (prompt on,
 prompt off, KD off) and five variants x two seeds (10 trials, two of the variants share the
 prompt-on entry with `full`), runs it from an empty cache with one CPU per trial on --cpus CPUs,
-and then reads the schedule back from MLflow. With --analyse it reads a sweep already run (e.g.
+and then reads the schedule back from MLflow. It does so in both of the engine's modes, alternating,
+in one invocation: `overlap` (the default: each trial starts once its own entry is ready, stage 1 goes
+on beside the trials) and `barrier` (`SweepOptions.stage1_barrier`: every entry before any trial).
+With --analyse it reads a sweep already run (e.g.
 `run_sweep.py ablate ablations/meld_text.yaml ...` from a cold cache) and --wall is its wall time.
 
 Figures (all from MLflow's run start and end times, one clock):
@@ -15,9 +18,9 @@ Figures (all from MLflow's run start and end times, one clock):
   span      = first stage-1 start to last trial end (the scheduled work, without Ray/MLflow start-up);
   waiting   = slot time trials spent waiting for their stage-1 entry: sum of max(0, entry ready - trial
               start) over trials (a trial holding a slot while its entry is computed elsewhere);
-  barrier   = slot time left idle during the stage-1 phase (slots x phase length - stage-1 work): the
-              price of starting trials only after every entry is ready;
-  gap       = last entry ready to first trial start (Tune's start-up and its trial workers').
+  idle      = slot time left idle in the span (slots x span - stage-1 work - trial work);
+  gap       = last entry ready to first trial start (Tune's start-up and its trial workers'; negative
+              when trials started before the last entry was ready).
 """
 from __future__ import annotations
 
@@ -79,23 +82,26 @@ def analyse(tracking_uri: str, sweep: str, slots: int, wall: float) -> dict:
             "stage1_work_s": sum(e - s for s, e in s1), "trial_work_s": sum(e - s for s, e in tr),
             "ideal_s": ideal, "span_s": span, "span_over_ideal": span / ideal if ideal else float("nan"),
             "wall_s": wall, "wall_over_ideal": wall / ideal if ideal and wall else float("nan"),
-            "stage1_phase_s": phase, "gap_to_first_trial_s": gap, "waiting_slot_s": waiting, "barrier_idle_slot_s": max(0.0, slots * phase - sum(e - s for s, e in s1))}
+            "stage1_phase_s": phase, "gap_to_first_trial_s": gap, "waiting_slot_s": waiting,
+            "idle_slot_s": max(0.0, slots * span - sum(e - s for s, e in s1 + tr))}
 
 
-def run_synthetic(output: Path, cpus: int) -> tuple[str, float]:
+def run_synthetic(output: Path, cpus: int, barrier: bool, stage1_epochs: int, train_epochs: int) -> tuple[str, float]:
     import yaml
 
     from sweep.engine import SweepOptions, run_sweep
 
     output.mkdir(parents=True, exist_ok=True)
-    spec = {"name": "stage1-bench", "dataset": DATASET, "base": BASE, "variants": VARIANTS, "seeds": [0, 1],
+    base = {**BASE, "stage1.epochs": stage1_epochs, "train.epochs": train_epochs}
+    spec = {"name": "stage1-bench", "dataset": DATASET, "base": base, "variants": VARIANTS, "seeds": [0, 1],
             "stage1_seed": "shared", "resources": {"cpu": 1, "stage1": {"cpu": 1}}, "max_concurrent": cpus,
             "max_failures": 1}
     path = output / "stage1-bench.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    run_dir = output / f"run-{time.strftime('%Y%m%d-%H%M%S')}"   # a fresh store and an empty cache each time
+    # a fresh store and an empty cache each time
+    run_dir = output / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{'barrier' if barrier else 'overlap'}"
     start = time.time()
-    outcome = run_sweep("ablate", path, [], SweepOptions(output=run_dir, num_cpus=cpus))
+    outcome = run_sweep("ablate", path, [], SweepOptions(output=run_dir, num_cpus=cpus, stage1_barrier=barrier))
     wall = time.time() - start
     if outcome.status != "finished":
         sys.exit(f"the benchmark sweep did not finish: {outcome.status}")
@@ -108,15 +114,28 @@ def main(argv=None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray = slots (1 CPU per trial)")
     parser.add_argument("--analyse", metavar="SWEEP", help="read this finished sweep from --output's store instead")
     parser.add_argument("--wall", type=float, default=0.0, help="with --analyse: the sweep's wall time in seconds")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each mode, alternating")
+    parser.add_argument("--modes", default="barrier,overlap", help="which of barrier,overlap to run")
+    parser.add_argument("--stage1-epochs", type=int, default=BASE["stage1.epochs"])
+    parser.add_argument("--train-epochs", type=int, default=BASE["train.epochs"],
+                        help="stage-2 epochs per trial (the default 3 is ~1 s a trial: fixed costs dominate)")
     args = parser.parse_args(argv)
     if args.analyse:
-        uri, wall, sweep = f"sqlite:///{args.output.resolve() / 'mlflow.db'}", args.wall, args.analyse
+        uri = f"sqlite:///{args.output.resolve() / 'mlflow.db'}"
+        results = {args.analyse: analyse(uri, args.analyse, args.cpus, args.wall)}
     else:
-        (uri, wall), sweep = run_synthetic(args.output, args.cpus), "stage1-bench"
-    result = analyse(uri, sweep, args.cpus, wall)
+        results = {}
+        for repeat in range(args.repeats):
+            for mode in args.modes.split(","):
+                uri, wall = run_synthetic(args.output, args.cpus, mode == "barrier", args.stage1_epochs,
+                                          args.train_epochs)
+                results[f"{mode} {repeat + 1}"] = analyse(uri, "stage1-bench", args.cpus, wall)
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    for key, value in result.items():
-        print(f"{key:>22}: {value:.2f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    names = list(results)
+    print(f"{'':>22}  " + "  ".join(f"{n:>11}" for n in names))
+    for key in results[names[0]]:
+        cells = [results[n][key] for n in names]
+        print(f"{key:>22}  " + "  ".join(f"{v:>11.2f}" if isinstance(v, float) else f"{v!s:>11}" for v in cells))
     return 0
 
 

@@ -12,8 +12,10 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
  3. record what Ray's storage holds and MLflow lacks; an ablation trains only the identities that have
     no final run (FINISHED or FAILED) yet; nothing left -> nothing to train.
  4. stage 1 (`sweep/stage1_plan.py`): the distinct entries the pending trials need and the cache lacks
-    are computed as Ray tasks of their own, each recorded as an MLflow run the trials link to, so no
-    trial slot waits on one.
+    are computed as Ray tasks of their own, each recorded as an MLflow run the trials link to. In a
+    fresh ablation this runs in a driver thread beside Tune, whose searcher (`sweep/stage1_gate.py`)
+    starts each trial once its entry is ready; a search or a resumed experiment computes them first.
+    Either way no trial slot waits on stage 1.
  5. fit: the same plan's Ray experiment present -> `Tuner.restore` (trials that failed stay failed),
     else a fresh one.
  6. record: how each trial ended comes from Ray's results (`sync.ray_trials`) into MLflow; an
@@ -81,6 +83,7 @@ class SweepOptions:
     strict: bool = False                   # refuse data with a label that has no training examples
     callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests inject faults; a resume keeps the first's)
     code_dirs: Optional[Sequence[Path]] = None  # what the code fingerprint hashes (default: sweep.identity)
+    stage1_barrier: bool = False           # all of stage 1 before any trial (benchmarks compare it; default overlaps)
 
 
 @dataclass
@@ -365,9 +368,10 @@ class _Run:
             self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
             _check_cluster(plan.resources)
             constants = _tune_constants(plan) if plan.kind == "tune" else {}
-            if not self.schedule_stage1(pending, constants):
+            gate = self.stage1_gate(pending)
+            if gate is None and not self.schedule_stage1(pending, constants):
                 return self.outcome
-            return self.fit(pending, constants)
+            return self.fit(pending, constants, gate)
         finally:
             if started_ray:
                 import ray
@@ -392,12 +396,35 @@ class _Run:
         final = tracking.representatives(tracking.child_runs(self.client, self.experiment_id, self.parent_id))
         return [s for s in self.plan.trial_settings if s["identity"] not in final]
 
+    def stage1_context(self):
+        from sweep.stage1_plan import Stage1Context
+
+        plan = self.plan
+        return Stage1Context(self.sweep, self.client, self.experiment_id, plan.parent_tags["git_commit"],
+                             str(plan.cache_dir), self.spec.resources.stage1 or plan.resources,
+                             plan.max_concurrent, plan.max_failures, self.say)
+
+    def stage1_gate(self, pending: Optional[list[dict]]):
+        """A fresh ablation computes stage 1 beside its trials (sweep/stage1_gate.py): each trial starts as
+        soon as its own entry is ready. None when stage 1 goes first instead: a search, a resumed
+        experiment (its restored searcher needs every entry settled), or `stage1_barrier`."""
+        from ray import tune
+
+        from sweep.stage1_gate import Stage1Gate
+        from sweep.stage1_plan import check_fits
+
+        if self.plan.kind != "ablate" or self.opts.stage1_barrier or tune.Tuner.can_restore(str(self.exp_path)):
+            return None
+        context = self.stage1_context()
+        check_fits(context.resources)   # a task that never fits is bad input: exit 2 before anything runs
+        return Stage1Gate(pending, context)
+
     def schedule_stage1(self, pending: Optional[list[dict]], tune_constants: dict) -> bool:
         """Stage 1 before any trial, as Ray tasks of its own (sweep/stage1_plan.py): each distinct entry is
         computed once with resources.stage1, recorded in MLflow, and linked from the trials' settings, so
         every trial finds its entry in the cache and no slot waits. False when interrupted meanwhile
         (finished entries stay cached: the rerun computes only the missing ones)."""
-        from sweep.stage1_plan import Stage1Context, fixed_stage1, link_trials, schedule_stage1
+        from sweep.stage1_plan import fixed_stage1, link_trials, schedule_stage1
 
         plan = self.plan
         if plan.kind == "ablate":
@@ -408,12 +435,9 @@ class _Run:
             self.say(f"sweep '{self.sweep}' searches stage-1 keys: each stage-1 entry is computed by the first "
                      f"trial that needs it")
             return True
-        context = Stage1Context(self.sweep, self.client, self.experiment_id, plan.parent_tags["git_commit"],
-                                str(plan.cache_dir), self.spec.resources.stage1 or plan.resources,
-                                plan.max_concurrent, plan.max_failures, self.say)
         previous = _sigterm_as_sigint()
         try:
-            link_trials(settings, schedule_stage1(settings, context))
+            link_trials(settings, schedule_stage1(settings, self.stage1_context()))
         except KeyboardInterrupt:
             self.outcome.status = "interrupted"
             self.say(f"sweep '{self.sweep}' was interrupted during stage 1. Rerun the same command to resume; "
@@ -424,7 +448,7 @@ class _Run:
                 signal.signal(signal.SIGTERM, previous)
         return True
 
-    def fit(self, pending: Optional[list[dict]], tune_constants: dict) -> SweepOutcome:
+    def fit(self, pending: Optional[list[dict]], tune_constants: dict, gate=None) -> SweepOutcome:
         from ray import tune
 
         # These two import Ray at module level: only a sweep that trains pays for it.
@@ -450,7 +474,12 @@ class _Run:
             progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
             run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record), progress,
                                                              *self.opts.callbacks], self.opts)
-            if plan.kind == "ablate":
+            if gate is not None:   # each trial is handed to Tune once its stage-1 entry is ready
+                tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+                    search_alg=gate.searcher(plan.tracking_uri), num_samples=len(pending), reuse_actors=True,
+                    max_concurrent_trials=plan.max_concurrent or None, trial_dirname_creator=trial_dirname),
+                    run_config=run_config)
+            elif plan.kind == "ablate":
                 tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(pending)},
                                    tune_config=tune.TuneConfig(reuse_actors=True,
                                                                max_concurrent_trials=plan.max_concurrent or None,
@@ -469,6 +498,8 @@ class _Run:
         except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the state saved before still resumes
             pass
         finally:
+            if gate is not None:   # all settled after a complete fit; interrupted: cancel what still computes
+                gate.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         elapsed = time.time() - started

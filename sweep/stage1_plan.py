@@ -10,7 +10,9 @@ Here the driver derives the distinct entries from the trial list by their cache 
 (`dialogue_data.cache.entry_key`: dataset fingerprint + `cfg.stage1_hash()`), takes those the cache
 already holds as they are (a resumed or repeated sweep), and runs the missing ones as Ray tasks with
 their own resources (`resources.stage1` in the spec; default a trial's), as many at once as the
-cluster and `max_concurrent` allow. Trials start after that and find their entry in the cache.
+cluster and `max_concurrent` allow. An ablation's trials start as their own entry becomes ready
+(`sweep/stage1_gate.py` hands them to Tune then), so the stage-2 trials of one entry run while the
+next entry is computed, and no trial slot ever waits on stage 1.
 
 Each entry is an MLflow run in the sweep's experiment, without the parent-run tag (it is not a trial:
 tables, dedup and resume never count it), tagged `stage1_cache_key`, `dataset_fingerprint`,
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -43,6 +46,7 @@ RUN_KIND_TAG = "magtkd_run"          # = "stage1" on a stage-1 run
 CACHE_KEY_TAG = "stage1_cache_key"
 TRIAL_LINK_TAG = "stage1_run_id"     # on every trial run: the stage-1 run it used
 PROGRESS_EVERY_S = 30.0
+WAIT_S = 1.0                         # how often the driver looks at the tasks (and at `stop`)
 MODALITIES = ("text", "audio", "video")
 # One line per epoch from model.stage1.fit:
 # "stage1 text: epoch 3/60 train loss 1.2345 dev wF1 0.5 acc 0.6 test wF1 0.4 acc 0.5 (2.1s)"
@@ -157,14 +161,18 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
 
 # ---- the driver's side -------------------------------------------------------------------------------
 
-def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context) -> dict[str, Stage1Entry]:
+def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context,
+                    settled: Callable[[Stage1Entry], None] = lambda entry: None,
+                    stop: Optional[threading.Event] = None) -> dict[str, Stage1Entry]:
     """Every entry the trials need, ready in the cache (or failed, with its reason) and recorded in MLflow.
 
-    Call after Ray started and before any trial. Raises ConfigError when a stage-1 task could never
-    be placed on the cluster; KeyboardInterrupt passes through (finished entries stay cached)."""
+    `settled(entry)` is called as each entry becomes ready or fails (with its run id and failure set);
+    when `stop` is set, the tasks still running are cancelled and the entries returned so far are those
+    settled. Raises ConfigError when a stage-1 task could never be placed on the cluster;
+    KeyboardInterrupt passes through (finished entries stay cached)."""
     import ray
 
-    _check_fits(ctx.resources)
+    check_fits(ctx.resources)
     entries = plan_entries(trial_settings)
     if not entries:
         return entries
@@ -179,17 +187,24 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context) -> dict[str,
             entry.run_id = _finished_run(ctx, entry.key) or _record(ctx, entry, {"info": info, "log": [],
                                                                                   "started": time.time(),
                                                                                   "ended": time.time()})
+            settled(entry)
     reused = len(entries) - len(missing)
     if missing:
         ctx.say(f"[{ctx.sweep}] stage 1: {len(entries)} distinct entr{'y' if len(entries) == 1 else 'ies'}, "
                 f"{reused} in the cache, {len(missing)} to compute ({ctx.resources.cpu:g} CPU + "
-                f"{ctx.resources.gpu:g} GPU each) before any trial starts")
+                f"{ctx.resources.gpu:g} GPU each); each trial starts once its entry is ready")
     task = ray.remote(compute_entry)
     window = ctx.max_concurrent or len(missing)
     queue, running = list(missing), {}
     failed = 0
     last_print = 0.0
     while queue or running:
+        if stop is not None and stop.is_set():
+            for ref in running:
+                ray.cancel(ref, force=True)
+            ctx.say(f"[{ctx.sweep}] stage 1: stopped with {len(running) + len(queue)} entr"
+                    f"{'y' if len(running) + len(queue) == 1 else 'ies'} unfinished (rerun to compute them)")
+            break
         while queue and len(running) < window:
             entry = queue.pop(0)
             running[task.options(num_cpus=ctx.resources.cpu, num_gpus=ctx.resources.gpu, name=f"stage1-{entry.key}",
@@ -198,7 +213,7 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context) -> dict[str,
         if time.time() - last_print >= PROGRESS_EVERY_S:
             ctx.say(_progress(ctx, len(entries) - len(queue) - len(running), len(entries), running, failed, start))
             last_print = time.time()
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_EVERY_S)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
         for ref in ready:
             entry = running.pop(ref)
             result = _result_of(ref, ctx.max_failures)
@@ -206,6 +221,7 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context) -> dict[str,
             entry.failure = result.get("failure", "")
             failed += bool(entry.failure)
             entry.run_id = _record(ctx, entry, result)
+            settled(entry)
             what = f"FAILED: {entry.failure[:200]}" if entry.failure else \
                 f"ready ({_scores(result.get('info', {}))}; {result['ended'] - result['started']:.0f}s)"
             ctx.say(f"  stage 1 {entry.key} {what}; used by {', '.join(entry.users[:4])}"
@@ -237,7 +253,7 @@ def _slots(resources: Resources) -> int:
     return max(1, min(fits))
 
 
-def _check_fits(resources: Resources) -> None:
+def check_fits(resources: Resources) -> None:
     import ray
 
     total = ray.cluster_resources()

@@ -29,6 +29,7 @@ from sweep import identity
 
 PARENT_TAG = "mlflow.parentRunId"
 FINAL = ("FINISHED", "FAILED")
+DRIVER_STOPPED = "the sweep's driver stopped while it ran"   # killed_reason of a run a gone driver left RUNNING
 # Ray's bookkeeping in every result (ray.tune.result AUTO_RESULT_KEYS / DEBUG_METRICS and friends): never metrics.
 RAY_KEYS = frozenset({"training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "timestamp",
                       "timesteps_total", "timesteps_since_restore", "episodes_total", "iterations_since_restore",
@@ -274,11 +275,18 @@ def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, ta
     runs = existing()
     if any(r.info.status in FINAL for r in runs):
         return None, set()
+    if not runs:
+        # A trial that a killed driver had started after Tune's last snapshot: Tune lost it, the searcher
+        # hands it out again under a new trial id (sweep/stage1_gate.py); its run is taken up by identity.
+        runs = [r for r in search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                             f"tags.trial_identity = '{tags['trial_identity']}'")
+                if r.info.status == "KILLED" and r.data.tags.get("killed_reason") == DRIVER_STOPPED]
     if runs:
         runs.sort(key=lambda r: r.info.start_time or 0)
         run = runs[-1]
         run_id = run.info.run_id
         retrying(client.update_run, run_id, status="RUNNING")
+        retrying(client.set_tag, run_id, "trial_id", trial_id)
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         retrying(client.set_tag, run_id, "resumed", str(resumed))
         return run_id, logged_steps(client, run_id)
@@ -421,7 +429,7 @@ def close_stale_runs(client, experiment_id: str, parent_id: str) -> int:
     takes its run up again (open_trial_run). Other output directories' runs are never touched."""
     stale = [r for r in child_runs(client, experiment_id, parent_id) if r.info.status == "RUNNING"]
     for run in stale:
-        retrying(client.set_tag, run.info.run_id, "killed_reason", "the sweep's driver stopped while it ran")
+        retrying(client.set_tag, run.info.run_id, "killed_reason", DRIVER_STOPPED)
         retrying(client.set_terminated, run.info.run_id, status="KILLED")
     return len(stale)
 

@@ -136,3 +136,73 @@ def test_resources_stage1_is_read_and_checked_like_trial_resources(tmp_path):
     typo = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "stage1": {"gpus": 1}})
     with pytest.raises(ConfigError, match=r"unknown key 'gpus' in resources.stage1.*Did you mean 'gpu'"):
         load_ablation(typo)
+
+
+def test_the_searcher_hands_tune_each_trial_once_its_entry_is_settled_and_resumes_from_mlflow(tmp_path):
+    """sweep/stage1_gate.py on a real plan, a real board and a real MLflow store (no Ray needed)."""
+    import copy
+
+    from ray.tune.search import Searcher
+
+    from sweep.engine import prepare
+    from sweep.stage1_gate import Stage1Board, Stage1ReadySearcher
+    from sweep.stage1_plan import Stage1Entry, entry_of
+
+    variants = {"full": {}, "w/o anchor gating": {"fusion.anchor_gating": False}, "w/o prompt": {"stage1.prompt": False}}
+    plan = prepare("ablate", write_ablation(tmp_path, "gate", variants, seeds=(0,), epochs=2), [],
+                   SweepOptions(output=tmp_path / "runs"))
+    pending = plan.trial_settings
+    key_of = {s["variant"]: entry_of(s) for s in pending}
+    assert key_of["full"] == key_of["w/o anchor gating"] != key_of["w/o prompt"]
+    board = Stage1Board()
+    searcher = Stage1ReadySearcher(pending, board, plan.tracking_uri, "0")
+    assert searcher.suggest("t1") is None                    # nothing settled: Tune asks again later
+    board.settle(Stage1Entry(key_of["w/o prompt"], {}, run_id="run-prompt-off"))
+    first = searcher.suggest("t2")["trial"]                  # jumps the queue: its entry is the one ready
+    assert first["variant"] == "w/o prompt" and first["stage1_run_id"] == "run-prompt-off"
+    assert "stage1_failure" not in first and searcher.suggest("t3") is None
+
+    saved = tmp_path / "searcher.json"
+    searcher.save(str(saved))
+    restored = copy.deepcopy(searcher)                       # what Tune's pickle keeps: the queue, not the board
+    assert restored.board is None and searcher.board is board
+    restored.queue = []
+    restored.restore(str(saved))
+    assert [s["variant"] for _, s in restored.queue] == [s["variant"] for s in pending if s["variant"] != "w/o prompt"]
+
+    board.settle(Stage1Entry(key_of["full"], {}, run_id="run-shared", failure="FloatingPointError: NaN loss"))
+    rest = [searcher.suggest("t4")["trial"], searcher.suggest("t5")["trial"]]
+    assert sorted(t["variant"] for t in rest) == ["full", "w/o anchor gating"]
+    assert {(t["stage1_run_id"], t["stage1_failure"]) for t in rest} == {("run-shared", "FloatingPointError: NaN loss")}
+    assert searcher.suggest("t6") == Searcher.FINISHED
+
+    # A restored searcher reads the entries from the sweep's MLflow experiment (the engine settled them first).
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.create_experiment("gate")
+    restored.experiment_id = exp
+    ok = client.create_run(exp, tags={CACHE_KEY_TAG: key_of["full"]}).info.run_id
+    client.set_terminated(ok)
+    by_variant = {t["variant"]: t for t in (restored.suggest("r1")["trial"], restored.suggest("r2")["trial"])}
+    assert by_variant["full"]["stage1_run_id"] == by_variant["w/o anchor gating"]["stage1_run_id"] == ok
+    assert "stage1_failure" not in by_variant["full"]
+    assert restored.suggest("r3") == Searcher.FINISHED
+
+
+def test_a_trial_tune_lost_with_a_killed_driver_takes_its_run_up_by_identity(tmp_path):
+    """The searcher hands trials out one by one, so a SIGKILLed driver can lose a trial started after Tune's
+    last snapshot; resumed, it comes back under a new trial id and must continue its run, not open a second."""
+    from sweep import tracking
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("lost")
+    parent = client.create_run(exp).info.run_id
+    tags = {"trial_identity": "id-1", "mlflow.runName": "full s0"}
+    first, _ = tracking.open_trial_run(client, exp, parent, "trial-a", {**tags, "trial_id": "trial-a"}, {})
+    client.log_metric(first, "dev_wf1", 0.5, step=1)
+    assert tracking.close_stale_runs(client, exp, parent) == 1          # the next driver finds it RUNNING
+    again, steps = tracking.open_trial_run(client, exp, parent, "trial-b", {**tags, "trial_id": "trial-b"}, {})
+    run = client.get_run(again)
+    assert again == first and steps == {1} and run.info.status == "RUNNING" and run.data.tags["trial_id"] == "trial-b"
+    other, _ = tracking.open_trial_run(client, exp, parent, "trial-c", {**tags, "trial_identity": "id-2",
+                                                                        "trial_id": "trial-c"}, {})
+    assert other != first                                               # another identity gets its own run
