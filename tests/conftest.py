@@ -199,9 +199,9 @@ HEAVY_FIRST = [
     "test_sweep_ablate.py",        # ~200 s
     "test_sweep_identity.py",      # ~200 s
     "test_planted_effects.py",     # ~180 s
+    "test_stage1_schedule.py",     # ~150 s
     "test_ray_start.py",           # ~125 s
     "test_sweep_tune.py",          # ~120 s
-    "test_stage1_schedule.py",     # ~75 s
 ]
 
 

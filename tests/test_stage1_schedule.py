@@ -1,13 +1,18 @@
 """Stage 1 as scheduled work (sweep/stage1_plan.py) with real Ray (2 CPUs), real MLflow (SQLite) and the
-real pipeline on the tiny synthetic config: each distinct entry computed once before any trial, recorded
-as an MLflow run with metrics, linked from every trial; a failing entry fails its trials once."""
+real pipeline on the tiny synthetic config: each distinct entry computed once before its trials, recorded
+as an MLflow run with metrics, linked from every trial; a failing entry fails its trials once; Tune's
+searcher (sweep/stage1_gate.py) releases a trial only once its entry is settled, and an interrupt while an
+entry computes resumes into the same plan."""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import child_runs, write_ablation
 from mlflow.tracking import MlflowClient
+from ray import tune
 
 from sweep.engine import FAILURES_EXIT, SweepOptions, run_sweep as sweep_run
 from sweep.stage1_plan import CACHE_KEY_TAG, RUN_KIND_TAG, epoch_metrics
@@ -206,3 +211,43 @@ def test_a_trial_tune_lost_with_a_killed_driver_takes_its_run_up_by_identity(tmp
     other, _ = tracking.open_trial_run(client, exp, parent, "trial-c", {**tags, "trial_identity": "id-2",
                                                                         "trial_id": "trial-c"}, {})
     assert other != first                                               # another identity gets its own run
+
+
+class _InterruptAtFirstTrialStart(tune.Callback):
+    """Ctrl-C to this process as soon as the first trial starts (Tune stops; stage 1 is still computing).
+    Once only: a restored Tuner brings its pickled callbacks back, and the marker file says it fired."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if not self.marker.exists():
+            self.marker.write_text("fired")
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupt_while_an_entry_computes_then_the_rerun_computes_it_and_links_every_trial(
+        tmp_path, ray_local, capsys):
+    # `full` has a quick entry (2 epochs, ~9 s) and starts while the other entry (30 epochs) is computed.
+    variants = {"full": {}, "slow stage 1": {"stage1.prompt": False, "stage1.epochs": 30}}
+    spec = write_ablation(tmp_path, "cut", variants, seeds=(0,), epochs=2, extra_base=STAGE1_BASE)
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    first = sweep_run("ablate", spec, [], SweepOptions(output=out, cache_dir=cache,
+                                                       callbacks=[_InterruptAtFirstTrialStart(tmp_path / "fired")]))
+    assert first.status == "interrupted"
+    printed = capsys.readouterr().out
+    assert "stage 1: stopped with 1 entry unfinished" in printed        # the slow entry, cancelled
+    assert [r.data.tags["variant"] for r in child_runs(out, "cut")] == ["full"]          # the slow one never began
+
+    again = sweep_run("ablate", spec, [], SweepOptions(output=out, cache_dir=cache))
+    assert again.status == "finished" and again.trained == 2
+    assert "resuming sweep" in capsys.readouterr().out
+    stage1 = {r.info.run_id: r for r in _stage1_runs(out, "cut")}
+    assert sorted(r.info.status for r in stage1.values()) == ["FINISHED", "FINISHED"]   # one run per entry
+    assert len(child_runs(out, "cut")) == 2                                   # `full` took its run up again
+    trials = {r.data.tags["variant"]: r for r in child_runs(out, "cut")}
+    assert {v: r.info.status for v, r in trials.items()} == {"full": "FINISHED", "slow stage 1": "FINISHED"}
+    for trial in trials.values():                   # the restored searcher linked the slow trial from MLflow
+        entry = stage1[trial.data.tags["stage1_run_id"]]
+        assert entry.data.params["stage1.prompt"] == trial.data.params["stage1.prompt"]
+        assert trial.info.start_time >= entry.info.end_time
