@@ -1,4 +1,4 @@
-"""Stage 1 as scheduled work: each distinct stage-1 entry computed once, as its own Ray task, before any trial.
+"""Stage 1 as scheduled work: each distinct stage-1 entry computed once, as its own Ray task, before its trials.
 
     entries = schedule_stage1(trial_settings, Stage1Context(...))   # after ray.init, before tuner.fit()
     link_trials(trial_settings, entries)                              # tags stage1_run_id / stage1_failure
