@@ -1,6 +1,6 @@
 """Stage 1 as scheduled work: each distinct stage-1 entry computed once, as its own Ray task, before its trials.
 
-    entries = schedule_stage1(trial_settings, Stage1Context(...))   # after ray.init, before tuner.fit()
+    entries = schedule_stage1(trial_settings, Stage1Context(...))   # after ray.init: beside tuner.fit (stage1_gate) or before it
     link_trials(trial_settings, entries)                              # tags stage1_run_id / stage1_failure
 
 Why: stage 1 (the text teacher, the distilled audio/video students) is the expensive part, and many
