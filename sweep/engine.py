@@ -474,16 +474,15 @@ class _Run:
             progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
             run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record), progress,
                                                              *self.opts.callbacks], self.opts)
-            if gate is not None:   # each trial is handed to Tune once its stage-1 entry is ready
-                tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-                    search_alg=gate.searcher(plan.tracking_uri), num_samples=len(pending), reuse_actors=True,
-                    max_concurrent_trials=plan.max_concurrent or None, trial_dirname_creator=trial_dirname),
-                    run_config=run_config)
-            elif plan.kind == "ablate":
-                tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(pending)},
+            if plan.kind == "ablate":
+                if gate is not None:   # each trial is handed to Tune once its stage-1 entry is ready
+                    space, order = {}, {"search_alg": gate.searcher(plan.tracking_uri), "num_samples": len(pending)}
+                else:                  # the plan as one grid
+                    space, order = {"trial": tune.grid_search(pending)}, {}
+                tuner = tune.Tuner(trainable, param_space=space,
                                    tune_config=tune.TuneConfig(reuse_actors=True,
                                                                max_concurrent_trials=plan.max_concurrent or None,
-                                                               trial_dirname_creator=trial_dirname),
+                                                               trial_dirname_creator=trial_dirname, **order),
                                    run_config=run_config)
             else:
                 tuner = _tuner_for_search(plan, trainable, run_config, self.opts, tune_constants)

@@ -24,7 +24,7 @@ from typing import Optional
 from ray.tune.search import Searcher
 
 from sweep import tracking
-from sweep.stage1_plan import (CACHE_KEY_TAG, TRIAL_LINK_TAG, Stage1Context, Stage1Entry, entry_of,
+from sweep.stage1_plan import (TRIAL_LINK_TAG, Stage1Context, Stage1Entry, entry_of, newest_entry_run,
                                schedule_stage1)
 from sweep.trainable import STAGE1_FAILURE
 
@@ -57,7 +57,6 @@ class Stage1Gate:
     def __init__(self, pending: list[dict], ctx: Stage1Context):
         self.pending, self.ctx = pending, ctx
         self.board = Stage1Board()
-        self.entries: dict[str, Stage1Entry] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stage1-schedule", daemon=True)
         self._thread.start()
@@ -65,7 +64,7 @@ class Stage1Gate:
     def _run(self) -> None:
         keys = {entry_of(s) for s in self.pending} - {None}
         try:
-            self.entries = schedule_stage1(self.pending, self.ctx, settled=self.board.settle, stop=self._stop)
+            schedule_stage1(self.pending, self.ctx, settled=self.board.settle, stop=self._stop)
         except BaseException as err:   # noqa: BLE001 - a trial must never wait forever on a broken thread
             self.ctx.say(f"[{self.ctx.sweep}] stage 1 scheduling broke: {type(err).__name__}: {err}")
             self.board.fail(keys, f"stage-1 scheduling broke: {type(err).__name__}: {err}"[:2000])
@@ -110,12 +109,9 @@ class Stage1ReadySearcher(Searcher):
         if self.board is not None:
             return self.board.get(key)
         # Restored: the engine settled every entry before restoring, and recorded each in MLflow.
-        client = tracking.make_client(self.tracking_uri)
-        runs = tracking.search_all(client, self.experiment_id, f"tags.{CACHE_KEY_TAG} = '{key}'")
-        runs = sorted((r for r in runs if r.info.status in ("FINISHED", "FAILED")), key=lambda r: r.info.start_time or 0)
-        if not runs:
+        newest = newest_entry_run(tracking.make_client(self.tracking_uri), self.experiment_id, key, tracking.FINAL)
+        if newest is None:
             return "", f"no stage-1 run for entry {key} was found in MLflow"
-        newest = runs[-1]
         failure = newest.data.tags.get("failure_reason", "stage-1 run FAILED") if newest.info.status == "FAILED" else ""
         return newest.info.run_id, failure
 

@@ -291,13 +291,18 @@ def _scores(info: dict) -> str:
 
 # ---- MLflow ------------------------------------------------------------------------------------------
 
+def newest_entry_run(client, experiment_id: str, key: str, statuses=("FINISHED",)):
+    """The newest stage-1 run of this entry in the experiment with one of `statuses` (None when none)."""
+    runs = [r for r in tracking.search_all(client, experiment_id, f"tags.{CACHE_KEY_TAG} = '{key}'")
+            if r.info.status in statuses]
+    return max(runs, key=lambda r: r.info.start_time or 0, default=None)
+
+
 def _finished_run(ctx: Stage1Context, key: str) -> str:
-    """The newest FINISHED stage-1 run of this entry in the sweep's experiment ('' when none): a rerun
-    links its trials to the run that computed the entry instead of writing a second one."""
-    runs = [r for r in tracking.search_all(ctx.client, ctx.experiment_id, f"tags.{CACHE_KEY_TAG} = '{key}'")
-            if r.info.status == "FINISHED"]
-    runs.sort(key=lambda r: r.info.start_time or 0)
-    return runs[-1].info.run_id if runs else ""
+    """The newest FINISHED stage-1 run of this entry ('' when none): a rerun links its trials to the run
+    that computed the entry instead of writing a second one."""
+    run = newest_entry_run(ctx.client, ctx.experiment_id, key)
+    return run.info.run_id if run else ""
 
 
 def epoch_metrics(log_lines: list[str]) -> list[tuple[str, float, int]]:

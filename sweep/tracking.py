@@ -286,7 +286,8 @@ def open_trial_run(client, experiment_id: str, parent_id: str, trial_id: str, ta
         run = runs[-1]
         run_id = run.info.run_id
         retrying(client.update_run, run_id, status="RUNNING")
-        retrying(client.set_tag, run_id, "trial_id", trial_id)
+        if run.data.tags.get("trial_id") != trial_id:   # taken up by identity: the new trial id from now on
+            retrying(client.set_tag, run_id, "trial_id", trial_id)
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         retrying(client.set_tag, run_id, "resumed", str(resumed))
         return run_id, logged_steps(client, run_id)
