@@ -8,6 +8,7 @@ are proposed while it runs, so its plan is its spec, data and code (`search_plan
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import dataclasses
 from dataclasses import dataclass
@@ -58,9 +59,11 @@ class SweepPlan:
 
     @property
     def exp_name(self) -> str:
-        # The sweep name is part of it: Ray stages driver files per cluster session under this name, so two
-        # sweeps on one cluster must not share it.
-        return f"{self.spec.name}-{self.kind}-{self.plan_key}"
+        # Ray stages driver files under /tmp/ray/session_*/artifacts/<start second>/<this name>, so two sweeps
+        # started in the same second on one cluster must not share it: the sweep name and the output
+        # directory are part of it (the same plan in two outputs would otherwise swap trials).
+        output = hashlib.sha256(str(Path(self.output).resolve()).encode()).hexdigest()[:6]
+        return f"{self.spec.name}-{self.kind}-{self.plan_key}-{output}"
 
     @property
     def identities(self) -> list[str]:
