@@ -33,7 +33,8 @@ padding, so every position-wise layer (projections, feed-forward, gates, LayerNo
 the N real utterances only, as an (N, W) tensor (`PackedRows`); only attention scatters them back
 to the (B, H, T, hd) grid, for `F.scaled_dot_product_attention` with the key mask. packed=False
 runs the padded (B, T, W) path with the hand-written attention: the oracle the parity test compares
-against (same parameters, same outputs at real positions within float rounding).
+against (same parameters, same outputs at real positions within float rounding). The packed model
+also draws its dropout masks more cheaply (`CheapDropout`, `keep_mask`); the oracle keeps nn.Dropout.
 """
 from __future__ import annotations
 
@@ -60,13 +61,18 @@ class PackedRows:
     index_select / index_copy on the flattened grid, so autograd passes gradients straight through.
     """
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, copies: int = 1):
         self.mask = mask
+        self.copies = copies                                                            # > 1: `stacked` batches
         self.shape = tuple(mask.shape)                                                  # (B, T)
         self.index = mask.reshape(-1).nonzero().squeeze(1)                              # (N,) flat grid index
         self.dialogue = self.index // self.shape[1]                                     # (N,) dialogue of each row
         self.position = self.index % self.shape[1]                                      # (N,) place in its dialogue
         self._masks: dict[tuple, tuple] = {}                                            # attention masks by key mask, dtype
+
+    def stacked(self, copies: int) -> "PackedRows":
+        """The rows of `copies` such batches one after another (the batch repeated copies times)."""
+        return PackedRows(self.mask.repeat(copies, 1), copies)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, self.index)
@@ -76,18 +82,19 @@ class PackedRows:
         grid = x.new_zeros((b * t,) + tuple(x.shape[1:])).index_copy(0, self.index, x)
         return grid.view((b, t) + tuple(x.shape[1:]))
 
-    def attend(self, q, k, v, key_mask, heads: int, dropout_p: float) -> torch.Tensor:
+    def attend(self, q, k, v, key_mask, heads: int, dropout: nn.Module | None = None) -> torch.Tensor:
         """Multi-head attention of packed rows: q, k, v (N, W), key_mask (B, T) -> context (N, W).
 
-        Without attention dropout all N rows attend in one (1, H, N, N) product whose mask allows a
-        key only within the query's own dialogue and only where `key_mask` is True: a few more flops
-        than the padded (B, H, T, T) grid at MELD's dialogue lengths, but no scatter to and gather
-        from that grid. With dropout the kernel draws a random number per score, so there the rows
-        go to the smaller grid instead.
+        Without attention dropout (None) all N rows attend in one (1, H, N, N) product whose mask
+        allows a key only within the query's own dialogue and only where `key_mask` is True: a few
+        more flops than the padded (B, H, T, T) grid at MELD's dialogue lengths, but no scatter to and
+        gather from that grid. With `dropout` (training) the probabilities get a random mask each,
+        and stacked batches would make the product `copies` squared times larger, so there the rows go
+        to the smaller grid instead.
         """
         n, w = q.shape
-        if dropout_p > 0:
-            return self._attend_on_grid(q, k, v, key_mask, heads, dropout_p)
+        if dropout is not None or self.copies > 1:
+            return self._attend_on_grid(q, k, v, key_mask, heads, dropout)
         scores_bias, keep = self._attention_mask(key_mask, q.dtype)
         # (1, H, N, hd): the 4-d layout is what CPU flash attention accepts
         q, k, v = (x.view(1, n, heads, w // heads).transpose(1, 2) for x in (q, k, v))
@@ -95,14 +102,19 @@ class PackedRows:
         context = context.transpose(1, 2).reshape(n, w)
         return context if keep is None else context * keep
 
-    def _attend_on_grid(self, q, k, v, key_mask, heads: int, dropout_p: float) -> torch.Tensor:
+    def _attend_on_grid(self, q, k, v, key_mask, heads: int, dropout: nn.Module | None) -> torch.Tensor:
         b, t = self.shape
         w = q.shape[-1]
         grid = self.unpack(torch.cat([q, k, v], dim=-1)).view(b, t, 3, heads, w // heads)
         q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)                                 # each (B, H, T, hd)
         has_key = key_mask.any(dim=-1)                                                  # (B,)
         allowed = (key_mask | ~has_key[:, None])[:, None, None, :]                      # (B, 1, 1, T)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        if dropout is None:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)         # (B, H, T, hd)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (w // heads) ** -0.5                   # (B, H, T, T)
+            probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            context = dropout(probs) @ v
         context = self.pack(context.transpose(1, 2).reshape(b, t, w))                  # (N, W)
         _, keep = self._attention_mask(key_mask, context.dtype)
         return context if keep is None else context * keep
@@ -124,6 +136,47 @@ class PackedRows:
             keep = None if bool(has_key.all()) else has_key[self.dialogue, None].to(dtype)
             self._masks[cache_key] = (key_mask, scores_bias, keep)  # key_mask kept alive: its id stays unique
         return self._masks[cache_key][1:]
+
+
+# ---- dropout with a cheap random mask -------------------------------------------------------------
+
+def keep_mask(shape: tuple, p: float, device, dtype) -> torch.Tensor:
+    """A dropout mask of `shape`: 1 / (1 - p) with probability 1 - p, else 0.
+
+    Four 16-bit uniform draws are cut from each 64-bit random word (p exact to 1/65536): torch's CPU
+    `bernoulli_`, behind nn.Dropout, draws one number per element and was 18% of a width-128 training
+    step (benchmarks/RESULTS.md); this mask costs about a third of that.
+    """
+    n = math.prod(shape)
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    draws = words.view(torch.int16)[:n].view(shape)                                    # uniform in -32768..32767
+    threshold = round(p * 65536) - 32768
+    return (draws >= threshold).to(dtype).mul_(1.0 / (1.0 - p))
+
+
+class CheapDropout(nn.Module):
+    """nn.Dropout with `keep_mask`: the packed model's dropout (the padded oracle keeps nn.Dropout)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * keep_mask(tuple(x.shape), self.p, x.device, x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def with_cheap_dropout(model: nn.Module) -> nn.Module:
+    """Every nn.Dropout inside `model` replaced by `CheapDropout` of the same p."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(module, name, CheapDropout(child.p))
+    return model
 
 
 # ---- stream inputs: positions, speakers, projection ------------------------------------------------
@@ -212,23 +265,23 @@ class MultiHeadCrossAttention(nn.Module):
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
-        self.heads, self.head_dim = heads, width // heads
-        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
-        for proj in (self.q, self.k, self.v):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        self.heads, self.head_dim, self.width = heads, width // heads, width
+        # q, k and v weights stacked (3W, W): self-attention is one product and cross-attention two,
+        # on slices of the parameter (views: nothing is copied per call)
+        self.qkv = nn.Linear(width, 3 * width)
+        for block in self.qkv.weight.data.chunk(3):
+            nn.init.xavier_uniform_(block)
+        nn.init.zeros_(self.qkv.bias)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, width)
 
     def _project(self, query: torch.Tensor, source: torch.Tensor):
-        """q, k, v in as few products as the inputs allow: one (W -> 3W) for self-attention, q and
-        one (W -> 2W) for cross-attention (small widths are dominated by the number of kernels)."""
+        """q, k, v: one (W -> 3W) product for self-attention, (W -> W) and (W -> 2W) for cross-attention."""
         if source is query:
-            weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
-            bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-            return F.linear(query, weight, bias).chunk(3, dim=-1)
-        k, v = F.linear(source, torch.cat([self.k.weight, self.v.weight]), torch.cat([self.k.bias, self.v.bias])).chunk(2, dim=-1)
-        return self.q(query), k, v
+            return self.qkv(query).chunk(3, dim=-1)
+        w, weight, bias = self.width, self.qkv.weight, self.qkv.bias
+        k, v = F.linear(source, weight[w:], bias[w:]).chunk(2, dim=-1)
+        return F.linear(query, weight[:w], bias[:w]), k, v
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -237,12 +290,14 @@ class MultiHeadCrossAttention(nn.Module):
     def forward(self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor,
                 rows: PackedRows | None = None) -> torch.Tensor:
         if rows is not None:
-            dropout_p = self.dropout.p if self.training else 0.0
+            dropout = self.dropout if self.training and self.dropout.p > 0 else None
             q, k, v = self._project(query, source)
-            return self.out(rows.attend(q, k, v, key_mask, self.heads, dropout_p))
+            return self.out(rows.attend(q, k, v, key_mask, self.heads, dropout))
         b, t, w = query.shape
-        q = self._split(self.q(query)) / math.sqrt(self.head_dim)
-        k, v = self._split(self.k(source)), self._split(self.v(source))
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = self._split(F.linear(query, weight[:w], bias[:w])) / math.sqrt(self.head_dim)
+        k = self._split(F.linear(source, weight[w:2 * w], bias[w:2 * w]))
+        v = self._split(F.linear(source, weight[2 * w:], bias[2 * w:]))
         keep = key_mask[:, None, None, :]                                               # (B, 1, 1, Tk)
         scores = (q @ k.transpose(-2, -1)).masked_fill(~keep, MASK_FILL)               # (B, H, Tq, Tk)
         # A query with no real key at all (a dialogue whose clips are all missing) gets zeros,
@@ -276,10 +331,14 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.feed_forward = FeedForward(width, dropout)
 
-    def forward(self, query, source, key_mask, rows: PackedRows | None = None):
-        """source=None: self-attention, keys and values are the (normalised) query stream itself."""
+    def forward(self, query, source, key_mask, rows: PackedRows | None = None, self_rows: int = 0):
+        """source=None: self-attention, keys and values are the (normalised) query stream itself.
+        self_rows > 0 (stacked paths, `AttentionPath.stacked`): the first self_rows query rows are a self
+        path's and attend to themselves; `source` holds the keys and values of the rows after them."""
         q = self.query_norm(query)
         kv = q if source is None else source
+        if self_rows:
+            kv = torch.cat([q[:self_rows], source])
         return self.feed_forward(self.dropout(self.attention(q, kv, key_mask, rows)) + q)
 
 
@@ -317,6 +376,19 @@ class AttentionPath(nn.Module):
             q = layer(q, kv, key_mask, rows)
         return q                                                                        # (B, T, W)
 
+    def stacked(self, target, sources, key_mask, bias, rows: PackedRows, copies: int):
+        """forward() of the self path and of copies - 1 cross paths at once, on packed rows.
+
+        target, bias (N, W); sources ((copies - 1) * N, W): the cross paths' sources stacked; key_mask
+        (copies * B, T) and `rows` (rows.stacked(copies)) describe the stacked batches. -> (copies * N, W).
+        """
+        own = target + bias
+        q = torch.cat([own, self.dropout(own.repeat(copies - 1, 1))])
+        kv = self.dropout(sources + bias.repeat(copies - 1, 1))
+        for layer in self.layers:
+            q = layer(q, kv, key_mask, rows, self_rows=own.shape[0])
+        return q
+
 
 class GatedBlock(nn.Module):
     """The target attends to itself and to each source; each path output is gated; concat; reduce.
@@ -336,11 +408,25 @@ class GatedBlock(nn.Module):
 
     def forward(self, target, target_keys, sources, bias, rows: PackedRows | None = None):
         """sources: [(stream (B, T, W) or packed (N, W), key mask (B, T))] after the target's own self path."""
-        repeat = self.n_paths // len(self.paths)  # n_paths distinct modules, or one module n_paths times
         inputs = [(None, target_keys)] + list(sources)
-        outs = [gate(path(target, src, keys, bias, rows))
-                for path, gate, (src, keys) in zip(list(self.paths) * repeat, list(self.gates) * repeat, inputs)]
+        if rows is not None and self.training and len(self.paths) == 1 and len(inputs) > 1:
+            outs = self._stacked(target, inputs, bias, rows)
+        else:
+            repeat = self.n_paths // len(self.paths)  # n_paths distinct modules, or one module n_paths times
+            outs = [gate(path(target, src, keys, bias, rows))
+                    for path, gate, (src, keys) in zip(list(self.paths) * repeat, list(self.gates) * repeat, inputs)]
         return self.reduce(torch.cat(outs, dim=-1))                                     # (B, T, W)
+
+    def _stacked(self, target, inputs, bias, rows: PackedRows) -> list:
+        """A shared path over P inputs, packed, is one path over P stacked batches: P times fewer and
+        larger kernels, the same result. Training only: there the per-kernel cost of the backward pass
+        dominates small widths (+9% at width 128, +20% at 64); in evaluation the paths one by one, each
+        with the block-diagonal attention, were faster (benchmarks/RESULTS.md)."""
+        copies = len(inputs)
+        keys = torch.cat([k for _, k in inputs])                                        # (P * B, T)
+        sources = torch.cat([src for src, _ in inputs[1:]])                             # ((P - 1) * N, W)
+        out = self.paths[0].stacked(target, sources, keys, bias, rows.stacked(copies), copies)
+        return list(self.gates[0](out).chunk(copies))                                   # P x (N, W)
 
 
 # ---- the fusion models ---------------------------------------------------------------------------
@@ -364,6 +450,8 @@ class AnchorGatedTransformer(nn.Module):
                                        for m in self.branch_modalities})
         self.anchor = GatedBlock(1 + len(self.branch_modalities), fusion, shared=fusion.shared_anchor_layers)
         self.heads = nn.ModuleDict({h: nn.Linear(fusion.width, num_classes) for h in ["anchor"] + self.branch_modalities})
+        if packed:
+            with_cheap_dropout(self)
 
     def forward(self, inputs, speakers, mask, present=None):
         """inputs {m: (B, T, D_m)}, speakers (B, T) int, mask (B, T) bool, present {m: (B, T) bool}.

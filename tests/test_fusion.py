@@ -5,8 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core.config import load_config
-from model.fusion import (AnchorGatedTransformer, AttentionPath, ConcatFusion, Gate, MultiHeadCrossAttention,
-                          PackedRows, build_fusion, count_parameters, stage2_loss)
+from model.fusion import (AnchorGatedTransformer, AttentionPath, ConcatFusion, CheapDropout, Gate,
+                          MultiHeadCrossAttention, PackedRows, build_fusion, count_parameters, keep_mask, stage2_loss)
 from model.distill import feature_similarity_loss, logit_relation_loss
 
 W, C, S = 16, 5, 9           # width, classes, fusion.max_speakers
@@ -52,12 +52,18 @@ def test_parameter_count_of_the_full_model_shared_and_separate():
 
 
 def test_shared_anchor_layer_serves_all_three_anchor_paths():
-    model, _ = build()
-    calls = []
-    model.anchor.paths[0].register_forward_hook(lambda *a: calls.append(1))
-    model.eval()
-    model(*batch())
-    assert len(calls) == 3
+    """One anchor path module: the padded oracle (and evaluation) calls it three times; packed training
+    runs it once over the three paths' rows stacked (self path, then the audio and video branches)."""
+    cfg = fusion_cfg()
+    for packed, training, expected in ((False, True, [(3, 6, W)] * 3), (True, False, [(11, W)] * 3),
+                                       (True, True, [(3 * 11, W)])):  # batch(): a 3 x 6 grid, 11 real
+        torch.manual_seed(0)
+        model = build_fusion(cfg.fusion, C, {m: W for m in MODS}, packed=packed)
+        rows_seen = []
+        model.anchor.paths[0].layers[0].register_forward_hook(lambda module, args, out: rows_seen.append(tuple(out.shape)))
+        model.train(training)
+        model(*batch())
+        assert len(model.anchor.paths) == 1 and rows_seen == expected, (packed, rows_seen)
 
 
 def test_anchor_gating_off_replaces_every_gate_with_identity():
@@ -137,17 +143,19 @@ def test_query_layernorm_only_from_the_second_layer():
 
 def test_attention_init_and_scaling():
     attn = MultiHeadCrossAttention(W, 4, dropout=0.0)
-    for proj in (attn.q, attn.k, attn.v):
-        assert torch.count_nonzero(proj.bias) == 0
-        bound = (6 / (W + W)) ** 0.5
-        assert proj.weight.abs().max() <= bound
+    assert torch.count_nonzero(attn.qkv.bias) == 0
+    weights = attn.qkv.weight.chunk(3)   # q, k, v: each a Xavier-uniform (W, W) block
+    bound = (6 / (W + W)) ** 0.5
+    assert all(0.5 * bound < w.abs().max() <= bound for w in weights)
+    proj = {name: (lambda x, w=w, b=b: F.linear(x, w, b))
+            for name, w, b in zip("qkv", weights, attn.qkv.bias.chunk(3))}
     q, kv = torch.randn(2, 3, W), torch.randn(2, 5, W)
     keys = torch.tensor([[True] * 5, [True, True, False, False, False]])
     # reference: per-head softmax(q k^T / sqrt(hd)) over real keys only
     hd = W // 4
-    Q = attn.q(q).view(2, 3, 4, hd).transpose(1, 2)
-    K = attn.k(kv).view(2, 5, 4, hd).transpose(1, 2)
-    V = attn.v(kv).view(2, 5, 4, hd).transpose(1, 2)
+    Q = proj["q"](q).view(2, 3, 4, hd).transpose(1, 2)
+    K = proj["k"](kv).view(2, 5, 4, hd).transpose(1, 2)
+    V = proj["v"](kv).view(2, 5, 4, hd).transpose(1, 2)
     scores = Q @ K.transpose(-1, -2) / hd ** 0.5
     scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
     ref = attn.out((scores.softmax(-1) @ V).transpose(1, 2).reshape(2, 3, W))
@@ -309,6 +317,11 @@ def test_packed_rows_match_the_padded_oracle_logits_loss_and_gradients(overrides
     for (name, p_oracle), p_packed in zip(oracle.named_parameters(), packed.parameters()):
         assert p_packed.grad is not None, name
         assert torch.allclose(p_oracle.grad, p_packed.grad, atol=1e-5), name
+    # evaluation runs the shared anchor path once per input (training stacks them): the same logits
+    with torch.no_grad():
+        evaluated = [model.eval()(inputs, speakers, mask, present)["logits"] for model in (oracle, packed)]
+    for head in evaluated[0]:
+        assert torch.allclose(evaluated[0][head][mask], evaluated[1][head][mask], atol=1e-5), head
 
 
 def test_packed_attention_on_the_grid_equals_the_block_diagonal_product():
@@ -317,9 +330,46 @@ def test_packed_attention_on_the_grid_equals_the_block_diagonal_product():
     rows = PackedRows(mask)
     q, k, v = torch.randn(3, int(mask.sum()), W).unbind(0)
     for key_mask in (mask, present["audio"]):
-        block = rows.attend(q, k, v, key_mask, heads=4, dropout_p=0.0)
-        grid = rows._attend_on_grid(q, k, v, key_mask, heads=4, dropout_p=0.0)
+        block = rows.attend(q, k, v, key_mask, heads=4)
+        grid = rows._attend_on_grid(q, k, v, key_mask, heads=4, dropout=None)
+        manual = rows._attend_on_grid(q, k, v, key_mask, heads=4, dropout=nn.Identity())
+        assert torch.allclose(manual, grid, atol=1e-6)
         assert torch.allclose(block, grid, atol=1e-6)
     # the dialogue with no audio key gets a zero context (the oracle's rule), the others do not
     no_audio = rows.dialogue == 3
     assert torch.count_nonzero(block[no_audio]) == 0 and torch.count_nonzero(block[~no_audio]) > 0
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cheap_dropout_keeps_1_minus_p_and_rescales_like_nn_dropout(p):
+    torch.manual_seed(0)
+    mask = keep_mask((1000, 1000), p, "cpu", torch.float32)
+    kept = mask > 0
+    assert abs(float(kept.float().mean()) - (1 - p)) < 0.002         # 1e6 draws: 4 standard errors is 0.002
+    assert torch.all(mask[kept] == 1 / (1 - p))
+    # neighbours cut from one 64-bit word are independent: P(both kept) = (1 - p)^2
+    pairs = kept.view(-1, 4)
+    assert abs(float((pairs[:, 0] & pairs[:, 3]).float().mean()) - (1 - p) ** 2) < 0.004
+
+
+def test_packed_model_trains_with_cheap_dropout_and_evaluates_without_it():
+    dims = {"text": 12, "audio": W, "video": W}
+    cfg = fusion_cfg("fusion.dropout=0.3")
+    torch.manual_seed(0)
+    model = build_fusion(cfg.fusion, C, dims, packed=True)
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert sum(isinstance(m, CheapDropout) for m in model.modules()) > 10
+    assert any(isinstance(m, nn.Dropout) for m in build_fusion(cfg.fusion, C, dims, packed=False).modules())
+    inputs, speakers, mask, present, labels = _ragged_batch(dims)
+    model.train()
+    torch.manual_seed(1)
+    a = model(inputs, speakers, mask, present)["logits"]["anchor"]
+    torch.manual_seed(1)
+    same = model(inputs, speakers, mask, present)["logits"]["anchor"]
+    other = model(inputs, speakers, mask, present)["logits"]["anchor"]
+    assert torch.equal(a, same) and not torch.equal(a, other)        # seeded by torch's generator
+    stage2_loss(cfg, model(inputs, speakers, mask, present), labels, mask).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    assert torch.equal(model(inputs, speakers, mask, present)["logits"]["anchor"],
+                       model(inputs, speakers, mask, present)["logits"]["anchor"])
