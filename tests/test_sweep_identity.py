@@ -163,6 +163,22 @@ def test_failures_stay_failed_across_an_interrupt_and_a_rerun(tmp_path, ray_loca
     assert third.trained == 0 and third.exit_code == FAILURES_EXIT   # still FAILED, nothing retrained
 
 
+def test_the_same_plan_in_two_outputs_gets_two_ray_experiment_names(tmp_path):
+    """Ray stages a driver's files under its session's artifacts/<start second>/<experiment name>: two
+    same-name sweeps started in the same second on one cluster once shared that directory and each
+    recorded the other's trials (the test below caught it, 1 run in 3). The name carries the output."""
+    from sweep.engine import prepare
+
+    spec = write_ablation(tmp_path, "shared", TWO, seeds=(0,), epochs=2)
+    store = f"sqlite:///{tmp_path / 'one.db'}"   # one store: the plan key is the same for both
+    left, right = (prepare("ablate", spec, [], SweepOptions(output=tmp_path / out, tracking_uri=store))
+                   for out in ("left", "right"))
+    assert left.plan_key == right.plan_key and left.exp_name != right.exp_name
+    assert left.exp_name.startswith(f"shared-ablate-{left.plan_key}-")
+    again = prepare("ablate", spec, [], SweepOptions(output=tmp_path / "left", tracking_uri=store))
+    assert again.exp_name == left.exp_name   # the same output resumes the same Ray experiment
+
+
 def test_two_sweeps_on_one_tracking_server_never_touch_each_others_runs(tmp_path, ray_local, stage1_cache):
     import ray
     from mlflow.tracking import MlflowClient
