@@ -126,8 +126,22 @@ def ensure_experiment(client, name: str, artifact_root: Optional[Path]) -> str:
             if exp is None:
                 raise
             experiment_id = exp.experiment_id
-    retrying(client.set_experiment_tag, experiment_id, *EXPERIMENT_KIND)
+    mark_model_training(client, experiment_id)
     return experiment_id
+
+
+def mark_model_training(client, experiment_id: str) -> None:
+    """Set EXPERIMENT_KIND unless it is set. Two sweeps starting at once on one tracking server can both
+    find it unset; the server's insert of the second then fails on the tag's unique key
+    ("UNIQUE constraint failed: experiment_tags..."), which is harmless when the tag now holds our value."""
+    key, value = EXPERIMENT_KIND
+    if retrying(client.get_experiment, experiment_id).tags.get(key) == value:
+        return
+    try:
+        retrying(client.set_experiment_tag, experiment_id, key, value)
+    except Exception:
+        if retrying(client.get_experiment, experiment_id).tags.get(key) != value:
+            raise
 
 
 def search_all(client, experiment_ids: str | list[str], filter_string: str = "") -> list:
