@@ -116,8 +116,12 @@ class PackedRows:
             probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             context = dropout(probs) @ v
         context = self.pack(context.transpose(1, 2).reshape(b, t, w))                  # (N, W)
-        _, keep = self._attention_mask(key_mask, context.dtype)
+        keep = self._keep(has_key, context.dtype)
         return context if keep is None else context * keep
+
+    def _keep(self, has_key: torch.Tensor, dtype: torch.dtype):
+        """(N, 1): 0 for rows of a dialogue with no real key, else 1; None when every dialogue has one."""
+        return None if bool(has_key.all()) else has_key[self.dialogue, None].to(dtype)
 
     def _attention_mask(self, key_mask: torch.Tensor, dtype: torch.dtype):
         """(score bias (N, N): 0 where allowed, -inf elsewhere; keep (N, 1) or None), once per key mask and batch.
@@ -133,7 +137,7 @@ class PackedRows:
             allowed = (self.dialogue[:, None] == self.dialogue[None, :]) & key_ok[None, :]
             # an additive float mask, built here once: a bool one is converted on every call
             scores_bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
-            keep = None if bool(has_key.all()) else has_key[self.dialogue, None].to(dtype)
+            keep = self._keep(has_key, dtype)
             self._masks[cache_key] = (key_mask, scores_bias, keep)  # key_mask kept alive: its id stays unique
         return self._masks[cache_key][1:]
 
