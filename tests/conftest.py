@@ -194,7 +194,7 @@ def one_torch_thread():
 # collection order (--no-loadscope-reorder). Starting the long files first lets the two workers finish
 # together instead of one running the demo alone at the end. Seconds measured serially on 2 cores.
 HEAVY_FIRST = [
-    "test_demo_expectations.py",   # ~400 s: the whole `make demo` sweep
+    "test_demo_expectations.py",   # ~300 s: the whole `make demo` sweep
     "test_sweep_interrupt.py",     # ~250 s
     "test_sweep_ablate.py",        # ~200 s
     "test_sweep_identity.py",      # ~200 s
