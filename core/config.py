@@ -38,6 +38,8 @@ class DataConfig:
     max_dialogues: int = 0       # keep only the first N dialogues of each split (0 = all); quick runs
     # --- synthetic generator (the embedded default) ---
     synthetic_dialogues: int = 120   # training dialogues; dev and test get a quarter each
+    synthetic_test_dialogues: int = 0  # test dialogues instead of that quarter (0 = the quarter): a larger test
+                                       # set shrinks the test-sampling part of a table's standard error
     synthetic_seed: int = 0          # the data are fixed by this seed, whatever the trial seed
     text_signal: float = 1.0         # strength of the emotion cue in text (planted: strongest)
     audio_signal: float = 0.6        # ... in the waveform's pitch/energy/tempo
@@ -249,6 +251,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(d.name != "csv" or bool(d.mapping), "data.mapping", "is required for data.name=csv")
     need(d.max_dialogues >= 0, "data.max_dialogues", "must be >= 0")
     need(d.synthetic_dialogues >= 4, "data.synthetic_dialogues", "must be >= 4")
+    need(d.synthetic_test_dialogues >= 0, "data.synthetic_test_dialogues", "must be >= 0 (0: a quarter of the training dialogues)")
     for key in ("text_signal", "audio_signal", "video_signal"):
         need(getattr(d, key) >= 0, f"data.{key}", "must be >= 0")
     for key in ("context_share", "train_label_noise", "corrupt_share", "speaker_prior"):

@@ -2,6 +2,10 @@
 
     dataset = generate(DataConfig())       # 120 train dialogues, 30 dev, 30 test; about a second
 
+`data.synthetic_test_dialogues` sets the test split's size on its own (0: a quarter of the training
+dialogues, like dev). Each split has its own random stream, so a larger test set leaves train and dev
+exactly as they were and only adds test dialogues after the same first ones.
+
 Everything is fixed by `data.synthetic_seed` (not by the trial seed), so every trial of a sweep sees
 the same data and the stage-1 cache is shared.
 
@@ -132,14 +136,15 @@ TEMPO = {"anger": 7.0, "disgust": 3.0, "fear": 8.0, "joy": 5.0, "sadness": 2.0, 
 
 def generate(data_cfg) -> DialogueDataset:
     """The synthetic dataset for `data_cfg` (a `core.config.DataConfig`); deterministic by its seed."""
-    counts = {"train": data_cfg.synthetic_dialogues,
-              "dev": max(1, data_cfg.synthetic_dialogues // 4),
-              "test": max(1, data_cfg.synthetic_dialogues // 4)}
+    quarter = max(1, data_cfg.synthetic_dialogues // 4)
+    counts = {"train": data_cfg.synthetic_dialogues, "dev": quarter,
+              "test": data_cfg.synthetic_test_dialogues or quarter}
     # One independent stream per split: the dev/test data do not move when only train grows.
     streams = np.random.SeedSequence(data_cfg.synthetic_seed).spawn(len(SPLITS))
     splits = {split: _split(np.random.default_rng(stream), split, counts[split], data_cfg)
               for split, stream in zip(SPLITS, streams)}
-    source = (f"synthetic(seed={data_cfg.synthetic_seed}, dialogues={data_cfg.synthetic_dialogues}, "
+    test = f", test dialogues={counts['test']}" if data_cfg.synthetic_test_dialogues else ""
+    source = (f"synthetic(seed={data_cfg.synthetic_seed}, dialogues={data_cfg.synthetic_dialogues}{test}, "
               f"signals text={data_cfg.text_signal} audio={data_cfg.audio_signal} "
               f"video={data_cfg.video_signal}, noise={data_cfg.noise_modality or 'none'})")
     knobs = {k: getattr(data_cfg, k) for k in MECHANISMS if getattr(data_cfg, k) > 0}

@@ -30,6 +30,8 @@ from model.runtime import resolve_device, seed_everything
 
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -100  # label at padded positions (never read: losses and scores use the mask)
+EVAL_BATCH_FACTOR = 4  # evaluation batches hold this many times train.batch_size dialogues: no gradients to
+                       # keep, and fewer, larger kernels (outputs do not depend on the batch: padding is masked)
 
 
 class DivergedError(RuntimeError):
@@ -158,8 +160,9 @@ def evaluate(cfg, model, data: PaddedSplit, labels: list[str]) -> dict:
     """Scores of the prediction head on one split, plus the stage-2 loss averaged over utterances."""
     model.eval()
     loss_sum, count, preds, trues, probs = 0.0, 0, [], [], []
-    for start in range(0, len(data), cfg.train.batch_size):
-        batch = data.batch(torch.arange(start, min(start + cfg.train.batch_size, len(data))))
+    size = cfg.train.batch_size * EVAL_BATCH_FACTOR
+    for start in range(0, len(data), size):
+        batch = data.batch(torch.arange(start, min(start + size, len(data))))
         out = _forward(model, batch)
         mask = batch["mask"]
         n = int(mask.sum())

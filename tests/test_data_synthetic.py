@@ -49,6 +49,21 @@ def test_deterministic_by_synthetic_seed_only():
     assert [d.utterances[0].text for d in bigger.splits["dev"][:2]] == [d.utterances[0].text for d in a.splits["dev"][:2]]
 
 
+def test_a_larger_test_split_adds_dialogues_and_leaves_train_and_dev_alone():
+    small = DataConfig(synthetic_dialogues=8, audio_seconds=0.25, sample_rate=4000, frames=2, frame_size=8)
+    a = synthetic.generate(small)
+    b = synthetic.generate(DataConfig(**{**small.__dict__, "synthetic_test_dialogues": 7}))
+    assert [len(b.splits[s]) for s in ("train", "dev", "test")] == [8, 2, 7]
+    text = lambda ds, split: [[u.text for u in d.utterances] for d in ds.splits[split]]
+    labels = lambda ds, split: [[u.label for u in d.utterances] for d in ds.splits[split]]
+    for split in ("train", "dev"):
+        assert text(a, split) == text(b, split) and labels(a, split) == labels(b, split)
+    assert text(b, "test")[:2] == text(a, "test") and labels(b, "test")[:2] == labels(a, "test")
+    assert "test dialogues=7" in b.source and "test dialogues" not in a.source
+    with pytest.raises(ValueError, match="data.synthetic_test_dialogues"):
+        load_config(None, ["data.synthetic_test_dialogues=-1"])
+
+
 def test_registry_applies_max_dialogues_and_overrides():
     cfg = load_config(None, ["data.max_dialogues=3", "data.synthetic_dialogues=8", "data.frames=2",
                              "data.audio_seconds=0.25"])
