@@ -109,7 +109,8 @@ class TrainConfig:
     grad_clip: float = 10.0
     select_on: str = "dev"           # dev | test: test reproduces the authors' stage 2 (epoch picked on test)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    checkpoint_interval_s: float = 300.0  # sweeps: resume state saved at most this often and after the last epoch; 0: every epoch
+    checkpoint_interval_s: float = 300.0  # sweeps: resume state saved at most this often and after the last epoch; 0: every
+                                          # epoch. Below 60 s every checkpoint is kept (safe resume), else the last two
 
 
 @dataclass

@@ -577,16 +577,30 @@ def _sigterm_as_sigint():
     return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
+# Ray saves its experiment snapshot (which names each trial's latest checkpoint) at most every 10 s or more, and
+# deletes checkpoints beyond num_to_keep as new ones arrive. A driver SIGKILLed between two snapshots resumes
+# from the older one, so every checkpoint it may name must still exist: with saves at least this far apart, at
+# most one arrives between snapshots and two kept suffice; with faster saves every checkpoint is kept.
+KEEP_TWO_CHECKPOINTS_FROM_S = 60.0
+
+
+def checkpoints_to_keep(kind: str, spec) -> int | None:
+    """Ray's num_to_keep for a sweep: 2 when every trial saves at most every KEEP_TWO_CHECKPOINTS_FROM_S
+    seconds (train.checkpoint_interval_s, default 300), else None (all kept)."""
+    configs = [t.cfg for t in spec.trials()] if kind == "ablate" else [spec.base]
+    interval = min(cfg.train.checkpoint_interval_s for cfg in configs)
+    return 2 if interval >= KEEP_TWO_CHECKPOINTS_FROM_S else None
+
+
 def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions):
     from ray import tune
 
     return tune.RunConfig(name=plan.exp_name, storage_path=str(sweep_root), callbacks=callbacks,
                           verbose=1 if opts.verbose else 0,
-                          # Two, not one: after a SIGKILLed driver, Ray's last experiment snapshot can name the
-                          # checkpoint before the newest, and with one kept that one is already deleted
-                          # ("Could not recover from checkpoint as it does not exist"; seen in the resume test).
-                          # Disk stays bounded by train.checkpoint_interval_s.
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                          # Seen in the resume test with two kept and a save every epoch: the snapshot named a
+                          # checkpoint two saves old, already deleted ("Could not recover from checkpoint as
+                          # it does not exist on storage anymore").
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(plan.kind, plan.spec)),
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 

@@ -57,3 +57,26 @@ def test_a_sweep_that_loses_the_race_to_tag_its_experiment_goes_on(tmp_path):
     with pytest.raises(MlflowException, match="permission denied"):
         tracking.mark_model_training(Refusing(), refused)
     tracking.mark_model_training(Refusing(), raced)   # already set: nothing is written, nothing refused
+
+
+def test_checkpoints_are_all_kept_when_saves_come_faster_than_rays_snapshot(tmp_path):
+    """A SIGKILLed driver resumes from Ray's last experiment snapshot (saved every 10 s or more), which can name a
+    checkpoint several saves old: with saves closer than 60 s none may be deleted (seen in the SIGKILL resume
+    test with two kept and a save every epoch)."""
+    from sweep.ablation_spec import load_ablation
+    from sweep.engine import checkpoints_to_keep
+    from sweep.search_space import load_search_space
+    from tests.conftest import write_ablation, write_search
+
+    def ablation(interval, variants=None):
+        spec = write_ablation(tmp_path, "keep", variants or {"full": {}}, extra_base={"train.checkpoint_interval_s": interval})
+        return load_ablation(spec)
+
+    assert checkpoints_to_keep("ablate", ablation(300)) == 2
+    assert checkpoints_to_keep("ablate", ablation(60)) == 2
+    assert checkpoints_to_keep("ablate", ablation(0)) is None
+    # one variant saving every epoch is enough: the sweep keeps every checkpoint
+    assert checkpoints_to_keep("ablate", ablation(300, {"full": {}, "fast": {"train.checkpoint_interval_s": 5}})) is None
+    search = write_search(tmp_path, "keep-search", {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    assert checkpoints_to_keep("tune", load_search_space(search, ["train.checkpoint_interval_s=0"])) is None
+    assert checkpoints_to_keep("tune", load_search_space(search, ["train.checkpoint_interval_s=300"])) == 2
