@@ -58,6 +58,12 @@ def logits_of_last_predictions(run):
     return calls[-2], calls[-1]
 
 
+def right_and_context_only(table, logits) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `table`: 1.0 where the kept epoch's prediction is right; True where the turn is context-only."""
+    right = (logits.argmax(-1) == table.labels).float().numpy()
+    return right, np.array([u.text in CONTEXT_ONLY for u in table.utterances])
+
+
 def text_probe(encoder: str, prompt: bool, epochs: int, lr: float) -> None:
     over = {"stage1.text_encoder": encoder, "stage1.prompt": prompt, "stage1.epochs": epochs, "stage1.lr": lr}
     if encoder != "tiny":
@@ -70,8 +76,7 @@ def text_probe(encoder: str, prompt: bool, epochs: int, lr: float) -> None:
     seconds = time.perf_counter() - start
     for split, z in zip(("dev", "test"), logits):
         table = tables[split]
-        right = (z.argmax(-1) == table.labels).float().numpy()
-        context = np.array([u.text in CONTEXT_ONLY for u in table.utterances])
+        right, context = right_and_context_only(table, z)
         print(f"RESULT text {encoder} prompt={'on' if prompt else 'off'} {epochs} epochs lr {lr:g} {split}: "
               f"context-only acc {right[context].mean():.3f} (n={context.sum()}), other turns "
               f"{right[~context].mean():.3f}, all {right.mean():.3f}; stage-1 text {seconds:.0f} s", flush=True)
@@ -101,8 +106,7 @@ def audio_probe(kd: bool, mechanisms_on: bool) -> None:
     seconds = time.perf_counter() - start
     for split, z in zip(("dev", "test"), logits):
         table = tables[split]
-        right = (z.argmax(-1) == table.labels).float().numpy()
-        context = np.array([u.text in CONTEXT_ONLY for u in table.utterances])
+        right, context = right_and_context_only(table, z)
         bad = corrupted_rows(table)
         clean = ~bad & ~context
         corrupted = f"{right[bad].mean():.3f} (n={bad.sum()})" if bad.any() else "none"
@@ -117,8 +121,9 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="also fine-tune the bundled MiniLM (about 10 min on 1 CPU thread)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    demo_stage1 = demo_config({}).stage1
     for prompt in (True, False):
-        text_probe("tiny", prompt, demo_config({}).stage1.epochs, demo_config({}).stage1.lr)
+        text_probe("tiny", prompt, demo_stage1.epochs, demo_stage1.lr)
     if args.minilm:
         for prompt in (True, False):
             text_probe("minilm", prompt, 3, 5e-5)
