@@ -46,7 +46,7 @@ class DataConfig:
     video_signal: float = 0.35       # ... in the frame pattern (planted: weakest)
     noise_modality: str = ""         # "" | audio | video: that modality carries no signal at all
     # Planted mechanisms, one per MAGTKD part (dialogue_data/synthetic.py); 0 = off, the data unchanged.
-    context_share: float = 0.0       # prompt/context: share of repeat turns readable only from earlier turns
+    context_share: float = 0.0       # prompt: share of fresh-emotion turns that are replies readable only with the turn before
     train_label_noise: float = 0.0   # stage-1 KD: share of train labels replaced at random (dev/test clean)
     corrupt_share: float = 0.0       # anchor gating: share of dialogues whose audio is a bad line (noise, random tone)
     speaker_prior: float = 0.0       # speakers: P(a fresh emotion is the speaker role's habitual one)
@@ -63,6 +63,10 @@ class Stage1Config:
     video_encoder: str = "tiny"      # tiny | path to a Timesformer checkpoint | features
     prompt: bool = True              # prompt learning: context + "</s> Now <sK> feels <mask>"; off: utterance alone
     text_pooling: str = "auto"       # auto: the mask with a prompt, the first token without | mask | first | mean
+    target_segment: bool = False     # prompt on: the utterance being classified (and the suffix) get segment id 1, the
+                                     # context 0, so the encoder knows which turn it labels. BERT-style encoders only
+                                     # (two segment types); the authors' RoBERTa has one, so off by default.
+                                     # No effect with stage1.prompt=false (there is no context to tell apart)
     max_tokens: int = 512            # prompt length including the mask token (authors: last 511 + mask)
     finetune_text: bool = True       # False: frozen text encoder, only the projection/classifier train (CPU runs)
     kd: bool = True                  # distil the text teacher into audio/video students (off: plain encoders)

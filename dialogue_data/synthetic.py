@@ -40,9 +40,15 @@ row). Emotions follow the conversation: a speaker keeps their previous emotion w
 
 Planted mechanisms, one per MAGTKD part (each off at 0, the default, so the data above are unchanged)
 --------------------------------------------------------------------------------------------------------
-- `data.context_share` (prompt / dialogue context): that share of a speaker's repeat turns (the speaker
-  kept their emotion) says only "I still feel the same way." in a flat voice and face (audio and video
-  express a random emotion): the label is the same speaker's earlier one, readable only from context.
+- `data.context_share` (prompt learning): when an emotion is drawn afresh (neither kept nor caught, and not
+  the dialogue's first turn), with this probability the turn is a *reply* that names no emotion ("Don't even
+  ask.", `REPLIES`) in a flat voice and face (audio and video express a random emotion), and the turn before
+  it ends by asking about an event that stirs exactly that emotion ("Any news on the parking ticket?":
+  `EVENTS`, anger). The event says nothing about the asking turn's own emotion, so an encoder trained on
+  each utterance alone has no reason to keep it, and the reply's own label is new to the dialogue, so no
+  earlier label gives it away either: only a text encoder that reads the earlier turn together with the
+  reply (the prompt) can resolve it. (An earlier version made replies repeat the speaker's previous
+  emotion; stage 2 resolved those from the dialogue by itself, so the prompt had nothing to add.)
 - `data.train_label_noise` (stage-1 KD): that share of the *train* labels is redrawn uniformly (dev and
   test stay clean). Text cues keep following the true emotion, so the text teacher's soft labels are
   cleaner than the hard labels the audio/video students would otherwise learn from alone.
@@ -120,6 +126,19 @@ NEUTRAL_TEMPLATES = ["{filler}, what about {topic}?", "let's talk about {topic}.
                      "{filler}, {topic} is tomorrow.", "tell me about {topic}."]
 CONTINUATIONS = ["I still feel the same way.", "nothing has changed for me.",
                  "like I said before.", "same as before, really."]
+# data.context_share: a reply that names no emotion, and the question before it, about an event whose emotion
+# the reply takes. No event word is a cue, a topic or part of a template above.
+REPLIES = ["you can guess how that went.", "don't even ask.", "let me tell you about that.",
+           "well, what do you think?"]
+ASK_TEMPLATES = ["and how did {event} go?", "any news on {event}?", "what happened with {event}?"]
+EVENTS = {
+    "anger": ["the parking ticket", "the rude waiter"],
+    "disgust": ["the moldy fridge", "the clogged drain"],
+    "fear": ["the lab results", "the dark alley"],
+    "joy": ["the lottery ticket", "the promotion"],
+    "sadness": ["the funeral", "the breakup"],
+    "surprise": ["the plot twist", "the sudden visit"],
+}
 MODIFIERS = ["so", "really", "absolutely", "totally", "quite"]
 NAMES = ["Alex", "Blair", "Casey", "Drew", "Emery", "Finley", "Gray", "Harper", "Indy", "Jordan",
          "Kai", "Logan", "Morgan", "Noel", "Parker", "Quinn", "Reese", "Sage", "Taylor", "Wren"]
@@ -181,19 +200,22 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
             choices = [s for s in names if s != prev_speaker]
             speaker = choices[int(rng.integers(len(choices)))]
             role = roles.setdefault(speaker, len(roles))
-            persisted = False
+            persisted = fresh = False
             if speaker in last and rng.random() < PERSIST:
                 label, persisted = last[speaker], True
             elif prev_label is not None and rng.random() < CONTAGION:
                 label = prev_label
             else:
-                label = int(rng.integers(k))
+                label, fresh = int(rng.integers(k)), True
                 if cfg.speaker_prior > 0 and rng.random() < cfg.speaker_prior:   # speakers mechanism
                     label = LABELS.index(ROLE_EMOTION[role])
-            # Context mechanism: a repeat turn that says only "same as before", in a flat voice and face.
-            context_only = persisted and cfg.context_share > 0 and rng.random() < cfg.context_share
+            # Prompt mechanism: a fresh emotion, named only by the event the turn before asks about.
+            context_only = (fresh and utterances and cfg.context_share > 0
+                            and rng.random() < cfg.context_share)
             if context_only:
-                text = _pick(rng, CONTINUATIONS).capitalize()
+                text = _pick(rng, REPLIES).capitalize()
+                ask = _pick(rng, ASK_TEMPLATES).format(event=_pick(rng, EVENTS[LABELS[label]]))
+                utterances[-1].text = f"{utterances[-1].text} {ask[0].upper()}{ask[1:]}"
             else:
                 text = _text(rng, label, persisted, p_cue, cfg.noise_modality == "text")
             p_audio = 0.0 if context_only or corrupt else faithful["audio"]
@@ -216,6 +238,11 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
                 if rng.random() < cfg.train_label_noise:
                     utt.label = int(rng.integers(k))
     return dialogues
+
+
+def is_reply(text: str) -> bool:
+    """True for a data.context_share reply (which may itself end with the next reply's question)."""
+    return any(text.startswith(r[0].upper() + r[1:]) for r in REPLIES)
 
 
 def _pick(rng: np.random.Generator, items: list[str]) -> str:

@@ -212,17 +212,26 @@ def load_text_backbone(name: str, train_texts: Sequence[str], max_speakers: int,
     return model, tokenizer
 
 
+def target_segment(input_ids: torch.Tensor, speaker_ids: torch.Tensor) -> torch.Tensor:
+    """Segment ids of prompts (B, L): 1 from the target turn's speaker token on (the target utterance and the
+    suffix "Now <sK> feels <mask>", whose speaker token is the last one), 0 for the context before it."""
+    opened = torch.isin(input_ids, speaker_ids).long().cumsum(-1)                # (B, L) speaker tokens so far
+    return (opened >= opened[:, -1:] - 1).long()
+
+
 class TextBackbone(nn.Module):
     """Runs the language model and pools one hidden state per sequence: the last position (the
     mask, prompts are left-padded), the first (the [CLS]/<s> token, prompt off), or the mean over
     real tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained for)."""
 
-    def __init__(self, model: nn.Module, pool: str):
+    def __init__(self, model: nn.Module, pool: str, speaker_ids: Sequence[int] = ()):
         super().__init__()
         if pool not in ("last", "first", "mean"):
             raise ValueError(f"pool must be 'last', 'first' or 'mean', got {pool!r}")
         self.model = model
         self.pool = pool
+        # stage1.target_segment: the speaker tokens that open every turn of a prompt (empty: no segment ids)
+        self.register_buffer("speaker_ids", torch.tensor(list(speaker_ids), dtype=torch.long), persistent=False)
         self.hidden_size = int(model.config.hidden_size)
         embeddings = getattr(model, "embeddings", None)
         # RoBERTa-style embeddings number positions from the ids, skipping padding; BERT-style ones
@@ -235,6 +244,8 @@ class TextBackbone(nn.Module):
         kwargs = {}
         if self.explicit_positions and self.pool == "last":
             kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)   # (B, L)
+        if self.speaker_ids.numel():
+            kwargs["token_type_ids"] = target_segment(input_ids, self.speaker_ids)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         if self.pool == "mean":
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)                   # (B, L, 1)
@@ -246,10 +257,17 @@ class TextEncoder(nn.Module):
     """Language model + projection to `width` + classifier; `prompts` builds its inputs."""
 
     def __init__(self, model: nn.Module, tokenizer, num_classes: int, width: int, prompt: bool, max_tokens: int,
-                 pooling: str = "auto"):
+                 pooling: str = "auto", target_segment: bool = False, max_speakers: int = 0):
         super().__init__()
         pool = {"auto": "last" if prompt else "first", "mask": "last", "first": "first", "mean": "mean"}[pooling]
-        self.backbone = TextBackbone(model, pool)
+        speaker_ids = []
+        if target_segment and prompt:
+            if getattr(model.config, "type_vocab_size", 1) < 2:
+                raise ConfigError(f"stage1.target_segment: {type(model).__name__} has "
+                                  f"{getattr(model.config, 'type_vocab_size', 1)} segment type(s); marking the target "
+                                  "needs two (BERT-style encoders), so set stage1.target_segment=false")
+            speaker_ids = tokenizer.convert_tokens_to_ids([speaker_token(k) for k in range(max_speakers)])
+        self.backbone = TextBackbone(model, pool, speaker_ids)
         self.head = ClassifierHead(self.backbone.hidden_size, width, num_classes, always_project=True)
         self.tokenizer = tokenizer
         self.prompt = prompt
@@ -273,7 +291,7 @@ def build_text_encoder(stage1, train_texts: Sequence[str], num_classes: int, max
     model, tokenizer = load_text_backbone(stage1.text_encoder, train_texts, max_speakers, stage1.max_tokens,
                                           stage1.tiny_hidden, stage1.tiny_layers)
     return TextEncoder(model, tokenizer, num_classes, stage1.width, stage1.prompt, stage1.max_tokens,
-                       stage1.text_pooling)
+                       stage1.text_pooling, stage1.target_segment, max_speakers)
 
 
 # ---- audio --------------------------------------------------------------------------------------

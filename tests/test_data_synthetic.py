@@ -136,17 +136,20 @@ def test_each_planted_mechanism_is_off_by_default_and_does_what_its_knob_says():
     assert synthetic.generate(DataConfig(**small, context_share=0.0, train_label_noise=0.0, corrupt_share=0.0,
                                          speaker_prior=0.0)).fingerprint() == base.fingerprint()
 
-    # Context: repeat turns that only point back; their label is the same speaker's previous one.
+    # Context: replies that name no emotion; the turn before (and only that one) asks about an event of exactly
+    # the reply's emotion.
     ctx = synthetic.generate(DataConfig(**small, context_share=1.0))
-    pointers = 0
+    event_emotion = {e: lbl for lbl, events in synthetic.EVENTS.items() for e in events}
+    n_replies = 0
     for dialogue in ctx.splits["test"]:
-        last = {}
-        for u in dialogue.utterances:
-            if u.text.rstrip(".").lower() in {c.rstrip(".").lower() for c in synthetic.CONTINUATIONS}:
-                pointers += 1
-                assert u.speaker in last and last[u.speaker] == u.label
-            last[u.speaker] = u.label
-    assert pointers > 0.15 * sum(1 for _ in ctx.utterances("test"))
+        for before, u in zip(dialogue.utterances, dialogue.utterances[1:]):
+            asked = [e for e in event_emotion if e in before.text]
+            if synthetic.is_reply(u.text):
+                n_replies += 1
+                assert asked and event_emotion[asked[-1]] == synthetic.LABELS[u.label], (before.text, u.text)
+            else:
+                assert not asked, (before.text, u.text)     # an event is only ever asked about before a reply
+    assert n_replies > 0.15 * sum(1 for _ in ctx.utterances("test"))
 
     # Label noise: train only; dev and test identical to the clean data.
     noisy = synthetic.generate(DataConfig(**small, train_label_noise=0.5))

@@ -55,6 +55,36 @@ def test_prompt_has_context_speakers_and_the_mask_last():
     assert model.get_input_embeddings().num_embeddings == len(tok)
 
 
+def test_target_segment_marks_the_utterance_being_classified_and_the_suffix():
+    """stage1.target_segment: segment id 1 from the target turn's speaker token to the mask, 0 before; the
+    encoder's output changes with it (the ids reach the model); refused where the model has one segment type."""
+    from model.encoders import target_segment
+
+    encoder = build_text_encoder(stage1(**{"stage1.target_segment": True}), TEXTS, num_classes=3, max_speakers=3).eval()
+    ids = encoder.inputs([(TEXTS[:3], [0, 1, 0])])
+    batch, mask = encoder.collate(ids)                                        # left-padded
+    segments = target_segment(batch, encoder.backbone.speaker_ids)
+    last = tokens_of(encoder.tokenizer, ids[2])
+    marked = [t for t, seg in zip(last, segments[2, -len(last):].tolist()) if seg]
+    assert marked == ["<s0>"] + encoder.tokenizer.tokenize(TEXTS[2]) + ["[SEP]", "now", "<s0>", "feels", "[MASK]"]
+    assert "that" in last and "that" not in marked                            # the context stays segment 0
+    first = tokens_of(encoder.tokenizer, ids[0])                              # no context: all of it is the target
+    assert segments[0, -len(first):].tolist()[1:] == [1] * (len(first) - 1)
+    plain = TextEncoder(encoder.backbone.model, encoder.tokenizer, 3, 32, prompt=True, max_tokens=64).eval()
+    plain.head.load_state_dict(encoder.head.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(encoder(batch, mask)[0][2], plain(batch, mask)[0][2])
+    assert plain.backbone.speaker_ids.numel() == 0                           # off by default: no segment ids
+
+    from transformers import RobertaConfig, RobertaModel
+    one_type = RobertaModel(RobertaConfig(vocab_size=len(encoder.tokenizer), hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=4, intermediate_size=64, type_vocab_size=1))
+    with pytest.raises(ConfigError, match="stage1.target_segment"):
+        TextEncoder(one_type, encoder.tokenizer, 3, 32, prompt=True, max_tokens=64, target_segment=True, max_speakers=3)
+    unprompted = build_text_encoder(stage1(**{"stage1.target_segment": True, "stage1.prompt": False}), TEXTS, 3, 3)
+    assert unprompted.backbone.speaker_ids.numel() == 0                      # no prompt, no context to tell apart
+
+
 def test_left_truncation_keeps_the_most_recent_context():
     _, tok = load_text_backbone("tiny", TEXTS, 3, 64, 32, 1)
     builder = PromptBuilder(tok, max_tokens=12)
