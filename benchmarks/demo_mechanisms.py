@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -154,7 +153,7 @@ def gate_probe() -> None:
     calls = []                                                    # (gate name, (N,) mean gate value per row)
 
     def hook(name):
-        return lambda gate, args, out: calls.append((name, torch.sigmoid(F.relu(gate.fc(args[0]))).mean(-1)))
+        return lambda gate, args, out: calls.append((name, gate.openness(args[0]).mean(-1)))
 
     for name, module in model.named_modules():
         if isinstance(module, Gate):

@@ -17,7 +17,6 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,17 +31,17 @@ from reports.store import load_sweep, tracking_uri_for, trial_predictions  # noq
 KINDS = ("reply", "asking", "bad line", "other")
 
 
-def turn_kinds(dataset) -> dict[str, str]:
-    """utterance id -> its kind (KINDS), for the dev and test splits."""
-    kinds = {}
-    for split in ("dev", "test"):
+def turn_kinds(dataset) -> dict[str, dict[str, str]]:
+    """split -> (utterance id -> its kind, one of KINDS), for the test and dev splits."""
+    kinds: dict[str, dict[str, str]] = {"test": {}, "dev": {}}
+    for split, of_split in kinds.items():
         for dialogue in dataset.splits[split]:
             turns = dialogue.utterances
             corrupted = bad_line(turns)
             for i, u in enumerate(turns):
                 asking = i + 1 < len(turns) and is_reply(turns[i + 1].text)
-                kinds[u.utterance_id] = ("reply" if is_reply(u.text) else "asking" if asking
-                                         else "bad line" if corrupted else "other")
+                of_split[u.utterance_id] = ("reply" if is_reply(u.text) else "asking" if asking
+                                            else "bad line" if corrupted else "other")
     return kinds
 
 
@@ -51,7 +50,8 @@ def main() -> None:
     ap.add_argument("--output", required=True, help="the --output directory of the demo sweep")
     ap.add_argument("--sweep", default="demo")
     args = ap.parse_args()
-    kinds = turn_kinds(load_dataset(demo_config({}).data))
+    by_split = turn_kinds(load_dataset(demo_config({}).data))
+    kinds = {uid: kind for of_split in by_split.values() for uid, kind in of_split.items()}
     uri = tracking_uri_for(args.output)
     rows = []
     for trial in load_sweep(args.sweep, uri, args.output).trials:
@@ -67,9 +67,8 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"no finished trial with predictions in sweep {args.sweep!r} under {args.output}")
     df = pd.DataFrame(rows)
-    counts = pd.Series(list(kinds.values()), index=[i.split("_")[0].rstrip("0123456789") for i in kinds])
-    print("turns per kind: " + "; ".join(f"{s} " + ", ".join(f"{k} {int((counts.loc[s] == k).sum())}" for k in KINDS)
-                                         for s in ("test", "dev")))
+    print("turns per kind: " + "; ".join(f"{split} " + ", ".join(f"{k} {list(of_split.values()).count(k)}" for k in KINDS)
+                                         for split, of_split in by_split.items()))
     columns = [f"{s} {k}" for s in ("test", "dev") for k in KINDS if f"{s} {k}" in df]
     order = list(dict.fromkeys(df["variant"]))
     mean = df.groupby("variant")[columns].mean().loc[order]
@@ -81,5 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -353,8 +353,12 @@ class Gate(nn.Module):
         super().__init__()
         self.fc = nn.Linear(width, width)
 
+    def openness(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's value, in [0.5, 1): relu keeps the sigmoid's input non-negative."""
+        return torch.sigmoid(F.relu(self.fc(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(F.relu(self.fc(x))) * x
+        return self.openness(x) * x
 
 
 # ---- paths and gated blocks ----------------------------------------------------------------------
