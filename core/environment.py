@@ -26,6 +26,10 @@ DEFAULTS = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # Tune's CSV and TensorBoard result files: MLflow is the record, and each file costs the driver a
+    # write per result. The sweep adds Tune's JSON logger itself (result.json, which Ray's
+    # ExperimentAnalysis reads back).
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # A tracking server that is down should cost seconds, not MLflow's minutes of retries.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

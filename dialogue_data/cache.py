@@ -104,10 +104,24 @@ class Stage1Cache:
 
     def get(self, key: str, labels: Optional[list[str]] = None) -> Optional["Stage1Features"]:
         """The verified entry, or None (missing; or unusable, with a CacheWarning). Call under lock(key)."""
+        meta = self.verified_meta(key, labels)
+        if meta is None:
+            return None
         from safetensors.torch import load_file  # torch only when an entry is read: `cache list` stays light
 
         from core.features import Stage1Features
 
+        try:
+            tensors = load_file(str(self._paths(key)[0]))
+            return Stage1Features.from_tensors(tensors, meta["labels"], meta.get("info", {}))
+        except Exception as err:  # any defect means: recompute, loudly
+            self._unusable(key, err)
+            return None
+
+    def verified_meta(self, key: str, labels: Optional[list[str]] = None) -> Optional[dict]:
+        """The entry's sidecar once its tensor file is checked against it (format, size, sha256, labels),
+        without reading the tensors: the sweep's driver checks the cache this way and never imports torch.
+        None when missing, or unusable (with a CacheWarning). Call under lock(key)."""
         tensor_path, sidecar_path, _ = self._paths(key)
         if not tensor_path.exists() and not sidecar_path.exists():
             return None
@@ -123,12 +137,14 @@ class Stage1Cache:
                 raise ValueError(f"sha256 of {tensor_path.name} does not match its sidecar")
             if labels is not None and list(meta["labels"]) != list(labels):
                 raise ValueError(f"labels {meta['labels']} differ from the dataset's {list(labels)}")
-            tensors = load_file(str(tensor_path))
-            return Stage1Features.from_tensors(tensors, meta["labels"], meta.get("info", {}))
+            return meta
         except Exception as err:  # any defect means: recompute, loudly
-            warnings.warn(f"stage-1 cache entry {self.root / key} is unusable ({type(err).__name__}: {err}); "
-                          f"recomputing it", CacheWarning, stacklevel=3)
+            self._unusable(key, err)
             return None
+
+    def _unusable(self, key: str, err: Exception) -> None:
+        warnings.warn(f"stage-1 cache entry {self.root / key} is unusable ({type(err).__name__}: {err}); "
+                      f"recomputing it", CacheWarning, stacklevel=4)
 
     def put(self, key: str, features: "Stage1Features") -> None:
         """Write an entry atomically (temp file in the same directory, fsync, os.replace). Call under lock(key)."""

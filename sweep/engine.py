@@ -8,7 +8,8 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
     Each trial gets its identity (sweep.identity: config, data, code and stage-1 key); an ablation's
     plan is the ordered list of them, and the plan names the Ray experiment.
  2. lock this output directory's sweep; open the MLflow experiment and this output's parent run, whose
-    tags record the plan (a report shows exactly the runs of that plan).
+    tags record the plan (a report shows exactly the runs of that plan). A new SQLite store is built
+    while Ray starts (steps 2-3 in a thread beside it); with an existing store Ray starts after step 3.
  3. record what Ray's storage holds and MLflow lacks; an ablation trains only the identities that have
     no final run (FINISHED or FAILED) yet; nothing left -> nothing to train.
  4. stage 1 (`sweep/stage1_plan.py`): the distinct entries the pending trials need and the cache lacks
@@ -35,6 +36,7 @@ import sys
 import threading
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -341,6 +343,44 @@ class _Run:
         print(text, flush=True)
 
     def run(self) -> SweepOutcome:
+        # A new SQLite store takes MLflow seconds to build (its schema migrations: 5 s on 2 cores) and holds no
+        # finished trial yet, so Ray starts meanwhile, in the main thread (Ray sets its SIGTERM handler there).
+        # With a store that exists, Ray starts only once MLflow says there is something to train.
+        early = self._new_store()
+        started_ray = False
+        try:
+            if early:
+                with ThreadPoolExecutor(1, thread_name_prefix="mlflow-open") as pool:
+                    opened = pool.submit(self.open_records)
+                    started_ray = _ray_init(self.opts)
+                pending = opened.result()
+            else:
+                pending = self.open_records()
+            if pending is not None and not pending:
+                self.say(f"sweep '{self.sweep}': nothing to train (every trial of its plan is final in MLflow)")
+                return self.finish()
+            if not early:
+                started_ray = _ray_init(self.opts)
+            self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
+            _check_cluster(self.plan.resources)
+            constants = _tune_constants(self.plan) if self.plan.kind == "tune" else {}
+            gate = self.stage1_gate(pending)
+            if gate is None and not self.schedule_stage1(pending, constants):
+                return self.outcome
+            return self.fit(pending, constants, gate)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+
+    def _new_store(self) -> bool:
+        db = tracking.sqlite_path(self.plan.tracking_uri)
+        return db is not None and not db.exists()
+
+    def open_records(self) -> Optional[list[dict]]:
+        """MLflow's side of the start: the experiment, this output's parent run, what Ray's storage holds
+        and MLflow lacks; -> the trial settings still to train (`pending`)."""
         plan = self.plan
         self.client = tracking.make_client(plan.tracking_uri)
         artifact_root = plan.output / "mlartifacts" if tracking.sqlite_path(plan.tracking_uri) else None
@@ -358,25 +398,7 @@ class _Run:
         synced = self.record(ray_trials(self.exp_path))
         if synced.written:
             self.say(f"wrote {synced.written} trial(s) from Ray's storage into MLflow")
-
-        pending = self.pending()
-        if pending is not None and not pending:
-            self.say(f"sweep '{self.sweep}': nothing to train (every trial of its plan is final in MLflow)")
-            return self.finish()
-        started_ray = _ray_init(self.opts)
-        try:
-            self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
-            _check_cluster(plan.resources)
-            constants = _tune_constants(plan) if plan.kind == "tune" else {}
-            gate = self.stage1_gate(pending)
-            if gate is None and not self.schedule_stage1(pending, constants):
-                return self.outcome
-            return self.fit(pending, constants, gate)
-        finally:
-            if started_ray:
-                import ray
-
-                ray.shutdown()
+        return self.pending()
 
     def pending(self) -> Optional[list[dict]]:
         """Trial settings still to train ([] = nothing), or None for a search (Optuna decides)."""
@@ -472,7 +494,7 @@ class _Run:
             metric, mode, budget = ("selected_dev_wf1", "max", 0.0) if plan.kind == "ablate" else \
                 (spec.metric, spec.mode, spec.time_budget_s)
             progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
-            run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record), progress,
+            run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record, self.client), progress,
                                                              *self.opts.callbacks], self.opts)
             if plan.kind == "ablate":
                 if gate is not None:   # each trial is handed to Tune once its stage-1 entry is ready
@@ -594,7 +616,10 @@ def checkpoints_to_keep(kind: str, spec) -> int | None:
 
 def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
+    # With TUNE_DISABLE_AUTO_CALLBACK_LOGGERS (core/environment.py) Tune adds no result files of its own.
+    callbacks = [*callbacks, JsonLoggerCallback()]
     return tune.RunConfig(name=plan.exp_name, storage_path=str(sweep_root), callbacks=callbacks,
                           verbose=1 if opts.verbose else 0,
                           # Seen in the resume test with two kept and a save every epoch: the snapshot named a

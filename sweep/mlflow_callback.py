@@ -6,7 +6,11 @@ ASHA-stopped trials RUNNING and raced on experiment creation; see ENVIRONMENT.md
 
 - a trial's first start opens its child run (params = the resolved config flattened, tags);
   a trial resumed after an interrupt takes up its old run again instead of opening a second one;
-- each result logs that epoch's metrics with step = epoch (Ray's bookkeeping filtered out);
+- each result's metrics are logged with step = epoch (Ray's bookkeeping filtered out): a trial's first
+  result at once, later ones at most every LIVE_INTERVAL_S per trial (the results in between wait in
+  the trial's buffer). A write to a SQLite store costs the driver about 20 ms, and on a small machine
+  the driver shares the cores with the trials: one write per epoch of a demo-sized trial (under a
+  second each) was a quarter of the driver's CPU time (benchmarks/RESULTS.md, Sweep overhead);
 - on completion any epoch the run is missing (written while MLflow was away, or before a resume) is
   filled in from the trial's latest checkpoint, then the selected_* figures, the artifacts and
   FINISHED; a trial that reported `failed` or errored becomes FAILED with tag `failure_reason`.
@@ -38,6 +42,9 @@ PREDICTIONS_KEY = "predictions_csv"   # the checkpoint's predictions.csv text, b
 # the client's retries against a store that is down.
 RETRY_AFTER_S = 30.0
 
+# Live metrics: at most one write per trial this often (the trial's last epochs come with its close).
+LIVE_INTERVAL_S = 10.0
+
 
 @dataclass
 class SweepRecord:
@@ -55,12 +62,18 @@ class _TrialRun:
     run_id: Optional[str]              # None: already recorded (FINISHED/FAILED) before this driver started
     logged: set = field(default_factory=set)
     closed: bool = False
+    waiting: list = field(default_factory=list)   # results not written yet (LIVE_INTERVAL_S)
+    written_at: float = 0.0                       # time.monotonic() of the last write
 
 
 class MLflowSweepCallback(tune.Callback):
-    def __init__(self, record: SweepRecord):
+    """`client`: the driver's MlflowClient for this store (a new one is built when None, e.g. after a
+    restore); `live_interval_s`: how often a running trial's metrics are written at most."""
+
+    def __init__(self, record: SweepRecord, client=None, live_interval_s: float = LIVE_INTERVAL_S):
         self.record = record
-        self._client = None
+        self.live_interval_s = live_interval_s
+        self._client = client
         self._runs: dict[str, _TrialRun] = {}
         self.unsynced: set[str] = set()   # trial ids whose MLflow record is incomplete (sync fills them in)
         self._warned = False
@@ -131,7 +144,13 @@ class MLflowSweepCallback(tune.Callback):
         if result.get(FAILED):
             self._close(trial, result, str(result.get(FAILURE_REASON) or "failed"))
             return
-        tracking.log_epochs(self._client_(), state.run_id, [result], state.logged)
+        state.waiting.append(result)
+        if time.monotonic() - state.written_at >= self.live_interval_s:
+            self._flush(state)
+
+    def _flush(self, state: _TrialRun) -> None:
+        tracking.log_epochs(self._client_(), state.run_id, state.waiting, state.logged)
+        state.waiting, state.written_at = [], time.monotonic()
 
     def _close(self, trial, last: dict, reason: Optional[str]) -> None:
         state = self._open(trial)
@@ -141,7 +160,9 @@ class MLflowSweepCallback(tune.Callback):
         config = dict(trial.config)
         cfg = trial_config(config)
         history = _checkpoint_history(trial)
-        tracking.log_epochs(client, state.run_id, history.get("epochs", []), state.logged)
+        # The checkpoint holds every epoch of a finished trial; a failed one may have reported epochs after it.
+        tracking.log_epochs(client, state.run_id, history.get("epochs", []) + state.waiting, state.logged)
+        state.waiting = []
         if last.get(FAILED) or history.get(FAILURE_REASON):
             reason = reason or str(last.get(FAILURE_REASON) or history.get(FAILURE_REASON))
         final = dict(history["epochs"][-1]) if history.get("epochs") else dict(last)

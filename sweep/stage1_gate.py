@@ -1,6 +1,6 @@
 """An ablation's trials go to Tune as their stage-1 entries become ready, while stage 1 goes on.
 
-    gate = Stage1Gate(pending, context)       # stage 1 starts in a driver thread (sweep/stage1_plan.py)
+    gate = Stage1Gate(pending, context)       # cache hits settle now; stage 1 goes on in a driver thread
     tune.TuneConfig(search_alg=gate.searcher(tracking_uri), num_samples=len(pending))
     tuner.fit()
     gate.close()                              # cancels what is still computing (an interrupted sweep)
@@ -24,8 +24,8 @@ from typing import Optional
 from ray.tune.search import Searcher
 
 from sweep import tracking
-from sweep.stage1_plan import (TRIAL_LINK_TAG, Stage1Context, Stage1Entry, entry_of, newest_entry_run,
-                               schedule_stage1)
+from sweep.stage1_plan import (TRIAL_LINK_TAG, Stage1Context, Stage1Entry, compute_entries, entry_of,
+                               newest_entry_run, plan_entries, settle_cached)
 from sweep.trainable import STAGE1_FAILURE
 
 
@@ -52,25 +52,34 @@ class Stage1Board:
 
 
 class Stage1Gate:
-    """Runs `schedule_stage1` for the pending trials in a thread of the driver, filling a board."""
+    """Settles the cached entries at once, then computes the rest (`compute_entries`) in a driver thread,
+    filling a board. Cached entries settle before Tune first asks for a trial: Tune sleeps a second after
+    an empty answer, and the first trials would wait for it."""
 
     def __init__(self, pending: list[dict], ctx: Stage1Context):
         self.pending, self.ctx = pending, ctx
         self.board = Stage1Board()
         self._stop = threading.Event()
+        self.entries = plan_entries(pending)
+        self.missing = self._guarded(settle_cached, self.entries, ctx, self.board.settle)
         self._thread = threading.Thread(target=self._run, name="stage1-schedule", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        keys = {entry_of(s) for s in self.pending} - {None}
         try:
-            schedule_stage1(self.pending, self.ctx, settled=self.board.settle, stop=self._stop)
-        except BaseException as err:   # noqa: BLE001 - a trial must never wait forever on a broken thread
-            self.ctx.say(f"[{self.ctx.sweep}] stage 1 scheduling broke: {type(err).__name__}: {err}")
-            self.board.fail(keys, f"stage-1 scheduling broke: {type(err).__name__}: {err}"[:2000])
+            if self.missing:
+                self._guarded(compute_entries, self.entries, self.missing, self.ctx, self.board.settle, self._stop)
         finally:
             if self._stop.is_set():   # stopped: what never settled must not start a trial either
-                self.board.fail(keys, "the sweep was interrupted before this stage-1 entry was ready")
+                self.board.fail(self.entries, "the sweep was interrupted before this stage-1 entry was ready")
+
+    def _guarded(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as err:   # a trial must never wait forever on a broken stage 1
+            self.ctx.say(f"[{self.ctx.sweep}] stage 1 scheduling broke: {type(err).__name__}: {err}")
+            self.board.fail(self.entries, f"stage-1 scheduling broke: {type(err).__name__}: {err}"[:2000])
+            return None
 
     def searcher(self, tracking_uri: str) -> "Stage1ReadySearcher":
         return Stage1ReadySearcher(self.pending, self.board, tracking_uri, self.ctx.experiment_id)

@@ -170,13 +170,16 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context,
     when `stop` is set, the tasks still running are cancelled and the entries returned so far are those
     settled. Raises ConfigError when a stage-1 task could never be placed on the cluster;
     KeyboardInterrupt passes through (finished entries stay cached)."""
-    import ray
-
     check_fits(ctx.resources)
     entries = plan_entries(trial_settings)
-    if not entries:
-        return entries
-    start = time.time()
+    compute_entries(entries, settle_cached(entries, ctx, settled), ctx, settled, stop)
+    return entries
+
+
+def settle_cached(entries: dict[str, Stage1Entry], ctx: Stage1Context,
+                  settled: Callable[[Stage1Entry], None]) -> list[Stage1Entry]:
+    """Settles every entry the cache holds (checked without reading its tensors, recorded in MLflow);
+    returns the entries still to compute."""
     missing = []
     for entry in entries.values():
         info = _cached_info(ctx.cache_dir, entry)
@@ -188,11 +191,21 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context,
                                                                                   "started": time.time(),
                                                                                   "ended": time.time()})
             settled(entry)
-    reused = len(entries) - len(missing)
-    if missing:
-        ctx.say(f"[{ctx.sweep}] stage 1: {len(entries)} distinct entr{'y' if len(entries) == 1 else 'ies'}, "
-                f"{reused} in the cache, {len(missing)} to compute ({ctx.resources.cpu:g} CPU + "
-                f"{ctx.resources.gpu:g} GPU each); each trial starts once its entry is ready")
+    return missing
+
+
+def compute_entries(entries: dict[str, Stage1Entry], missing: list[Stage1Entry], ctx: Stage1Context,
+                    settled: Callable[[Stage1Entry], None], stop: Optional[threading.Event] = None) -> None:
+    """Computes the `missing` entries as Ray tasks (resources.stage1 each, at most max_concurrent at once),
+    settling each as it ends."""
+    import ray
+
+    if not missing:
+        return
+    start = time.time()
+    ctx.say(f"[{ctx.sweep}] stage 1: {len(entries)} distinct entr{'y' if len(entries) == 1 else 'ies'}, "
+            f"{len(entries) - len(missing)} in the cache, {len(missing)} to compute ({ctx.resources.cpu:g} CPU + "
+            f"{ctx.resources.gpu:g} GPU each); each trial starts once its entry is ready")
     task = ray.remote(compute_entry)
     window = ctx.max_concurrent or len(missing)
     queue, running = list(missing), {}
@@ -227,9 +240,7 @@ def schedule_stage1(trial_settings: list[dict], ctx: Stage1Context,
             ctx.say(f"  stage 1 {entry.key} {what}; used by {', '.join(entry.users[:4])}"
                     f"{' +' + str(len(entry.users) - 4) if len(entry.users) > 4 else ''}")
             last_print = 0.0   # a line after every finished entry
-    if missing:
-        ctx.say(_progress(ctx, len(entries), len(entries), {}, failed, start))
-    return entries
+    ctx.say(_progress(ctx, len(entries), len(entries), {}, failed, start))
 
 
 def _progress(ctx: Stage1Context, done: int, total: int, running: dict, failed: int, start: float) -> str:
@@ -280,8 +291,8 @@ def _cached_info(cache_dir: str, entry: Stage1Entry) -> Optional[dict]:
     """The entry's info when the cache holds a verified copy, else None (read under the entry's lock)."""
     cache = Stage1Cache(cache_dir)
     with cache.lock(entry.key):
-        features = cache.get(entry.key, (entry.settings.get("data") or {}).get("labels"))
-    return None if features is None else {str(k): str(v) for k, v in features.info.items()}
+        meta = cache.verified_meta(entry.key, (entry.settings.get("data") or {}).get("labels"))
+    return None if meta is None else {str(k): str(v) for k, v in meta.get("info", {}).items()}
 
 
 def _scores(info: dict) -> str:

@@ -163,3 +163,29 @@ def test_list_and_clear_through_the_cache_command(tmp_path, capsys):
     assert cache.list() == [] and not list((tmp_path / "runs" / "cache").iterdir())
     assert _run_cli(["cache", "list", "--output", str(tmp_path / "nothing")]) == 0
     assert "0 entries" in capsys.readouterr().out
+
+
+def test_the_driver_checks_an_entry_without_torch(tmp_path):
+    """`verified_meta` (how the sweep's driver checks the cache) applies get's checks but reads no tensors:
+    the driver process never imports torch."""
+    import subprocess
+    import sys
+    import warnings
+
+    cache = Stage1Cache(tmp_path)
+    cache.get_or_compute("k", Counter(tmp_path / "calls"), LABELS)
+    assert cache.verified_meta("k", LABELS)["info"] == make_features().info
+    script = ("import sys; from dialogue_data.cache import Stage1Cache; "
+              f"meta = Stage1Cache({str(tmp_path)!r}).verified_meta('k', {LABELS!r}); "
+              "print(meta['labels'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.split() == ["['a',", "'b',", "'c']", "False"]
+    tensor = tmp_path / "k.safetensors"
+    data = bytearray(tensor.read_bytes())
+    data[-3] ^= 0xFF
+    tensor.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.verified_meta("k", LABELS) is None
+    assert any(issubclass(w.category, CacheWarning) and "sha256" in str(w.message) for w in caught)

@@ -1,0 +1,58 @@
+"""The driver's MLflow callback on a real SQLite store: live metrics at most every LIVE_INTERVAL_S per
+trial, and every epoch in the run once the trial ends (the Tune trial is a plain stand-in: the callback
+reads only its id, config, checkpoint and last result)."""
+from types import SimpleNamespace
+
+from core.config import load_config
+from sweep import tracking
+from sweep.mlflow_callback import MLflowSweepCallback, SweepRecord
+
+EPOCHS = 5
+
+
+def _trial(trial_id: str) -> SimpleNamespace:
+    settings = {"sweep": "cb", "variant": "full", "run_name": f"full {trial_id}", "slug": "full", "seed": 0,
+                "base": load_config(None, [f"train.epochs={EPOCHS}"]).to_dict(), "overrides": {},
+                "data": {"name": "synthetic", "fingerprint": "f" * 16, "labels": ["a", "b"]},
+                "code_fingerprint": "c" * 16}
+    return SimpleNamespace(trial_id=trial_id, config={"trial": settings}, checkpoint=None, last_result=None)
+
+
+def _epoch(epoch: int) -> dict:
+    return {"epoch": epoch, "train_loss": 1.0 / epoch, "dev_wf1": 0.1 * epoch, "test_wf1": 0.05 * epoch,
+            "training_iteration": epoch, "time_this_iter_s": 0.1}
+
+
+def _run_trial(callback: MLflowSweepCallback, trial) -> list[set[int]]:
+    """Feeds EPOCHS results, then completes the trial; -> the steps MLflow held after each result, and at the end."""
+    client = callback._client_()
+    callback.on_trial_start(iteration=0, trials=[trial], trial=trial)
+    run_id = callback._runs[trial.trial_id].run_id
+    seen = []
+    for epoch in range(1, EPOCHS + 1):
+        trial.last_result = _epoch(epoch)
+        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=trial.last_result)
+        seen.append(tracking.logged_steps(client, run_id))
+    callback.on_trial_complete(iteration=EPOCHS, trials=[trial], trial=trial)
+    seen.append(tracking.logged_steps(client, run_id))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert not callback.unsynced                      # no write failed
+    return seen
+
+
+def test_live_metrics_are_throttled_per_trial_and_complete_when_the_trial_ends(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.make_client(uri)
+    experiment = client.create_experiment("cb")
+    parent = client.create_run(experiment).info.run_id
+    record = SweepRecord("cb", "ablate", uri, experiment, parent, "0" * 40)
+
+    # A long interval: the first epoch is written at once, the others wait for the trial's end.
+    throttled = _run_trial(MLflowSweepCallback(record, client, live_interval_s=3600), _trial("t1"))
+    assert throttled[:EPOCHS] == [{1}] * EPOCHS
+    assert throttled[-1] == set(range(1, EPOCHS + 1))
+
+    # No interval: every epoch is in MLflow as soon as it is reported (and the callback builds its own client).
+    live = _run_trial(MLflowSweepCallback(record, live_interval_s=0), _trial("t2"))
+    assert live[:EPOCHS] == [set(range(1, e + 1)) for e in range(1, EPOCHS + 1)]
+    assert live[-1] == set(range(1, EPOCHS + 1))
