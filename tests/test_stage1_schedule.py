@@ -228,8 +228,10 @@ class _InterruptAtFirstTrialStart(tune.Callback):
 
 def test_an_interrupt_while_an_entry_computes_then_the_rerun_computes_it_and_links_every_trial(
         tmp_path, ray_local, capsys):
-    # `full` has a quick entry (2 epochs, ~9 s) and starts while the other entry (30 epochs) is computed.
-    variants = {"full": {}, "slow stage 1": {"stage1.prompt": False, "stage1.epochs": 30}}
+    # `full` has a quick entry (2 epochs, ~9 s) and starts while the other entry (200 epochs) is computed. With 30
+    # epochs, on a loaded machine (two busy processes beside the test), the entries' fixed start-up cost
+    # dominated: 119 s and 126 s, and the slow one was ready before the first trial started.
+    variants = {"full": {}, "slow stage 1": {"stage1.prompt": False, "stage1.epochs": 200}}
     spec = write_ablation(tmp_path, "cut", variants, seeds=(0,), epochs=2, extra_base=STAGE1_BASE)
     out, cache = tmp_path / "runs", tmp_path / "cache"
     first = sweep_run("ablate", spec, [], SweepOptions(output=out, cache_dir=cache,
