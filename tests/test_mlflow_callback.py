@@ -43,7 +43,7 @@ def _run_trial(callback: MLflowSweepCallback, trial) -> list[set[int]]:
 def test_live_metrics_are_throttled_per_trial_and_complete_when_the_trial_ends(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.make_client(uri)
-    experiment = client.create_experiment("cb")
+    experiment = client.create_experiment("cb", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment).info.run_id
     record = SweepRecord("cb", "ablate", uri, experiment, parent, "0" * 40)
 
