@@ -86,8 +86,16 @@ def test_killed_driver_then_the_same_command_resumes(tmp_path, stage1_cache, sig
         wait_for(lambda: not first.leftovers(), 10)
         kill_pids(first.leftovers())  # Ray's agents outlive a SIGKILLed driver: stop ours, by id
     # A clean stop closes the runs of unfinished trials (KILLED); a SIGKILLed driver cannot.
-    done_before = sum(_finished_pairs(out, name, running_ok=sig == signal.SIGKILL).values())
-    assert 1 <= done_before < 6
+    printed = first.text().count("  finished ")
+    recorded = sum(_finished_pairs(out, name, running_ok=sig == signal.SIGKILL).values())
+    assert 1 <= printed < 6
+    # A clean stop waits for the driver's MLflow writes (on a thread beside Tune's loop: sweep/mlflow_callback.py),
+    # so every trial it printed as finished is FINISHED in MLflow. A SIGKILL can cut queued writes; the
+    # trials stay in Ray's storage, and the rerun below writes them.
+    if sig == signal.SIGINT:
+        assert recorded == printed, first.text()
+    else:
+        assert recorded <= printed
 
     second = Driver(args, tmp_path / "second.log")
     assert second.wait(300) == 0, second.text()
