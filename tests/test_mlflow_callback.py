@@ -44,12 +44,17 @@ def _run_trial(callback: MLflowSweepCallback, trial) -> list[set[int]]:
     return seen
 
 
-def test_live_metrics_are_throttled_per_trial_and_complete_when_the_trial_ends(tmp_path):
+def _store(tmp_path):
+    """A real SQLite store with the sweep's experiment and parent run; -> (client, the callback's record)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.make_client(uri)
     experiment = client.create_experiment("cb", artifact_location=(tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment).info.run_id
-    record = SweepRecord("cb", "ablate", uri, experiment, parent, "0" * 40)
+    return client, SweepRecord("cb", "ablate", uri, experiment, parent, "0" * 40)
+
+
+def test_live_metrics_are_throttled_per_trial_and_complete_when_the_trial_ends(tmp_path):
+    client, record = _store(tmp_path)
 
     # A long interval: the first epoch is written at once, the others wait for the trial's end.
     throttled = _run_trial(MLflowSweepCallback(record, client, live_interval_s=3600), _trial("t1"))
@@ -63,10 +68,7 @@ def test_live_metrics_are_throttled_per_trial_and_complete_when_the_trial_ends(t
 
 
 def test_tune_hooks_return_while_the_store_is_busy_and_the_writes_land_in_order(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = tracking.make_client(uri)
-    experiment = client.create_experiment("cb", artifact_location=(tmp_path / "artifacts").as_uri())
-    record = SweepRecord("cb", "ablate", uri, experiment, client.create_run(experiment).info.run_id, "0" * 40)
+    client, record = _store(tmp_path)
     callback = MLflowSweepCallback(record, client, live_interval_s=0)
 
     # The store answers only once `answer` is set: opening the trial's run waits on it, on the writer thread.
