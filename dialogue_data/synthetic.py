@@ -83,6 +83,8 @@ tiny stage-1 encoders (KD on, 8 epochs, lr 3e-3, width 32) reached dev accuracy 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from core.schema import SPLITS, Dialogue, DialogueDataset, Utterance
@@ -153,14 +155,36 @@ ENERGY = {"anger": 0.9, "disgust": 0.6, "fear": 0.45, "joy": 0.8, "sadness": 0.3
 TEMPO = {"anger": 7.0, "disgust": 3.0, "fear": 8.0, "joy": 5.0, "sadness": 2.0, "surprise": 6.0}
 
 
-def generate(data_cfg) -> DialogueDataset:
-    """The synthetic dataset for `data_cfg` (a `core.config.DataConfig`); deterministic by its seed."""
+@dataclass
+class PlantedTurn:
+    """What the generator planted in one utterance: which channels carry its true label (`generate(trace=...)`).
+
+    Drawn from the same random stream as the data, so asking for it changes nothing that is generated."""
+    split: str
+    dialogue_id: str
+    utterance_id: str
+    label: int                  # the true emotion (before any train label noise)
+    origin: str                 # "persisted" (the speaker's previous emotion), "caught" (the turn before's), "fresh"
+    role_emotion: int           # the speaker role's habitual emotion (`ROLE_EMOTION`; its pull is data.speaker_prior)
+    role_drawn: bool            # fresh and set to that habitual emotion by data.speaker_prior
+    reply: bool                 # a reply only the question in the turn before resolves (data.context_share)
+    corrupt: bool               # the dialogue's audio is a bad line (data.corrupt_share)
+    text_cue: str               # "strong" (names the emotion), "weak" (one of two), "continuation", "none"
+    audio_true: bool            # the clip expresses the true emotion by design (not by a random draw's chance)
+    video_true: bool            # ... the frames do
+    label_noised: bool = False  # train only: the stored label was redrawn (data.train_label_noise)
+
+
+def generate(data_cfg, trace: list[PlantedTurn] | None = None) -> DialogueDataset:
+    """The synthetic dataset for `data_cfg` (a `core.config.DataConfig`); deterministic by its seed.
+
+    With a `trace` list, one `PlantedTurn` per utterance is appended to it (benchmarks/demo_footprint.py)."""
     quarter = max(1, data_cfg.synthetic_dialogues // 4)
     counts = {"train": data_cfg.synthetic_dialogues, "dev": quarter,
               "test": data_cfg.synthetic_test_dialogues or quarter}
     # One independent stream per split: the dev/test data do not move when only train grows.
     streams = np.random.SeedSequence(data_cfg.synthetic_seed).spawn(len(SPLITS))
-    splits = {split: _split(np.random.default_rng(stream), split, counts[split], data_cfg)
+    splits = {split: _split(np.random.default_rng(stream), split, counts[split], data_cfg, trace)
               for split, stream in zip(SPLITS, streams)}
     test = f", test dialogues={counts['test']}" if data_cfg.synthetic_test_dialogues else ""
     source = (f"synthetic(seed={data_cfg.synthetic_seed}, dialogues={data_cfg.synthetic_dialogues}{test}, "
@@ -178,7 +202,7 @@ def generate(data_cfg) -> DialogueDataset:
 
 # ---- dialogue structure ---------------------------------------------------------------------
 
-def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
+def _split(rng: np.random.Generator, split: str, n: int, cfg, trace: list[PlantedTurn] | None) -> list[Dialogue]:
     k = len(LABELS)
     p_cue = min(1.0, CUE_PER_SIGNAL * cfg.text_signal)
     faithful = {m: 0.0 if cfg.noise_modality == m else min(1.0, FAITHFUL_PER_SIGNAL * getattr(cfg, f"{m}_signal"))
@@ -200,7 +224,7 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
             choices = [s for s in names if s != prev_speaker]
             speaker = choices[int(rng.integers(len(choices)))]
             role = roles.setdefault(speaker, len(roles))
-            persisted = fresh = False
+            persisted = fresh = role_drawn = False
             if speaker in last and rng.random() < PERSIST:
                 label, persisted = last[speaker], True
             elif prev_label is not None and rng.random() < CONTAGION:
@@ -208,35 +232,45 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg) -> list[Dialogue]:
             else:
                 label, fresh = int(rng.integers(k)), True
                 if cfg.speaker_prior > 0 and rng.random() < cfg.speaker_prior:   # speakers mechanism
-                    label = LABELS.index(ROLE_EMOTION[role])
+                    label, role_drawn = LABELS.index(ROLE_EMOTION[role]), True
             # Prompt mechanism: a fresh emotion, named only by the event the turn before asks about.
-            context_only = (fresh and utterances and cfg.context_share > 0
-                            and rng.random() < cfg.context_share)
+            context_only = bool(fresh and utterances and cfg.context_share > 0
+                                and rng.random() < cfg.context_share)
             if context_only:
-                text = _pick(rng, REPLIES).capitalize()
+                text, cue = _pick(rng, REPLIES).capitalize(), "none"
                 ask = _pick(rng, ASK_TEMPLATES).format(event=_pick(rng, EVENTS[LABELS[label]]))
                 utterances[-1].text = f"{utterances[-1].text} {ask[0].upper()}{ask[1:]}"
             else:
-                text = _text(rng, label, persisted, p_cue, cfg.noise_modality == "text")
+                text, cue = _text(rng, label, persisted, p_cue, cfg.noise_modality == "text")
             p_audio = 0.0 if context_only or corrupt else faithful["audio"]
             p_video = 0.0 if context_only else faithful["video"]
-            expressed_a = label if rng.random() < p_audio else int(rng.integers(k))
-            expressed_v = label if rng.random() < p_video else int(rng.integers(k))
+            audio_true = rng.random() < p_audio     # the clip/frames express the true emotion by design
+            expressed_a = label if audio_true else int(rng.integers(k))
+            video_true = rng.random() < p_video
+            expressed_v = label if video_true else int(rng.integers(k))
             wave = _waveform(rng, LABELS[expressed_a], voice[speaker], loudness[speaker], cfg,
                              BAD_LINE_NOISE if corrupt else LINE_NOISE)
             frames = _frames(rng, expressed_v, tint[speaker], cfg)
             utterances.append(Utterance(speaker=speaker, text=text, label=label,
                                         utterance_id=f"{split}{d}_u{u}", waveform=wave, frames=frames))
+            if trace is not None:
+                origin = "persisted" if persisted else "fresh" if fresh else "caught"
+                trace.append(PlantedTurn(split, f"{split}{d}", f"{split}{d}_u{u}", label, origin,
+                                         LABELS.index(ROLE_EMOTION[role]), role_drawn,
+                                         context_only, corrupt, cue, bool(audio_true), bool(video_true)))
             last[speaker] = label
             prev_speaker, prev_label = speaker, label
         dialogues.append(Dialogue(dialogue_id=f"{split}{d}", utterances=utterances))
     if split == "train" and cfg.train_label_noise > 0:
         # Stage-1 KD mechanism: annotation noise in train only. The cues still follow the true emotion, so
         # the text teacher's soft labels are cleaner than the audio/video students' hard labels.
+        planted = {t.utterance_id: t for t in trace if t.split == split} if trace is not None else {}
         for dialogue in dialogues:
             for utt in dialogue.utterances:
                 if rng.random() < cfg.train_label_noise:
                     utt.label = int(rng.integers(k))
+                    if utt.utterance_id in planted:
+                        planted[utt.utterance_id].label_noised = True
     return dialogues
 
 
@@ -249,22 +283,23 @@ def _pick(rng: np.random.Generator, items: list[str]) -> str:
     return items[int(rng.integers(len(items)))]
 
 
-def _text(rng: np.random.Generator, label: int, persisted: bool, p_cue: float, noise: bool) -> str:
+def _text(rng: np.random.Generator, label: int, persisted: bool, p_cue: float, noise: bool) -> tuple[str, str]:
+    """An utterance's text and what it tells of `label`: "strong", "weak", "continuation" or "none"."""
     if noise:  # same look, emotion drawn independently of the label
         label = int(rng.integers(len(LABELS)))
     emotion = LABELS[label]
     fill = {"topic": _pick(rng, TOPICS), "filler": _pick(rng, FILLERS), "mod": _pick(rng, MODIFIERS)}
     if rng.random() < p_cue:
         if rng.random() < STRONG_SHARE:
-            text = _pick(rng, STRONG_TEMPLATES).format(cue=_pick(rng, STRONG[emotion]), **fill)
+            text, cue = _pick(rng, STRONG_TEMPLATES).format(cue=_pick(rng, STRONG[emotion]), **fill), "strong"
         else:
             cue = _pick(rng, WEAK[frozenset((emotion, PARTNER[emotion]))])
-            text = _pick(rng, WEAK_TEMPLATES).format(cue=cue, **fill)
+            text, cue = _pick(rng, WEAK_TEMPLATES).format(cue=cue, **fill), "weak"
     elif persisted and not noise and rng.random() < CONTINUATION:
-        text = _pick(rng, CONTINUATIONS)
+        text, cue = _pick(rng, CONTINUATIONS), "continuation"
     else:
-        text = _pick(rng, NEUTRAL_TEMPLATES).format(**fill)
-    return text[0].upper() + text[1:]
+        text, cue = _pick(rng, NEUTRAL_TEMPLATES).format(**fill), "none"
+    return text[0].upper() + text[1:], "none" if noise else cue
 
 
 # ---- media ------------------------------------------------------------------------------------

@@ -166,3 +166,24 @@ def test_each_planted_mechanism_is_off_by_default_and_does_what_its_knob_says():
     prior = synthetic.generate(DataConfig(**small, speaker_prior=1.0))
     first = [d.utterances[0].label for split in ("train", "dev", "test") for d in prior.splits[split]]
     assert np.mean([lbl == synthetic.LABELS.index("anger") for lbl in first]) > 0.9
+
+
+def test_the_trace_records_what_was_planted_without_changing_the_data():
+    """`generate(trace=...)` says which channels carry each label (benchmarks/demo_footprint.py) from the same draws."""
+    cfg = DataConfig(synthetic_dialogues=40, context_share=0.6, train_label_noise=0.3, corrupt_share=0.4,
+                     speaker_prior=0.5, noise_modality="video")
+    trace: list[synthetic.PlantedTurn] = []
+    dataset = synthetic.generate(cfg, trace=trace)
+    assert dataset.fingerprint() == synthetic.generate(cfg).fingerprint()
+    turns = [u for split in ("train", "dev", "test") for u in dataset.utterances(split)]
+    assert [t.utterance_id for t in trace] == [u.utterance_id for u in turns]
+    for turn, utt in zip(trace, turns):
+        assert turn.reply == synthetic.is_reply(utt.text)
+        assert (utt.label == turn.label) or turn.label_noised                 # only train labels are redrawn
+        if turn.text_cue == "strong":
+            assert any(w in utt.text.lower() for w in synthetic.STRONG[synthetic.LABELS[turn.label]])
+        assert not turn.video_true                                            # video is the noise modality
+        assert not (turn.audio_true and (turn.corrupt or turn.reply))        # bad lines and replies tell nothing
+        assert not turn.role_drawn or (turn.origin == "fresh" and turn.label == turn.role_emotion)
+    noised = [t.label_noised for t in trace if t.split == "train"]
+    assert 0.2 < np.mean(noised) < 0.4 and not any(t.label_noised for t in trace if t.split != "train")

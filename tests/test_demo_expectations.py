@@ -27,32 +27,41 @@ PLANTED_EFFECTS = {                 # row: why it must be significantly below fu
     "w/o anchor gating": "E6", "w/o speaker embeddings": "E7",
 }
 PLANTED_NULLS = {"T+A": "E3", "w/o stage-2 KD": "E8"}
-# The demo runs (2-core machine, `make demo`) met only some expectations. The ones the latest run missed are
-# recorded here with its numbers, as strict xfails: the expectation stays as written (never tuned to the
+# The demo runs (2-core machine, `make demo`) met only some expectations. The ones the latest runs missed are
+# recorded here with their numbers, as strict xfails: the expectation stays as written (never tuned to the
 # result), and a run that starts meeting it fails the xfail so that this record is updated. ablations/demo.yaml
-# and the README say the same. Latest run: 2026-11-30, git 51c46ad + the reply mechanism for the prompt and
-# stage1.target_segment (each set from a probe before this run): V significant and both planted nulls
-# equivalent; with three seeds, rows near a threshold can go either way on new random draws.
+# and the README say the same. Latest runs: git 51c46ad + the reply mechanism for the prompt and
+# stage1.target_segment (each set from a probe before the run), on two kinds of host: AVX2 (2026-11-30 and
+# 12-01, /tmp/demo12 and /tmp/demo13, identical) and AVX-512 (2026-12-01, git c7077be + the generator's trace,
+# two runs, identical). The two kinds gave different floats in 7 of 39 trials (CPU kernels), so rows whose Holm p
+# sits near 0.05 can land on either side by host alone: those are recorded as non-strict xfails (BORDERLINE).
+# Why the rest cannot show at this size: benchmarks/demo_footprint.py (an ideal reader's bound on each planted
+# effect against the minimum detectable effect) and benchmarks/RESULTS.md.
 NOT_SHOWN = {
-    "T": "E1 not shown: Δ -3.16 [-6.34, +0.01], Holm p=0.454",
-    "A": "E1 not shown: Δ -7.95 [-13.59, -2.30], Holm p=0.066",
-    "T+V": "E1 not shown: Δ -1.95 [-4.34, +0.45], Holm p=0.861",
-    "A+V": "E1 not shown: Δ -8.24 [-13.85, -2.63], Holm p=0.052",
-    "w/o prompt": "E4 not shown: Δ +1.67 [-2.49, +5.84], Holm p=1.000 (with the prompt, replies 44.1% vs 41.1% "
-                  "right at stage 2, but ordinary turns 69.6% vs 74.0%: benchmarks/demo_turns.py)",
-    "w/o stage-1 KD": "E5 not shown: Δ -0.19 [-2.47, +2.10], Holm p=1.000",
-    "w/o any KD": "E5 not shown: Δ -0.68 [-3.57, +2.21], Holm p=1.000",
+    "T": "E1 not shown: Δ -3.16 [-6.34, +0.01], Holm p=0.454 (AVX-512: -3.23, 0.425); an ideal reader loses 14.4 "
+         "points without audio, the model about a quarter of that",
+    "A": "E1 not shown: Δ -7.95 [-13.59, -2.30], Holm p=0.066 (both hosts)",
+    "T+V": "E1 not shown: Δ -1.95 [-4.34, +0.45], Holm p=0.861 (both hosts)",
+    "A+V": "E1 shown on AVX-512 hosts only: Δ -8.44 [-14.09, -2.80], Holm p=0.045; AVX2: -8.24 [-13.85, -2.63], "
+           "Holm p=0.052",
+    "w/o prompt": "E4 not shown: Δ +1.67 [-2.49, +5.84], Holm p=1.000 (AVX-512: +1.60); with the prompt, replies 44.1% "
+                  "vs 41.1% right at stage 2, but ordinary turns 69.6% vs 74.0% (benchmarks/demo_turns.py)",
+    "w/o stage-1 KD": "E5 not shown: Δ -0.19 [-2.47, +2.10], Holm p=1.000 (AVX-512: -0.11)",
+    "w/o any KD": "E5 not shown: Δ -0.68 [-3.57, +2.21], Holm p=1.000 (both hosts)",
     "w/o anchor gating": "E6 not shown: Δ +0.92 [-0.90, +2.73], Holm p=1.000 (the authors' gate lies in [0.5, 1); "
                          "trained, it stays at 0.51-0.59 on clean and corrupted dialogues alike)",
-    "w/o speaker embeddings": "E7 not shown: Δ -1.13 [-4.67, +2.41], Holm p=1.000",
-    "E2": "E2 not shown: T > A > V on dev and test wF1 (test 52.46 > 47.68 > 44.82), but V is not below 25 "
-          "(speaker-role priors reach the V row through the speaker embeddings)",
+    "w/o speaker embeddings": "E7 not shown: Δ -1.13 [-4.67, +2.41], Holm p=1.000; cannot be shown at this size: an "
+                              "ideal reader gains at most 3.9 points from the speaker roles, the MDE is 6.2-8.4",
+    "E2": "E2 not shown: T > A > V on dev and test wF1 (test 52.46 > 47.68 > 44.82), but V is not below 25: as "
+          "written, E2 contradicts E7's mechanism (the role alone names 50.7% of the test labels: "
+          "benchmarks/demo_footprint.py), which reaches the V row through the speaker embeddings",
 }
+BORDERLINE = {"A", "A+V"}           # Holm p within 0.04-0.07 in the recorded runs: the host's CPU decides the side
 
 
 def _recorded(variants):
-    return [pytest.param(v, marks=pytest.mark.xfail(strict=True, reason=NOT_SHOWN[v])) if v in NOT_SHOWN else v
-            for v in sorted(variants)]
+    return [pytest.param(v, marks=pytest.mark.xfail(strict=v not in BORDERLINE, reason=NOT_SHOWN[v]))
+            if v in NOT_SHOWN else v for v in sorted(variants)]
 
 
 @pytest.fixture(scope="module")
