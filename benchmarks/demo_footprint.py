@@ -2,25 +2,31 @@
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/demo_footprint.py [--se 2.0] [--table DIR/reports/demo/table.csv]
 
-Needs no training and no sweep: it regenerates the demo's test split (ablations/demo.yaml) with the generator's trace
-(`dialogue_data.synthetic.PlantedTurn`: which channels carry each turn's true label) and scores an *ideal reader*
-that knows the generator, once with every channel and once without the channels a variant removes:
-  a turn is read right (1) when a channel the reader keeps names its label: a strong text cue, a clip or frames that
-  express it by design, the question before a reply (the prompt); otherwise a reader that knows the speaker's role
-  (the speaker embeddings) answers with the role's habitual emotion when a weak cue leaves it possible, and is right
-  exactly when the label is that emotion; a reader without it guesses among what is left (1/2 after a weak cue,
-  shared by two emotions, else 1/6). Dialogue history (a speaker keeping an
-  emotion, a turn catching the one before) is read by every variant and is left out, so the figures are upper
-  bounds: what the data reward a part for, in accuracy points on the test turns.
-Rows whose part removes no channel (KD, anchor gating) get no bound: an ideal reader needs neither (label noise and a
-bad line it can hear do not stop it); their effect can only come from how the model learns.
+Needs no training and no sweep (a few seconds). It regenerates the demo's test split (ablations/demo.yaml) with the
+generator's trace (`dialogue_data.synthetic.PlantedTurn`: the hidden facts of each turn, e.g. whether its clip
+expresses the true emotion by design) and scores an *ideal reader*: an oracle that sees those facts, but only
+through the channels a variant's model has. Each variant's channels come from its own config:
+  text         the text modality (`fusion.modalities`): a strong cue names the label, a weak cue narrows it to two;
+  prompt       text with `stage1.prompt`: the question before a reply names the reply's emotion;
+  audio, video the modality: a clip / frames that express the label by design name it;
+  role         the speaker's role (order of first appearance), which names the role's habitual emotion
+               (`data.speaker_prior`). The speaker embeddings carry it, and so does the prompt, whose
+               "Now <sK> feels <mask>" numbers the speaker exactly as the roles are numbered.
+A turn nothing names is guessed: with the role, as the role's habit (right exactly when the label is that);
+without, uniformly among what is left (1/2 after a weak cue, else 1/6). Two readers: history-free (each turn on
+its own), and with history, where a turn that copies an earlier label (a speaker keeping an emotion, a turn
+catching the one before) is also right when that earlier turn was read for sure. Neither bounds every possible
+reader, so a row's planted effect is taken as the larger of the two losses (every channel minus the variant's),
+in points of accuracy on the test turns.
+A row that removes no channel (KD, anchor gating) has no such effect: label noise and a bad line that can be heard
+cost an ideal reader nothing, so their effect can only come from how the model learns.
 
-The minimum detectable effect (MDE) is what a row's Δ must be for the report's Holm-corrected test to find it 80%
-of the time: (t[1 - alpha / (2 k)] + t[0.8]) x SE at the row's degrees of freedom, for k = 12 comparisons (the strictest Holm step) and k = 3 (the
-most lenient step any planted effect can reach when the 10 planted effects come first). SE defaults to 2 points,
-the calibration study's figure quoted in ablations/demo.yaml (normal quantiles); `--table` takes each row's SE and
-Welch degrees of freedom from a report instead.
-Prints one row per variant; benchmarks/RESULTS.md quotes them.
+The minimum detectable effect (MDE) is the Δ that the report's Holm-corrected test finds 80% of the time:
+(t[1 - alpha / (2 k)] + t[0.8]) x SE at the row's Welch degrees of freedom, where k is the Holm step (12 rows are
+compared with `full`: the first rejection needs alpha / 12; k = 3 is the best any planted effect can hope for, if
+the 9 other planted effects were all rejected before it). SE defaults to 2 points (the calibration figure quoted
+in ablations/demo.yaml, normal quantiles); `--table` takes each row's SE, df and measured Δ of test accuracy
+(the bounds' unit) from a report. "not ruled out" only means that the bound is not below the MDE.
 """
 from __future__ import annotations
 
@@ -38,39 +44,58 @@ sys.path.insert(0, str(ROOT))
 from dialogue_data.synthetic import LABELS, PARTNER, PlantedTurn, generate  # noqa: E402
 from sweep.ablation_spec import load_ablation  # noqa: E402
 
-REMOVES = {   # variant -> the channels to its label that it takes away (video is the noise modality: never a channel)
-    "w/o prompt": {"prompt"}, "w/o speaker embeddings": {"role"},
-    "T": {"audio", "video"}, "T+V": {"audio"}, "A": {"text", "prompt", "video"}, "A+V": {"text", "prompt"},
-    "V": {"text", "prompt", "audio"}, "T+A": {"video"},
-    "w/o stage-1 KD": set(), "w/o stage-2 KD": set(), "w/o any KD": set(), "w/o anchor gating": set(),
-}
-NO_CHANNEL = {"w/o stage-1 KD", "w/o stage-2 KD", "w/o any KD", "w/o anchor gating"}
-ALL = {"text", "prompt", "audio", "video", "role"}
+CHANNELS = {"text", "prompt", "audio", "video", "speaker_embeddings"}
+
+
+def channels(cfg) -> set[str]:
+    """The channels to a turn's label that a trial with config `cfg` (a `core.config.MAGTKDConfig`) has."""
+    modalities = set(cfg.fusion.modalities)
+    kept = modalities & {"text", "audio", "video"}
+    if "text" in modalities and cfg.stage1.prompt:
+        kept.add("prompt")
+    if cfg.fusion.speaker_embeddings:
+        kept.add("speaker_embeddings")
+    return kept
 
 
 def ideal_score(turn: PlantedTurn, keep: set[str]) -> float:
-    """P(an ideal reader with the channels `keep` gets `turn` right); see the module docstring."""
+    """P(an ideal reader with the channels `keep` gets `turn` right, history aside); see the module docstring."""
     if (("text" in keep and turn.text_cue == "strong") or ("audio" in keep and turn.audio_true)
             or ("video" in keep and turn.video_true) or ("prompt" in keep and turn.reply)):
         return 1.0
     candidates = ({turn.label, LABELS.index(PARTNER[LABELS[turn.label]])} if "text" in keep and turn.text_cue == "weak"
                   else set(range(len(LABELS))))
-    if "role" in keep and turn.role_emotion in candidates:    # the speaker's habit is the likeliest of them
+    knows_role = "speaker_embeddings" in keep or "prompt" in keep
+    if knows_role and turn.role_emotion in candidates:        # the speaker's habit is the likeliest of them
         return float(turn.label == turn.role_emotion)
     return 1 / len(candidates)
 
 
-def ideal_accuracy(trace: list[PlantedTurn]) -> dict[str, float]:
-    """Variant -> the ideal reader's accuracy in percent on the test turns ("full": every channel)."""
+def accuracy(turns: list[PlantedTurn], keep: set[str], history: bool) -> float:
+    """The ideal reader's accuracy in percent over `turns` (in generation order, so a source precedes its copy)."""
+    sure: set[str] = set()
+    scores = []
+    for turn in turns:
+        score = ideal_score(turn, keep)
+        if history and turn.source in sure:
+            score = 1.0
+        if score == 1.0:
+            sure.add(turn.utterance_id)
+        scores.append(score)
+    return 100 * float(np.mean(scores))
+
+
+def effects(trace: list[PlantedTurn], variants: dict[str, set[str]]) -> dict[str, dict]:
+    """Variant -> its ideal-reader accuracy and planted effect (points) on the test turns, both readers."""
     test = [t for t in trace if t.split == "test"]
-    return {v: 100 * float(np.mean([ideal_score(t, ALL - removed) for t in test]))
-            for v, removed in {"full": set(), **REMOVES}.items()}
-
-
-def bounds(trace: list[PlantedTurn]) -> dict[str, float]:
-    """Variant -> the ideal reader's accuracy loss in points on the test turns (all channels minus the variant's)."""
-    accuracy = ideal_accuracy(trace)
-    return {v: accuracy["full"] - accuracy[v] for v in REMOVES if v not in NO_CHANNEL}
+    full = {h: accuracy(test, CHANNELS, h) for h in (False, True)}
+    out = {}
+    for variant, keep in variants.items():
+        acc = {h: accuracy(test, keep, h) for h in (False, True)}
+        loss = {h: full[h] - acc[h] for h in (False, True)}
+        out[variant] = {"accuracy": acc[False], "accuracy_history": acc[True], "loss": loss[False],
+                        "loss_history": loss[True], "bound": max(loss.values()), "removes": CHANNELS - keep}
+    return out
 
 
 def shares(trace: list[PlantedTurn]) -> dict[str, float]:
@@ -80,7 +105,8 @@ def shares(trace: list[PlantedTurn]) -> dict[str, float]:
     return {
         "test turns": len(test),
         "replies (prompt)": share(test, lambda t: t.reply),
-        "replies whose label is also the speaker role's habit": share(test, lambda t: t.reply and t.role_drawn),
+        "replies whose label is the speaker role's habit": share(test, lambda t: t.reply and
+                                                                 t.label == t.role_emotion),
         "role-drawn turns (speakers)": share(test, lambda t: t.role_drawn),
         "turns whose label is the speaker role's habit": share(test, lambda t: t.label == t.role_emotion),
         "... of them, turns nothing else names": share(test, lambda t: t.label == t.role_emotion and not t.reply
@@ -101,38 +127,40 @@ def mde(se_points: float, comparisons: int, df: float = math.inf, alpha: float =
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default=str(ROOT / "ablations" / "demo.yaml"))
-    parser.add_argument("--se", type=float, default=2.0, help="SE of a row's delta in points (default: 2.0)")
-    parser.add_argument("--table", help="a report's table.csv: take each row's SE (se_pct, test_wf1) from it")
+    parser.add_argument("--se", type=float, default=2.0, help="SE of a row's Δ in points (default: 2.0)")
+    parser.add_argument("--table", help="a report's table.csv: each row's SE, df and Δ of test accuracy")
     args = parser.parse_args(argv)
 
-    spec = load_ablation(Path(args.spec))
+    trials = [t for t in load_ablation(Path(args.spec)).trials()]
+    variants = {t.variant: channels(t.cfg) for t in trials if t.variant != "full"}
     trace: list[PlantedTurn] = []
-    generate(spec.trials()[0].cfg.data, trace=trace)
+    generate(trials[0].cfg.data, trace=trace)
     for name, value in shares(trace).items():
         print(f"SHARE {name}: {value:.1f}" + ("" if name == "test turns" else "%"))
 
-    se, measured = {}, {}
+    stats, measured = {}, {}
     if args.table:
         with open(args.table, encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f) if r["metric"] == "test_wf1" and r.get("se_pct")]
-        se = {r["variant"]: (float(r["se_pct"]), float(r["df"])) for r in rows}
+            rows = [r for r in csv.DictReader(f) if r["metric"] == "test_acc" and r.get("se_pct")]
+        stats = {r["variant"]: (float(r["se_pct"]), float(r["df"])) for r in rows}
         measured = {r["variant"]: float(r["delta_pct"]) for r in rows}
-    limit, accuracy = bounds(trace), ideal_accuracy(trace)
-    print(f"\nideal reader, every channel: {accuracy['full']:.1f}% of the test turns right")
-    print(f"{'variant':<24} {'ideal acc':>9} {'bound (points)':>15} {'SE':>5} {'df':>5} {'MDE k=12':>9} {'MDE k=3':>8}"
-          "  reachable" + ("; measured Δ test wF1" if measured else ""))
-    for variant in REMOVES:
-        s, df = se.get(variant, (args.se, math.inf))
-        need_strict, need_lenient = mde(s, 12, df), mde(s, 3, df)
-        if variant in NO_CHANNEL:
-            bound, verdict = "none", "only through learning (no ideal-reader effect)"
-        else:
-            b = limit[variant]
-            bound = f"{b:.1f}"
-            verdict = ("planted null" if b == 0 else "yes" if b >= need_strict else
-                       "only at the lenient step" if b >= need_lenient else "no: below the MDE")
-        print(f"{variant:<24} {accuracy[variant]:>8.1f}% {bound:>15} {s:>5.2f} {df:>5.1f} {need_strict:>9.1f}"
-              f" {need_lenient:>8.1f}  {verdict}" + (f"; {measured[variant]:+.2f}" if variant in measured else ""))
+    test = [t for t in trace if t.split == "test"]
+    print(f"\nideal reader, every channel: {accuracy(test, CHANNELS, False):.1f}% of the test turns right "
+          f"({accuracy(test, CHANNELS, True):.1f}% with history)")
+    print(f"{'variant':<24} {'removes':<30} {'ideal acc':>9} {'loss':>5} {'w/ hist':>7} {'SE':>5} {'df':>5} "
+          f"{'MDE k=12':>8} {'k=3':>5}  verdict" + ("; measured Δ test acc" if measured else ""))
+    for variant, row in effects(trace, variants).items():
+        se, df = stats.get(variant, (args.se, math.inf))
+        strict, lenient = mde(se, 12, df), mde(se, 3, df)
+        bound = row["bound"]
+        verdict = ("no channel removed: only through learning" if not row["removes"] else
+                   "no effect: the rest name all it names" if bound == 0 else
+                   "not ruled out" if bound >= strict else
+                   "only at a lenient Holm step" if bound >= lenient else "below the MDE")
+        removes = ", ".join(sorted(row["removes"])) or "-"
+        print(f"{variant:<24} {removes:<30} {row['accuracy']:>8.1f}% {row['loss']:>5.1f} {row['loss_history']:>7.1f} "
+              f"{se:>5.2f} {df:>5.1f} {strict:>8.1f} {lenient:>5.1f}  {verdict}"
+              + (f"; {measured[variant]:+.2f}" if variant in measured else ""))
     return 0
 
 

@@ -165,6 +165,7 @@ class PlantedTurn:
     utterance_id: str
     label: int                  # the true emotion (before any train label noise)
     origin: str                 # "persisted" (the speaker's previous emotion), "caught" (the turn before's), "fresh"
+    source: str                 # the utterance_id whose label a persisted or caught turn copies ("" when fresh)
     role_emotion: int           # the speaker role's habitual emotion (`ROLE_EMOTION`; its pull is data.speaker_prior)
     role_drawn: bool            # fresh and set to that habitual emotion by data.speaker_prior
     reply: bool                 # a reply only the question in the turn before resolves (data.context_share)
@@ -217,6 +218,7 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg, trace: list[Plante
         loudness = {s: float(rng.uniform(0.85, 1.15)) for s in names}
         tint = {s: rng.uniform(-0.08, 0.08, size=3).astype(np.float32) for s in names}  # face colour
         last: dict[str, int] = {}
+        last_turn: dict[str, str] = {}   # speaker -> their previous utterance_id (the trace's `source`)
         prev_speaker, prev_label = None, None
         roles: dict[str, int] = {}   # order of first appearance: what the model's speaker ids number
         utterances = []
@@ -255,10 +257,11 @@ def _split(rng: np.random.Generator, split: str, n: int, cfg, trace: list[Plante
                                         utterance_id=f"{split}{d}_u{u}", waveform=wave, frames=frames))
             if trace is not None:
                 origin = "persisted" if persisted else "fresh" if fresh else "caught"
-                trace.append(PlantedTurn(split, f"{split}{d}", f"{split}{d}_u{u}", label, origin,
+                copied = last_turn[speaker] if persisted else "" if fresh else utterances[-2].utterance_id
+                trace.append(PlantedTurn(split, f"{split}{d}", f"{split}{d}_u{u}", label, origin, copied,
                                          LABELS.index(ROLE_EMOTION[role]), role_drawn,
                                          context_only, corrupt, cue, bool(audio_true), bool(video_true)))
-            last[speaker] = label
+            last[speaker], last_turn[speaker] = label, f"{split}{d}_u{u}"
             prev_speaker, prev_label = speaker, label
         dialogues.append(Dialogue(dialogue_id=f"{split}{d}", utterances=utterances))
     if split == "train" and cfg.train_label_noise > 0:

@@ -170,20 +170,43 @@ def test_each_planted_mechanism_is_off_by_default_and_does_what_its_knob_says():
 
 def test_the_trace_records_what_was_planted_without_changing_the_data():
     """`generate(trace=...)` says which channels carry each label (benchmarks/demo_footprint.py) from the same draws."""
-    cfg = DataConfig(synthetic_dialogues=40, context_share=0.6, train_label_noise=0.3, corrupt_share=0.4,
-                     speaker_prior=0.5, noise_modality="video")
+    cfg = DataConfig(synthetic_dialogues=60, context_share=0.6, train_label_noise=0.3, corrupt_share=0.4,
+                     speaker_prior=0.5, audio_signal=0.6, video_signal=0.5)
     trace: list[synthetic.PlantedTurn] = []
     dataset = synthetic.generate(cfg, trace=trace)
     assert dataset.fingerprint() == synthetic.generate(cfg).fingerprint()
     turns = [u for split in ("train", "dev", "test") for u in dataset.utterances(split)]
     assert [t.utterance_id for t in trace] == [u.utterance_id for u in turns]
-    for turn, utt in zip(trace, turns):
+    planted = {t.utterance_id: t for t in trace}
+    speaker = {u.utterance_id: u.speaker for u in turns}
+    weak = {w for words in synthetic.WEAK.values() for w in words}
+    for before, (turn, utt) in zip([None] + trace, zip(trace, turns)):
         assert turn.reply == synthetic.is_reply(utt.text)
         assert (utt.label == turn.label) or turn.label_noised                 # only train labels are redrawn
+        text = utt.text.lower()
         if turn.text_cue == "strong":
-            assert any(w in utt.text.lower() for w in synthetic.STRONG[synthetic.LABELS[turn.label]])
-        assert not turn.video_true                                            # video is the noise modality
+            assert any(w in text for w in synthetic.STRONG[synthetic.LABELS[turn.label]])
+        elif turn.text_cue == "weak":
+            assert any(w in text for w in weak) and not any(w in text for ws in synthetic.STRONG.values() for w in ws)
+        elif turn.text_cue == "continuation":
+            assert turn.origin == "persisted" and any(text.startswith(c.lower()) for c in synthetic.CONTINUATIONS)
         assert not (turn.audio_true and (turn.corrupt or turn.reply))        # bad lines and replies tell nothing
+        assert not (turn.video_true and turn.reply)
         assert not turn.role_drawn or (turn.origin == "fresh" and turn.label == turn.role_emotion)
+        if turn.origin == "persisted":                                        # the same speaker's earlier emotion
+            source = planted[turn.source]
+            assert speaker[turn.source] == utt.speaker and source.label == turn.label
+        elif turn.origin == "caught":                                         # the turn just before
+            assert turn.source == before.utterance_id and before.label == turn.label
+        else:
+            assert turn.source == ""
+        if before is not None and before.dialogue_id == turn.dialogue_id:
+            assert before.corrupt == turn.corrupt                             # a bad line lasts the dialogue
+    clean = [t for t in trace if not t.corrupt and not t.reply]
+    assert 0.55 < np.mean([t.audio_true for t in clean]) < 0.65               # audio_signal 0.6
+    assert 0.45 < np.mean([t.video_true for t in trace if not t.reply]) < 0.55  # video_signal 0.5
+    assert {t.origin for t in trace} == {"persisted", "caught", "fresh"}
+    assert {t.text_cue for t in trace} == {"strong", "weak", "continuation", "none"}
+    assert 0.3 < np.mean([t.corrupt for t in trace]) < 0.5
     noised = [t.label_noised for t in trace if t.split == "train"]
     assert 0.2 < np.mean(noised) < 0.4 and not any(t.label_noised for t in trace if t.split != "train")
