@@ -8,7 +8,7 @@ import base64
 import math
 from html import escape
 
-from reports.render import compare_header, delta_text, per_class_title, test_text
+from reports.render import compare_header, delta_text, expected_text, per_class_title, test_text
 from reports.stats import pct
 from reports.table import Table
 from reports.tune import TuneView
@@ -57,8 +57,10 @@ def _table(table: Table, columns, compare: bool) -> str:
             groups[-1][1] += 1
         else:
             groups.append([group, 1])
-    tail1 = "<th></th><th></th>" if compare else ""
-    tail2 = f'<th>{escape(delta_head)}</th><th class="text">{escape(test_head)}</th>' if compare else ""
+    expects = compare and table.expects
+    tail1 = ("<th></th><th></th>" if compare else "") + ("<th></th>" if expects else "")
+    tail2 = (f'<th>{escape(delta_head)}</th><th class="text">{escape(test_head)}</th>' if compare else "") \
+        + ('<th class="text">expected</th>' if expects else "")
     head1 = '<tr><th></th><th></th>' + "".join(
         f'<th class="group" colspan="{n}">{escape(g)}</th>' for g, n in groups) + tail1 + "</tr>"
     head2 = "<tr><th>Variant</th><th>n</th>" + "".join(f"<th>{escape(s)}</th>" for _, _, s in columns) \
@@ -75,6 +77,9 @@ def _table(table: Table, columns, compare: bool) -> str:
         if compare:
             cells += [f"<td>{escape(delta_text(row, table.metric))}</td>",
                       f'<td class="text">{escape(test_text(row, table.metric))}</td>']
+        if expects:
+            title = "" if row.expected is None else f' title="{escape(row.expected.why)}"'
+            cells.append(f'<td class="text"{title}>{escape(expected_text(row))}</td>')
         body.append(f"<tr><td>{name}</td><td>{row.n}</td>{''.join(cells)}</tr>")
     return f'<div class="scroll"><table><thead>{head1}{head2}</thead><tbody>{"".join(body)}</tbody></table></div>'
 

@@ -65,16 +65,25 @@ def _md_cell(cell: Cell, row: Row) -> str:
     return f"**{text}**" if cell.bold and cell.summary.n else text
 
 
+def expected_text(row: Row) -> str:
+    return "" if row.expected is None else row.expected.text()
+
+
 def _md_table(table: Table, columns: Columns, compare: bool) -> list[str]:
     delta_head, test_head = compare_header(table)
-    head = ["Variant", "n"] + [f"{g} {s}" for _, g, s in columns] + ([delta_head, test_head] if compare else [])
-    align = [":--", "--:"] + ["--:"] * len(columns) + (["--:", ":--"] if compare else [])
+    expects = compare and table.expects
+    head = (["Variant", "n"] + [f"{g} {s}" for _, g, s in columns] + ([delta_head, test_head] if compare else [])
+            + (["expected"] if expects else []))
+    align = (([":--", "--:"] + ["--:"] * len(columns) + (["--:", ":--"] if compare else []))
+             + ([":--"] if expects else []))
     lines = ["| " + " | ".join(_md(h) for h in head) + " |", "| " + " | ".join(align) + " |"]
     for row in table.rows:
         name = _md(row.variant) + (f" {row.marks}" if row.marks else "")
         cells = [_md_cell(row.cells[k], row) for k, _, _ in columns]
         if compare:
             cells += [delta_text(row, table.metric), _md(test_text(row, table.metric))]
+        if expects:
+            cells.append(expected_text(row))
         lines.append("| " + " | ".join([name, str(row.n)] + cells) + " |")
     return lines
 
@@ -206,7 +215,8 @@ def render_latex(table: Table) -> str:
 
 CSV_COLUMNS = ["sweep", "variant", "row", "metric", "mlflow_metric", "n", "mean", "std", "mean_pct", "std_pct",
                "bold", "baseline", "delta_pct", "ci_low_pct", "ci_high_pct", "se_pct", "df", "test", "t_statistic",
-               "p_value", "p_holm", "n_pairs", "seeds", "run_ids", "values", "missing_seeds", "flags"]
+               "p_value", "p_holm", "n_pairs", "seeds", "run_ids", "values", "missing_seeds", "flags",
+               "expected", "expected_p", "expected_met"]   # the spec's expectation, on the compared metric's line
 
 
 def _num(value: float) -> str:
@@ -215,6 +225,14 @@ def _num(value: float) -> str:
 
 def _pct6(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{100.0 * value:.6f}"
+
+
+def _expected_fields(row: Row, compared: bool) -> list:
+    e = row.expected
+    if e is None or not compared:
+        return ["", "", ""]
+    return [e.must if e.must == "below" else f"equivalent {e.margin!r}", _num(e.p),
+            "" if e.met is None else int(e.met)]
 
 
 def render_csv(table: Table) -> str:
@@ -244,5 +262,6 @@ def render_csv(table: Table) -> str:
                 *compared,
                 ";".join(cell.seeds), ";".join(cell.run_ids), ";".join(repr(v) for v in cell.values),
                 ";".join(f"{seed}:{why}" for seed, why in row.missing), ";".join(flags),
+                *_expected_fields(row, key == table.metric),
             ])
     return buf.getvalue()

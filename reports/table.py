@@ -9,9 +9,11 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from reports.stats import (BOOTSTRAP_SEED, LEVEL, MIN_PAIRS, REPLICATES, TEST_NAME, TTEST_NAME, PairedTest,
-                           Predictions, Summary, bootstrap_test, holm, paired_test, pct, summarize)
+                           Predictions, Summary, bootstrap_test, equivalence_p, format_p, holm, paired_test, pct,
+                           summarize)
 from reports.store import ReportError, Sweep, Trial, stands_for, trial_predictions
 
 # (key, split, short name); the MLflow metric is "selected_" + key.
@@ -21,6 +23,7 @@ MISSING_MARK = "†"
 UNLISTED_MARK = "‡"
 SHARED_STAGE1_MARK = "§"   # shared stage 1 and the row changes stage 1: its p understates the uncertainty
 REASON_CHARS = 80
+EXPECT_ALPHA = 0.05        # the level at which a row's written expectation counts as met
 
 
 @dataclass
@@ -48,6 +51,21 @@ class Comparison:
 
 
 @dataclass
+class Expectation:
+    """What the spec says a row must show against the baseline (written before the run), and whether it did."""
+    must: str                      # "below" | "equivalent" (sweep/ablation_spec.py)
+    why: str
+    margin: float = math.nan       # +-margin of an `equivalent` row, in the metric's units
+    p: float = math.nan            # what decides: the row's Holm p (below), the Holm-corrected TOST p (equivalent)
+    met: Optional[bool] = None     # None: no test could be made
+
+    def text(self) -> str:
+        """'below: met' / 'equivalent ±5.00: not met' / 'below: no test'."""
+        what = "below" if self.must == "below" else f"equivalent ±{pct(self.margin)}"
+        return f"{what}: {'no test' if self.met is None else 'met' if self.met else 'not met'}"
+
+
+@dataclass
 class Row:
     variant: str
     n: int                                            # finished seeds
@@ -57,6 +75,7 @@ class Row:
     unlisted: bool = False
     masked: list[str] = field(default_factory=list)
     understated: bool = False     # shared stage 1 while this row changes stage 1 (SHARED_STAGE1_MARK)
+    expected: Optional[Expectation] = None   # the spec's expectation for this row, checked on the compared metric
 
     @property
     def marks(self) -> str:
@@ -84,6 +103,11 @@ class Table:
     def compares(self) -> bool:
         """False for a tune sweep without a baseline: no difference and test columns."""
         return bool(self.baseline)
+
+    @property
+    def expects(self) -> bool:
+        """True when the spec wrote expectations for some row: the tables get an `expected` column."""
+        return any(r.expected is not None for r in self.rows)
 
     @property
     def all_columns(self) -> list[tuple[str, str, str]]:
@@ -243,6 +267,8 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                         variant in sweep.unlisted_variants, masked,
                         understated=bool(comparisons) and _shared_stage1_changed(sweep, variant, baseline)))
     _correct_across_rows(rows, [key for key, _, _ in columns])
+    expectations = _expectations(sweep) if baseline == sweep.baseline else {}
+    _check_expectations(rows, metric, expectations)
 
     # Best per column, compared at the printed precision so that equal-looking numbers are all bold.
     for key, _, _ in columns:
@@ -253,9 +279,11 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                 r.cells[key].bold = float(v) == best
 
     caption, warning = _caption(sweep, metric, baseline)
+    if any(r.expected is not None for r in rows):
+        caption.append(_expectation_caption(metric, baseline))
     # A tune sweep without a baseline shows its trial table instead (reports/tune_table.py): no seed notes.
     ablation_rows = rows if baseline or sweep.kind != "tune" else []
-    footnotes = _footnotes(sweep, ablation_rows, duplicates)
+    footnotes = _footnotes(sweep, ablation_rows, duplicates) + _expectation_notes(rows, baseline)
     return Table(sweep=sweep.name, kind=sweep.kind, dataset=sweep.tags.get("dataset", "?"), metric=metric,
                  baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
                  caption=caption, warning=warning,
@@ -297,6 +325,63 @@ def _correct_across_rows(rows: list[Row], keys: list[str]) -> None:
         adjusted = holm([r.comparisons[key].test.p for r in compared])
         for row, p in zip(compared, adjusted):
             row.comparisons[key].test = dataclasses.replace(row.comparisons[key].test, p_adjusted=p)
+
+
+def _expectations(sweep: Sweep) -> dict:
+    """The parent's `expectations` tag (sweep/ablation_spec.py): {variant: Expectation}, {} when none."""
+    try:
+        raw = json.loads(sweep.tags.get("expectations") or "{}")
+        margin = raw.get("equivalence_margin")
+        return {v: Expectation(r["must"], r["why"], float(margin) if r["must"] == "equivalent" else math.nan)
+                for v, r in (raw.get("rows") or {}).items()}
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ReportError(f"sweep '{sweep.name}': the parent run's 'expectations' tag is not what the sweep "
+                          f"writes ({type(err).__name__}: {err})") from None
+
+
+def _check_expectations(rows: list[Row], metric: str, expectations: dict[str, Expectation]) -> None:
+    """Each expected row against the baseline on `metric`: `below` is met by a negative Δ with Holm p below
+    EXPECT_ALPHA; `equivalent` by two one-sided tests against the margin (the row's own SE and df), Holm-corrected
+    across the equivalent rows."""
+    equivalent = []
+    for row in rows:
+        expected = expectations.get(row.variant)
+        comp = row.comparisons.get(metric)
+        if expected is None or comp is None:
+            continue
+        row.expected = dataclasses.replace(expected)
+        test = comp.test
+        if expected.must == "below":
+            row.expected.p = test.p_adjusted
+            if test.made and not math.isnan(test.p_adjusted):
+                row.expected.met = comp.delta < 0 and test.p_adjusted < EXPECT_ALPHA
+        else:
+            row.expected.p = equivalence_p(comp.delta, test.se, test.df, expected.margin) if test.made else math.nan
+            if not math.isnan(row.expected.p):
+                equivalent.append(row)
+    for row, p in zip(equivalent, holm([r.expected.p for r in equivalent])):
+        row.expected.p, row.expected.met = p, p < EXPECT_ALPHA
+
+
+def _expectation_caption(metric: str, baseline: str) -> str:
+    return (f"Expected: what the sweep's spec says each row must show against {baseline}, written before the run "
+            f"(the reasons are in the notes), checked on {metric_label(metric)}: below = Δ < 0 with Holm p < "
+            f"{EXPECT_ALPHA}; equivalent ±m = two one-sided tests (Schuirmann 1987) against ±m with the row's "
+            f"standard error and degrees of freedom, Holm-corrected across the equivalent rows, p < {EXPECT_ALPHA}.")
+
+
+def _expectation_notes(rows: list[Row], baseline: str) -> list[str]:
+    notes = []
+    for row in rows:
+        e = row.expected
+        if e is None:
+            continue
+        what = (f"below {baseline}" if e.must == "below" else f"equivalent to {baseline} within ±{pct(e.margin)}")
+        decided = "" if math.isnan(e.p) else (f" (Holm p={format_p(e.p)})" if e.must == "below"
+                                               else f" (TOST, Holm p={format_p(e.p)})")
+        verdict = "no test" if e.met is None else "met" if e.met else "NOT met"
+        notes.append(f"Expected, {row.variant}: {what}: {verdict}{decided}. Why: {e.why}")
+    return notes
 
 
 def _shared_stage1_changed(sweep: Sweep, variant: str, baseline: str) -> bool:

@@ -16,6 +16,12 @@ An ablation file (see ablations/demo.yaml):
     max_concurrent: 2               # 0 = as many as the resources allow
     max_failures: 2                 # retries of a crashed trial, from its last checkpoint
     stage1_seed: per-seed           # or shared (+ stage1_shared_seed: N): every seed reuses one stage 1
+    expectations:                   # optional: what each row must show, written before the first run
+      equivalence_margin: 0.05      # for `equivalent` rows, in the compared metric's units (0.05 = 5 points)
+      rows:
+        w/o prompt: {must: below, why: "E4: replies are named only by the turn before"}
+        T+A: {must: equivalent, why: "E3: video is noise"}
+    The report states each row's expectation and whether this run met it (reports/table.py).
 
 Everything is checked here, before Ray starts: YAML syntax (file and line), unknown top-level keys, every
 override key of every variant against `core.config` (with the closest valid key suggested), value types
@@ -23,7 +29,8 @@ and ranges through the config's own validation, and names that become paths.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
@@ -34,7 +41,9 @@ from sweep.spec_common import (Resources, base_config, check_int, check_override
 from sweep.yaml_lines import check_keys, load_yaml_mapping
 
 _ABLATION_KEYS = ("name", "description", "dataset", "base", "variants", "seeds", "resources", "max_concurrent",
-                  "max_failures", "stage1_seed", "stage1_shared_seed")
+                  "max_failures", "stage1_seed", "stage1_shared_seed", "expectations")
+MUST = ("below", "equivalent")      # significantly below the baseline (Holm) | equivalent within +-margin (TOST, Holm)
+EXPECTATIONS_CHARS = 6000           # they travel as one MLflow tag (8000 characters at most)
 
 
 @dataclass
@@ -76,6 +85,8 @@ class AblationSpec:
     stage1_seed_mode: str              # per-seed | shared
     stage1_shared_seed: int
     kind: str = "ablate"
+    # {"equivalence_margin": m, "rows": {variant: {"must": "below"|"equivalent", "why": text}}}; {} when none
+    expectations: dict = field(default_factory=dict)
 
     @property
     def baseline(self) -> str:
@@ -164,6 +175,51 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
         resources=resources_from(data.get("resources"), "", lines),
         max_concurrent=check_int(data.get("max_concurrent", 0), "max_concurrent", lines.at("max_concurrent")),
         max_failures=check_int(data.get("max_failures", 2), "max_failures", lines.at("max_failures")),
-        stage1_seed_mode=mode, stage1_shared_seed=shared_seed)
+        stage1_seed_mode=mode, stage1_shared_seed=shared_seed,
+        expectations=_expectations(data.get("expectations"), [v.name for v in variants], lines))
     spec.trials()  # validates every variant x seed now, before anything starts
     return spec
+
+
+def _expectations(raw, variants: list[str], lines) -> dict:
+    """The spec's `expectations`, checked: known rows (not the baseline), a known `must`, a reason, a margin."""
+    if raw is None:
+        return {}
+    where = lines.at("expectations")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: 'expectations' must be a mapping with 'rows' (and 'equivalence_margin')")
+    check_keys(raw, ("equivalence_margin", "rows"), "expectations", lines, "expectations")
+    rows = raw.get("rows")
+    if not isinstance(rows, Mapping) or not rows:
+        raise ConfigError(f"{lines.at('expectations', 'rows')}: 'expectations.rows' must map variant names to "
+                          f"{{must: {' | '.join(MUST)}, why: ...}}")
+    out: dict[str, dict] = {}
+    for variant, row in rows.items():
+        at = lines.at("expectations", "rows", variant)
+        if variant not in variants:
+            raise ConfigError(f"{at}: expectations.rows names '{variant}', which is not a variant; variants: "
+                              f"{', '.join(variants)}")
+        if variant == variants[0]:
+            raise ConfigError(f"{at}: '{variant}' is the baseline; an expectation is about a row against it")
+        if not isinstance(row, Mapping):
+            raise ConfigError(f"{at}: expectations.rows.{variant} must be {{must: ..., why: ...}}, got {row!r}")
+        check_keys(row, ("must", "why"), f"expectations.rows.{variant}", lines, "expectations", "rows", variant)
+        must, why = row.get("must"), row.get("why")
+        if must not in MUST:
+            raise ConfigError(f"{lines.at('expectations', 'rows', variant, 'must')}: expectations.rows.{variant}.must "
+                              f"must be one of {', '.join(MUST)}, got {must!r}")
+        if not isinstance(why, str) or not why.strip():
+            raise ConfigError(f"{at}: expectations.rows.{variant} needs 'why': the mechanism that makes this the "
+                              f"right answer, written before the run")
+        out[variant] = {"must": must, "why": " ".join(why.split())}
+    margin = raw.get("equivalence_margin")
+    if any(r["must"] == "equivalent" for r in out.values()):
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+            raise ConfigError(f"{lines.at('expectations', 'equivalence_margin')}: 'equivalent' rows need "
+                              f"expectations.equivalence_margin, a number in (0, 1) in the metric's units "
+                              f"(0.05 = 5 points), got {margin!r}")
+    result = {"equivalence_margin": float(margin) if margin is not None else None, "rows": out}
+    if len(json.dumps(result)) > EXPECTATIONS_CHARS:
+        raise ConfigError(f"{where}: the expectations take {len(json.dumps(result))} characters as JSON; keep them "
+                          f"under {EXPECTATIONS_CHARS} (they are stored as one MLflow tag): shorten the 'why' texts")
+    return result

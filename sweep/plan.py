@@ -87,7 +87,8 @@ def ablation_plan(spec: AblationSpec, data: dict, common: dict) -> tuple[list[di
     identities = [s["identity"] for s in settings]
     tags = {"dataset": spec.base.data.name, "variants": json.dumps([v.name for v in spec.variants]),
             "seeds": json.dumps(spec.seeds), "baseline": spec.baseline, "stage1_seed_mode": spec.stage1_seed_mode,
-            "selection_rule": ",".join(sorted({p.cfg.train.select_on for p in plans})), **plan_tags(identities)}
+            "selection_rule": ",".join(sorted({p.cfg.train.select_on for p in plans})),
+            "expectations": json.dumps(spec.expectations), **plan_tags(identities)}
     return settings, identities, tags
 
 

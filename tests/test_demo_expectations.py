@@ -121,3 +121,18 @@ def test_planted_null_is_equivalent_within_the_margin(table, variant):
     p = dict(zip(PLANTED_NULLS, holm(p_tost)))[variant]
     row = table[(variant, "test_wf1")]
     assert p < ALPHA, (PLANTED_NULLS[variant], variant, row["delta_pct"], row["ci_low_pct"], row["ci_high_pct"], p)
+
+
+def test_the_report_states_every_rows_expectation_with_the_verdict_computed_here(table):
+    """The table itself says what each row must show (the spec's `expectations`: E1, E3-E8 as ablations/demo.yaml
+    writes them) and whether it did; its verdict must be the one this file computes on its own."""
+    for variant in PLANTED_EFFECTS:
+        row = table[(variant, "test_wf1")]
+        met = float(row["delta_pct"]) < 0 and float(row["p_holm"]) < ALPHA
+        assert (row["expected"], row["expected_met"]) == ("below", str(int(met))), (variant, row["expected"])
+    rows = [table[(v, "test_wf1")] for v in PLANTED_NULLS]
+    p_tost = holm([equivalence_p(float(r["delta_pct"]) / 100, float(r["se_pct"]) / 100, float(r["df"]), MARGIN)
+                   for r in rows])
+    for row, p in zip(rows, p_tost):
+        assert row["expected"] == f"equivalent {MARGIN!r}" and row["expected_met"] == str(int(p < ALPHA))
+        assert float(row["expected_p"]) == pytest.approx(p, rel=1e-5)

@@ -353,14 +353,10 @@ def test_print_table_after_sweep(store, tmp_path, capsys):
     assert "warning: no report for sweep nope" in capsys.readouterr().err
 
 
-def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tmp_path):
-    """Child runs that carry predictions.csv (as every trial now logs) get the bootstrap test; its p is the
-    one reports.stats computes from the same files, and the caption names the method."""
+def _store_with_predictions(tmp_path):
+    """A 3-variant sweep whose trials carry predictions.csv: full 75% right, no_kd 74%, text_only 55%."""
     import numpy as np
     from mlflow.tracking import MlflowClient
-
-    from core.predictions import read_predictions
-    from reports.stats import Predictions, bootstrap_test
 
     variants = {k: ABLATION[k] for k in ("full", "no_kd", "text_only")}
     uri = sample_ablation(tmp_path / "runs", "boot", variants=variants, failed=(), killed=())
@@ -384,7 +380,16 @@ def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tm
                 u += 1
         files[(variant, run.data.tags["seed"])] = "\n".join(lines) + "\n"
         client.log_text(run.info.run_id, files[(variant, run.data.tags["seed"])], "predictions.csv")
+    return uri, files
 
+
+def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tmp_path):
+    """Child runs that carry predictions.csv (as every trial now logs) get the bootstrap test; its p is the
+    one reports.stats computes from the same files, and the caption names the method."""
+    from core.predictions import read_predictions
+    from reports.stats import Predictions, bootstrap_test
+
+    uri, files = _store_with_predictions(tmp_path)
     result = make_report("boot", uri, tmp_path / "out")
     rows = {(r["variant"], r["metric"]): r for r in _csv(result.paths["csv"])}
 
@@ -405,3 +410,43 @@ def test_with_predictions_the_report_uses_the_bootstrap_test_with_ci_and_holm(tm
     assert float(rows[("text_only", "test_wf1")]["p_holm"]) == pytest.approx(min(1.0, 2 * min(
         t.p for t in expected.values())), rel=1e-9)                  # Holm over two rows: the smaller p doubled
     assert "paired bootstrap over test dialogues" in result.markdown and "Holm" in result.markdown
+
+
+def test_the_table_states_each_rows_written_expectation_and_whether_it_was_met(tmp_path):
+    """A spec's `expectations` (the parent's tag) become a column, a caption sentence and one note per row; the
+    verdicts are the row's own Holm p (below) and TOST against the margin, Holm across the equivalent rows."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from reports.stats import equivalence_p
+
+    uri, _ = _store_with_predictions(tmp_path)
+    client = MlflowClient(uri)
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("boot").experiment_id])
+              if "mlflow.parentRunId" not in r.data.tags][0]
+    client.set_tag(parent.info.run_id, "expectations", json.dumps({"equivalence_margin": 0.05, "rows": {
+        "text_only": {"must": "below", "why": "loses audio and video"},
+        "no_kd": {"must": "equivalent", "why": "one point of skill apart"}}}))
+    result = make_report("boot", uri, tmp_path / "out")
+    rows = {(r["variant"], r["metric"]): r for r in _csv(result.paths["csv"])}
+
+    text_only = rows[("text_only", "test_wf1")]
+    assert text_only["expected"] == "below" and text_only["expected_met"] == "1"
+    assert float(text_only["expected_p"]) == float(text_only["p_holm"]) < 0.05
+    no_kd = rows[("no_kd", "test_wf1")]
+    tost = equivalence_p(float(no_kd["delta_pct"]) / 100, float(no_kd["se_pct"]) / 100, float(no_kd["df"]), 0.05)
+    assert no_kd["expected"] == "equivalent 0.05" and float(no_kd["expected_p"]) == pytest.approx(tost, rel=1e-5)  # CSV: 6 decimals
+    assert no_kd["expected_met"] == str(int(tost < 0.05))                 # Holm over one row: the p itself
+    assert rows[("text_only", "test_acc")]["expected"] == "" and rows[("full", "test_wf1")]["expected"] == ""
+
+    header = next(line for line in result.markdown.splitlines() if line.startswith("| Variant"))
+    assert header.rstrip(" |").endswith("expected")
+    line = next(line for line in result.markdown.splitlines() if line.startswith("| text_only"))
+    assert line.rstrip(" |").endswith("below: met")
+    assert "Expected, text_only: below full: met (Holm p=" in result.markdown and "loses audio and video" in result.markdown
+    assert "Schuirmann 1987" in result.markdown
+    assert "expected</th>" in result.paths["html"].read_text(encoding="utf-8")
+    # Against another baseline the spec's expectations do not apply: no column, no notes.
+    other = make_report("boot", uri, tmp_path / "other", baseline="no_kd")
+    assert "Expected," not in other.markdown and "| expected" not in other.markdown

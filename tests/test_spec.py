@@ -72,6 +72,46 @@ def test_unknown_key_in_a_variant_names_file_line_variant_and_suggests(tmp_path)
     assert "Did you mean 'stage1.prompt'" in msg
 
 
+EXPECTATIONS = """\
+expectations:
+  equivalence_margin: 0.05
+  rows:
+    w/o prompt: {must: below, why: "replies need the turn before"}
+    T: {must: equivalent, why: "video and audio are noise here"}
+"""
+
+
+def test_expectations_load_and_leave_the_plan_alone(tmp_path):
+    spec = load_ablation(_write(tmp_path, ABLATION + EXPECTATIONS))
+    assert spec.expectations == {"equivalence_margin": 0.05, "rows": {
+        "w/o prompt": {"must": "below", "why": "replies need the turn before"},
+        "T": {"must": "equivalent", "why": "video and audio are noise here"}}}
+    assert load_ablation(_write(tmp_path, ABLATION)).expectations == {}
+    assert spec.plan_key() == load_ablation(_write(tmp_path, ABLATION)).plan_key()   # no part of what is trained
+
+
+@pytest.mark.parametrize("bad, line, message", [
+    ("    typo: {must: below, why: x}", 5, "names 'typo', which is not a variant"),
+    ("    full: {must: below, why: x}", 5, "'full' is the baseline"),
+    ("    T: {must: above, why: x}", 5, "must be one of below, equivalent, got 'above'"),
+    ("    T: {must: below}", 5, "needs 'why'"),
+    ("    T: {must: below, why: x, how: y}", 5, "unknown key 'how'"),
+])
+def test_a_bad_expectation_names_the_file_line_and_key(tmp_path, bad, line, message):
+    text = ABLATION + "expectations:\n  equivalence_margin: 0.05\n  rows:\n" + bad + "\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_ablation(path)
+    first = len(ABLATION.splitlines())
+    assert f"{path}:{first + line - 1}" in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_an_equivalent_row_needs_a_margin(tmp_path):
+    path = _write(tmp_path, ABLATION + EXPECTATIONS.replace("  equivalence_margin: 0.05\n", ""))
+    with pytest.raises(ConfigError, match="need expectations.equivalence_margin"):
+        load_ablation(path)
+
+
 def test_unknown_key_in_base_and_on_the_command_line(tmp_path):
     path = _write(tmp_path, ABLATION.replace("fusion.width: 32", "fusion.widht: 32"))
     with pytest.raises(ConfigError, match=r"x.yaml:6: unknown key 'fusion.widht'.*Did you mean 'fusion.width'"):
