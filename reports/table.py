@@ -267,8 +267,10 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
                         variant in sweep.unlisted_variants, masked,
                         understated=bool(comparisons) and _shared_stage1_changed(sweep, variant, baseline)))
     _correct_across_rows(rows, [key for key, _, _ in columns])
-    expectations = _expectations(sweep) if baseline == sweep.baseline else {}
-    _check_expectations(rows, metric, expectations)
+    about, expectations = _expectations(sweep)
+    checked = bool(expectations) and baseline == sweep.baseline and metric == about
+    if checked:
+        _check_expectations(rows, metric, expectations)
 
     # Best per column, compared at the printed precision so that equal-looking numbers are all bold.
     for key, _, _ in columns:
@@ -281,9 +283,18 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
     caption, warning = _caption(sweep, metric, baseline)
     if any(r.expected is not None for r in rows):
         caption.append(_expectation_caption(metric, baseline))
+        late = _expectations_after_results(sweep)
+        warning = " ".join(w for w in (warning, late) if w)
     # A tune sweep without a baseline shows its trial table instead (reports/tune_table.py): no seed notes.
     ablation_rows = rows if baseline or sweep.kind != "tune" else []
-    footnotes = _footnotes(sweep, ablation_rows, duplicates) + _expectation_notes(rows, baseline)
+    footnotes = _footnotes(sweep, ablation_rows, duplicates)
+    if checked:
+        footnotes += _expectation_notes(rows, baseline, expectations)
+    elif expectations:
+        why = (f"this table compares {metric_label(metric)}" if metric != about else f"this table's baseline is "
+               f"{baseline or 'none'}")
+        footnotes.append(f"The spec's written expectations are about {metric_label(about)} against "
+                         f"{sweep.baseline}; {why}, so they are not checked here.")
     return Table(sweep=sweep.name, kind=sweep.kind, dataset=sweep.tags.get("dataset", "?"), metric=metric,
                  baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
                  caption=caption, warning=warning,
@@ -327,22 +338,24 @@ def _correct_across_rows(rows: list[Row], keys: list[str]) -> None:
             row.comparisons[key].test = dataclasses.replace(row.comparisons[key].test, p_adjusted=p)
 
 
-def _expectations(sweep: Sweep) -> dict:
-    """The parent's `expectations` tag (sweep/ablation_spec.py): {variant: Expectation}, {} when none."""
+def _expectations(sweep: Sweep) -> tuple[str, dict[str, Expectation]]:
+    """The parent's `expectations` tag (sweep/ablation_spec.py): (the metric they are about, {variant:
+    Expectation}); ("", {}) when the sweep has none (a tune sweep, an older sweep, a spec without them)."""
     try:
         raw = json.loads(sweep.tags.get("expectations") or "{}")
         margin = raw.get("equivalence_margin")
-        return {v: Expectation(r["must"], r["why"], float(margin) if r["must"] == "equivalent" else math.nan)
+        rows = {v: Expectation(r["must"], r["why"], float(margin) if r["must"] == "equivalent" else math.nan)
                 for v, r in (raw.get("rows") or {}).items()}
+        return (raw.get("metric", "test_wf1") if rows else ""), rows
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as err:
         raise ReportError(f"sweep '{sweep.name}': the parent run's 'expectations' tag is not what the sweep "
                           f"writes ({type(err).__name__}: {err})") from None
 
 
 def _check_expectations(rows: list[Row], metric: str, expectations: dict[str, Expectation]) -> None:
-    """Each expected row against the baseline on `metric`: `below` is met by a negative Δ with Holm p below
-    EXPECT_ALPHA; `equivalent` by two one-sided tests against the margin (the row's own SE and df), Holm-corrected
-    across the equivalent rows."""
+    """Each expected row against the baseline on `metric`: `below` is met by a negative Δ with the table's Holm p
+    below EXPECT_ALPHA; `equivalent` by two one-sided tests against the margin (the row's own Δ, SE and df),
+    Holm-corrected across the equivalent rows: a family of their own."""
     equivalent = []
     for row in rows:
         expected = expectations.get(row.variant)
@@ -351,12 +364,13 @@ def _check_expectations(rows: list[Row], metric: str, expectations: dict[str, Ex
             continue
         row.expected = dataclasses.replace(expected)
         test = comp.test
+        delta = comp.delta if math.isnan(test.delta) else test.delta
         if expected.must == "below":
             row.expected.p = test.p_adjusted
             if test.made and not math.isnan(test.p_adjusted):
-                row.expected.met = comp.delta < 0 and test.p_adjusted < EXPECT_ALPHA
+                row.expected.met = delta < 0 and test.p_adjusted < EXPECT_ALPHA
         else:
-            row.expected.p = equivalence_p(comp.delta, test.se, test.df, expected.margin) if test.made else math.nan
+            row.expected.p = equivalence_p(delta, test.se, test.df, expected.margin) if test.made else math.nan
             if not math.isnan(row.expected.p):
                 equivalent.append(row)
     for row, p in zip(equivalent, holm([r.expected.p for r in equivalent])):
@@ -365,12 +379,29 @@ def _check_expectations(rows: list[Row], metric: str, expectations: dict[str, Ex
 
 def _expectation_caption(metric: str, baseline: str) -> str:
     return (f"Expected: what the sweep's spec says each row must show against {baseline}, written before the run "
-            f"(the reasons are in the notes), checked on {metric_label(metric)}: below = Δ < 0 with Holm p < "
-            f"{EXPECT_ALPHA}; equivalent ±m = two one-sided tests (Schuirmann 1987) against ±m with the row's "
-            f"standard error and degrees of freedom, Holm-corrected across the equivalent rows, p < {EXPECT_ALPHA}.")
+            f"(the reasons are in the notes), checked on {metric_label(metric)}: below = Δ < 0 with the row's Holm "
+            f"p (the table's family) < {EXPECT_ALPHA}; equivalent ±m = two one-sided tests (Schuirmann 1987) "
+            f"against ±m with the row's standard error and degrees of freedom, Holm-corrected across the "
+            f"equivalent rows (a family of their own), p < {EXPECT_ALPHA}; no test = the row has no test (n<"
+            f"{MIN_PAIRS} seed pairs).")
 
 
-def _expectation_notes(rows: list[Row], baseline: str) -> list[str]:
+def _expectations_after_results(sweep: Sweep) -> str:
+    """A loud line when the expectations took their present form after results of this plan existed."""
+    written = sweep.tags.get("expectations_time", "")
+    if not written.isdigit():
+        return ""
+    done = [t for t in sweep.trials if t.status == "FINISHED" and 0 < t.end_time < int(written)]
+    if not done:
+        return ""
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(int(written) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"EXPECTATIONS CHANGED AFTER RESULTS: the spec's expectations took their present form at {when}, "
+            f"after {len(done)} trial(s) of this plan had finished; they are not a prediction made before the run.")
+
+
+def _expectation_notes(rows: list[Row], baseline: str, expectations: dict[str, Expectation]) -> list[str]:
     notes = []
     for row in rows:
         e = row.expected
@@ -380,7 +411,12 @@ def _expectation_notes(rows: list[Row], baseline: str) -> list[str]:
         decided = "" if math.isnan(e.p) else (f" (Holm p={format_p(e.p)})" if e.must == "below"
                                                else f" (TOST, Holm p={format_p(e.p)})")
         verdict = "no test" if e.met is None else "met" if e.met else "NOT met"
-        notes.append(f"Expected, {row.variant}: {what}: {verdict}{decided}. Why: {e.why}")
+        caveat = (f" ({SHARED_STAGE1_MARK}: its p leaves out stage-1 variance, so a 'met' may be optimistic)"
+                  if row.understated and e.met else "")
+        notes.append(f"Expected, {row.variant}: {what}: {verdict}{decided}{caveat}. Why: {e.why}")
+    unchecked = [v for v in expectations if not any(r.variant == v and r.expected is not None for r in rows)]
+    if unchecked:
+        notes.append(f"Expected but not checked (no compared row in this table): {', '.join(unchecked)}.")
     return notes
 
 

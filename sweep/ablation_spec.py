@@ -17,7 +17,8 @@ An ablation file (see ablations/demo.yaml):
     max_failures: 2                 # retries of a crashed trial, from its last checkpoint
     stage1_seed: per-seed           # or shared (+ stage1_shared_seed: N): every seed reuses one stage 1
     expectations:                   # optional: what each row must show, written before the first run
-      equivalence_margin: 0.05      # for `equivalent` rows, in the compared metric's units (0.05 = 5 points)
+      metric: test_wf1              # the metric they are about (default); the report checks them on it only
+      equivalence_margin: 0.05      # for `equivalent` rows, in the metric's units (0.05 = 5 points), at most 0.2
       rows:
         w/o prompt: {must: below, why: "E4: replies are named only by the turn before"}
         T+A: {must: equivalent, why: "E3: video is noise"}
@@ -85,7 +86,8 @@ class AblationSpec:
     stage1_seed_mode: str              # per-seed | shared
     stage1_shared_seed: int
     kind: str = "ablate"
-    # {"equivalence_margin": m, "rows": {variant: {"must": "below"|"equivalent", "why": text}}}; {} when none
+    # {"metric": key, "equivalence_margin": m, "rows": {variant: {"must": "below"|"equivalent", "why": text}}};
+    # {} when none
     expectations: dict = field(default_factory=dict)
 
     @property
@@ -181,6 +183,10 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
     return spec
 
 
+EXPECTATION_METRICS = ("test_wf1", "test_acc", "test_mf1", "dev_wf1", "dev_acc", "dev_mf1")
+MAX_MARGIN = 0.2                    # a wider margin on a metric in [0, 1] makes `equivalent` close to automatic
+
+
 def _expectations(raw, variants: list[str], lines) -> dict:
     """The spec's `expectations`, checked: known rows (not the baseline), a known `must`, a reason, a margin."""
     if raw is None:
@@ -188,11 +194,15 @@ def _expectations(raw, variants: list[str], lines) -> dict:
     where = lines.at("expectations")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: 'expectations' must be a mapping with 'rows' (and 'equivalence_margin')")
-    check_keys(raw, ("equivalence_margin", "rows"), "expectations", lines, "expectations")
+    check_keys(raw, ("metric", "equivalence_margin", "rows"), "expectations", lines, "expectations")
     rows = raw.get("rows")
     if not isinstance(rows, Mapping) or not rows:
         raise ConfigError(f"{lines.at('expectations', 'rows')}: 'expectations.rows' must map variant names to "
                           f"{{must: {' | '.join(MUST)}, why: ...}}")
+    metric = raw.get("metric", "test_wf1")
+    if metric not in EXPECTATION_METRICS:
+        raise ConfigError(f"{lines.at('expectations', 'metric')}: expectations.metric must be one of "
+                          f"{', '.join(EXPECTATION_METRICS)}, got {metric!r}")
     out: dict[str, dict] = {}
     for variant, row in rows.items():
         at = lines.at("expectations", "rows", variant)
@@ -213,12 +223,16 @@ def _expectations(raw, variants: list[str], lines) -> dict:
                               f"right answer, written before the run")
         out[variant] = {"must": must, "why": " ".join(why.split())}
     margin = raw.get("equivalence_margin")
-    if any(r["must"] == "equivalent" for r in out.values()):
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
-            raise ConfigError(f"{lines.at('expectations', 'equivalence_margin')}: 'equivalent' rows need "
-                              f"expectations.equivalence_margin, a number in (0, 1) in the metric's units "
-                              f"(0.05 = 5 points), got {margin!r}")
-    result = {"equivalence_margin": float(margin) if margin is not None else None, "rows": out}
+    equivalent = [v for v, r in out.items() if r["must"] == "equivalent"]
+    margin_at = lines.at("expectations", "equivalence_margin")
+    if margin is not None and not equivalent:
+        raise ConfigError(f"{margin_at}: expectations.equivalence_margin is given but no row is 'equivalent'")
+    if equivalent and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                       or not 0 < margin <= MAX_MARGIN):
+        raise ConfigError(f"{margin_at}: 'equivalent' rows ({', '.join(equivalent)}) need "
+                          f"expectations.equivalence_margin, a number in (0, {MAX_MARGIN}] in the metric's units "
+                          f"(0.05 = 5 points), got {margin!r}")
+    result = {"metric": metric, "equivalence_margin": float(margin) if margin is not None else None, "rows": out}
     if len(json.dumps(result)) > EXPECTATIONS_CHARS:
         raise ConfigError(f"{where}: the expectations take {len(json.dumps(result))} characters as JSON; keep them "
                           f"under {EXPECTATIONS_CHARS} (they are stored as one MLflow tag): shorten the 'why' texts")

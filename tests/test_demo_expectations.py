@@ -136,3 +136,15 @@ def test_the_report_states_every_rows_expectation_with_the_verdict_computed_here
     for row, p in zip(rows, p_tost):
         assert row["expected"] == f"equivalent {MARGIN!r}" and row["expected_met"] == str(int(p < ALPHA))
         assert float(row["expected_p"]) == pytest.approx(p, rel=1e-5)
+
+
+def test_this_file_checks_exactly_the_expectations_the_spec_writes():
+    """ablations/demo.yaml's `expectations` and this file's lists are one record: a row added to one is in both."""
+    from sweep.ablation_spec import load_ablation
+
+    spec = load_ablation(ROOT / "ablations" / "demo.yaml").expectations
+    assert {v: r["must"] for v, r in spec["rows"].items()} == {
+        **{v: "below" for v in PLANTED_EFFECTS}, **{v: "equivalent" for v in PLANTED_NULLS}}
+    assert spec["equivalence_margin"] == MARGIN and spec["metric"] == "test_wf1"
+    assert {v: e for v, e in PLANTED_EFFECTS.items()} == {v: r["why"][:2] for v, r in spec["rows"].items()
+                                                          if r["must"] == "below"}

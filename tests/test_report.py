@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import time
 import shutil
 import subprocess
 from pathlib import Path
@@ -435,7 +436,10 @@ def test_the_table_states_each_rows_written_expectation_and_whether_it_was_met(t
     assert text_only["expected"] == "below" and text_only["expected_met"] == "1"
     assert float(text_only["expected_p"]) == float(text_only["p_holm"]) < 0.05
     no_kd = rows[("no_kd", "test_wf1")]
-    tost = equivalence_p(float(no_kd["delta_pct"]) / 100, float(no_kd["se_pct"]) / 100, float(no_kd["df"]), 0.05)
+    # The test's own Δ (the centre of its CI: in this sample store the logged metrics are not computed from the
+    # predictions, so it differs from delta_pct; in a real sweep the two agree).
+    centre = (float(no_kd["ci_low_pct"]) + float(no_kd["ci_high_pct"])) / 200
+    tost = equivalence_p(centre, float(no_kd["se_pct"]) / 100, float(no_kd["df"]), 0.05)
     assert no_kd["expected"] == "equivalent 0.05" and float(no_kd["expected_p"]) == pytest.approx(tost, rel=1e-5)  # CSV: 6 decimals
     assert no_kd["expected_met"] == str(int(tost < 0.05))                 # Holm over one row: the p itself
     assert rows[("text_only", "test_acc")]["expected"] == "" and rows[("full", "test_wf1")]["expected"] == ""
@@ -447,6 +451,38 @@ def test_the_table_states_each_rows_written_expectation_and_whether_it_was_met(t
     assert "Expected, text_only: below full: met (Holm p=" in result.markdown and "loses audio and video" in result.markdown
     assert "Schuirmann 1987" in result.markdown
     assert "expected</th>" in result.paths["html"].read_text(encoding="utf-8")
-    # Against another baseline the spec's expectations do not apply: no column, no notes.
+    # Against another baseline, or on another metric, the spec's expectations are not checked, and a note says so.
     other = make_report("boot", uri, tmp_path / "other", baseline="no_kd")
     assert "Expected," not in other.markdown and "| expected" not in other.markdown
+    assert "this table's baseline is no_kd, so they are not checked here" in other.markdown
+    acc = make_report("boot", uri, tmp_path / "acc", metric="test_acc")
+    assert "| expected" not in acc.markdown and "this table compares test Acc, so they are not checked" in acc.markdown
+    assert "EXPECTATIONS CHANGED AFTER RESULTS" not in result.markdown            # no time recorded: no claim
+
+    # Expectations that took their form after trials had finished are said loudly.
+    client.set_tag(parent.info.run_id, "expectations_time", str(int(time.time() * 1000) + 1000))
+    late = make_report("boot", uri, tmp_path / "late")
+    assert "EXPECTATIONS CHANGED AFTER RESULTS" in late.markdown and "after 9 trial(s)" in late.markdown
+    client.set_tag(parent.info.run_id, "expectations_time", "1")
+    assert "EXPECTATIONS CHANGED" not in make_report("boot", uri, tmp_path / "early").markdown
+
+
+def test_expectations_keep_the_time_they_were_first_written_across_reruns(tmp_path):
+    """sweep.tracking.ensure_parent: the same expectations on a rerun keep their time; changed ones get a new one."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from sweep.tracking import ensure_parent
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("x")
+    first = {"expectations": json.dumps({"rows": {"T": {"must": "below", "why": "a"}}})}
+    run_id = ensure_parent(client, experiment, "x", "ablate", first, "name: x", "x.yaml", str(tmp_path))
+    written = client.get_run(run_id).data.tags["expectations_time"]
+    assert ensure_parent(client, experiment, "x", "ablate", first, "name: x", "x.yaml", str(tmp_path)) == run_id
+    assert client.get_run(run_id).data.tags["expectations_time"] == written
+    time.sleep(0.01)
+    changed = {"expectations": json.dumps({"rows": {"T": {"must": "equivalent", "why": "a"}}})}
+    ensure_parent(client, experiment, "x", "ablate", changed, "name: x", "x.yaml", str(tmp_path))
+    assert int(client.get_run(run_id).data.tags["expectations_time"]) > int(written)

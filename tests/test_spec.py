@@ -83,7 +83,7 @@ expectations:
 
 def test_expectations_load_and_leave_the_plan_alone(tmp_path):
     spec = load_ablation(_write(tmp_path, ABLATION + EXPECTATIONS))
-    assert spec.expectations == {"equivalence_margin": 0.05, "rows": {
+    assert spec.expectations == {"metric": "test_wf1", "equivalence_margin": 0.05, "rows": {
         "w/o prompt": {"must": "below", "why": "replies need the turn before"},
         "T": {"must": "equivalent", "why": "video and audio are noise here"}}}
     assert load_ablation(_write(tmp_path, ABLATION)).expectations == {}
@@ -106,10 +106,19 @@ def test_a_bad_expectation_names_the_file_line_and_key(tmp_path, bad, line, mess
     assert f"{path}:{first + line - 1}" in str(err.value) and message in str(err.value), str(err.value)
 
 
-def test_an_equivalent_row_needs_a_margin(tmp_path):
-    path = _write(tmp_path, ABLATION + EXPECTATIONS.replace("  equivalence_margin: 0.05\n", ""))
-    with pytest.raises(ConfigError, match="need expectations.equivalence_margin"):
+@pytest.mark.parametrize("change, message", [
+    (("  equivalence_margin: 0.05\n", ""), "need expectations.equivalence_margin"),
+    (("0.05", "0.5"), "a number in (0, 0.2]"),
+    (("0.05", "abc"), "got 'abc'"),
+    (("    T: {must: equivalent", "    T: {must: below"), "is given but no row is 'equivalent'"),
+    (("  equivalence_margin: 0.05\n", "  equivalence_margin: 0.05\n  metric: test_loss\n"),
+     "expectations.metric must be one of"),
+])
+def test_a_bad_margin_or_metric_names_the_file_and_line(tmp_path, change, message):
+    path = _write(tmp_path, ABLATION + EXPECTATIONS.replace(*change))
+    with pytest.raises(ConfigError) as err:
         load_ablation(path)
+    assert message in str(err.value) and f"{path}:" in str(err.value), str(err.value)
 
 
 def test_unknown_key_in_base_and_on_the_command_line(tmp_path):
