@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--table", help="a report's table.csv: each row's SE, df and Δ of test accuracy")
     args = parser.parse_args(argv)
 
-    trials = [t for t in load_ablation(Path(args.spec)).trials()]
+    trials = load_ablation(Path(args.spec)).trials()
     variants = {t.variant: channels(t.cfg) for t in trials if t.variant != "full"}
     trace: list[PlantedTurn] = []
     generate(trials[0].cfg.data, trace=trace)

@@ -6,6 +6,7 @@ Only FINISHED child runs enter a number; the others are counted in footnotes.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 from dataclasses import dataclass, field
@@ -394,8 +395,6 @@ def _expectations_after_results(sweep: Sweep) -> str:
     done = [t for t in sweep.trials if t.status == "FINISHED" and 0 < t.end_time < int(written)]
     if not done:
         return ""
-    import datetime
-
     when = datetime.datetime.fromtimestamp(int(written) / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"EXPECTATIONS CHANGED AFTER RESULTS: the spec's expectations took their present form at {when}, "
             f"after {len(done)} trial(s) of this plan had finished; they are not a prediction made before the run.")
@@ -414,7 +413,8 @@ def _expectation_notes(rows: list[Row], baseline: str, expectations: dict[str, E
         caveat = (f" ({SHARED_STAGE1_MARK}: its p leaves out stage-1 variance, so a 'met' may be optimistic)"
                   if row.understated and e.met else "")
         notes.append(f"Expected, {row.variant}: {what}: {verdict}{decided}{caveat}. Why: {e.why}")
-    unchecked = [v for v in expectations if not any(r.variant == v and r.expected is not None for r in rows)]
+    checked = {r.variant for r in rows if r.expected is not None}
+    unchecked = [v for v in expectations if v not in checked]
     if unchecked:
         notes.append(f"Expected but not checked (no compared row in this table): {', '.join(unchecked)}.")
     return notes

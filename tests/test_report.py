@@ -476,7 +476,7 @@ def test_expectations_keep_the_time_they_were_first_written_across_reruns(tmp_pa
     from sweep.tracking import ensure_parent
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment("x")
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "artifacts").as_uri())
     first = {"expectations": json.dumps({"rows": {"T": {"must": "below", "why": "a"}}})}
     run_id = ensure_parent(client, experiment, "x", "ablate", first, "name: x", "x.yaml", str(tmp_path))
     written = client.get_run(run_id).data.tags["expectations_time"]
