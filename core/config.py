@@ -35,6 +35,8 @@ class DataConfig:
     path: str = ""               # dataset directory or file (all but synthetic)
     mapping: str = ""            # YAML column/label mapping for name=csv
     media_dir: str = ""          # optional wav/mp4/frames directory; missing clips mask that modality
+    media_store: str = ""        # absolute dir clips are decoded to, once ("" = <cache dir>/media: <output>/cache/media)
+    media_workers: int = 0       # processes that decode clips and read them in stage 1 (0 = one per CPU, at most 8)
     max_dialogues: int = 0       # keep only the first N dialogues of each split (0 = all); quick runs
     # --- synthetic generator (the embedded default) ---
     synthetic_dialogues: int = 120   # training dialogues; dev and test get a quarter each
@@ -264,6 +266,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(d.noise_modality in ("", "audio", "video", "text"), "data.noise_modality", "must be '', text, audio or video")
     need(d.sample_rate >= 1000 and d.audio_seconds > 0, "data.sample_rate", "and data.audio_seconds must be positive (>= 1000 Hz)")
     need(d.frames >= 1 and d.frame_size >= 8, "data.frames", "must be >= 1 with data.frame_size >= 8")
+    need(d.media_workers >= 0, "data.media_workers", "must be >= 0 (0: one per CPU, at most 8)")
 
     need(s.max_tokens >= 8, "stage1.max_tokens", "must be >= 8")
     need(s.text_pooling in ("auto", "mask", "first", "mean"), "stage1.text_pooling", "must be auto, mask, first or mean")
