@@ -53,6 +53,8 @@ class Clip:
             self.container = av.open(str(self.path))
         except Exception as err:  # PyAV's own error family (InvalidDataError, FileNotFoundError, ...)
             raise DataError(f"{self._label}: cannot open the file as video ({err})") from None
+        for stream in self.container.streams.video:
+            stream.thread_type = "AUTO"      # frame and slice threads: set before the decoder opens
 
     def set_where(self, where: str) -> None:
         """The transcript line that asks for the next read (errors name it with the file)."""
@@ -136,7 +138,6 @@ class Clip:
         lo, hi = max(0.0, lo - margin), min(self.duration, hi + margin)
         targets = lo + (np.arange(count) + 0.5) * (hi - lo) / count        # centres of `count` equal parts
         stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         half_frame = 0.5 / rate
         out: list[np.ndarray] = []
