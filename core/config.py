@@ -83,6 +83,7 @@ class Stage1Config:
     epochs: int = 10
     batch_size: int = 4
     lr: float = 1e-5
+    audio_lr: float = 0.0            # lr of the audio encoder/student alone (0 = stage1.lr; authors' IEMOCAP: 5e-6)
     grad_clip: float = 10.0
     shared_seed: int = -1            # >= 0: every stage-2 seed reuses stage 1 trained with this seed
 
@@ -278,6 +279,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(s.tiny_hidden % 4 == 0, "stage1.tiny_hidden", "must be divisible by 4 (the tiny encoders use 4 heads)")
     need(s.epochs >= 0 and s.batch_size >= 1 and s.lr > 0, "stage1.epochs", "must be >= 0 with batch_size >= 1 and lr > 0")
     need(s.grad_clip > 0, "stage1.grad_clip", "must be > 0")
+    need(s.audio_lr >= 0, "stage1.audio_lr", "must be >= 0 (0: stage1.lr)")
     bad = [m for m in s.kd_modalities if m not in ("audio", "video")]
     need(not bad, "stage1.kd_modalities", f"has {bad}; only audio and video have students")
 

@@ -25,15 +25,17 @@ def tone_at(second: int) -> float:
 
 def write_clip(path: str | Path, seconds: float = 2.0, size: tuple[int, int] = (160, 120), fps: int = 24,
                audio: bool = True, audio_rate: int = 48000, channels: int = 2, codec: str = "libx264",
-               noise: float = 0.0, seed: int = 0) -> Path:
-    """An H.264 (or `codec`) clip with an AAC track (audio=False: none). `noise` adds random pixels
-    (a real-looking bit rate for benchmarks; 0 keeps flat colours for exact checks)."""
+               noise: int = 0, seed: int = 0) -> Path:
+    """An H.264 (or `codec`) clip with an AAC track (audio=False: none). `noise` adds a moving random
+    texture of +-noise levels (a real-looking bit rate for benchmarks; 0 keeps flat colours for exact checks)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     width, height = size
+    # noise: one random texture per clip, shifted every frame (moving detail, a real bit rate, cheap to make)
+    texture = rng.integers(-noise, noise + 1, (height + 64, width + 64, 3)).astype(np.int16) if noise else None
     with av.open(str(path), "w") as out:
         video = out.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
@@ -46,8 +48,9 @@ def write_clip(path: str | Path, seconds: float = 2.0, size: tuple[int, int] = (
         for i in range(int(round(seconds * fps))):
             picture = np.empty((height, width, 3), dtype=np.uint8)
             picture[:] = colour_at(int(i / fps))
-            if noise:
-                picture = np.clip(picture + rng.normal(0, noise, picture.shape), 0, 255).astype(np.uint8)
+            if texture is not None:
+                shifted = texture[i % 64: i % 64 + height, (2 * i) % 64: (2 * i) % 64 + width]
+                picture = np.clip(picture + shifted, 0, 255).astype(np.uint8)
             _encode(out, video, av.VideoFrame.from_ndarray(picture, format="rgb24"), i, fps)
         _encode(out, video, None)
         if sound is not None:

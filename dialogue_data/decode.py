@@ -45,7 +45,7 @@ def _av():
 class Clip:
     """One open video file. Use as a context manager or call close()."""
 
-    def __init__(self, path: Path, where: str = ""):
+    def __init__(self, path: Path, where: str = "", threads: int = 0):
         av = _av()
         self.path = Path(path)
         self.set_where(where)
@@ -54,7 +54,11 @@ class Clip:
         except Exception as err:  # PyAV's own error family (InvalidDataError, FileNotFoundError, ...)
             raise DataError(f"{self._label}: cannot open the file as video ({err})") from None
         for stream in self.container.streams.video:
-            stream.thread_type = "AUTO"      # frame and slice threads: set before the decoder opens
+            # 0: FFmpeg's frame and slice threads (one process alone); 1 in a pool of processes, which
+            # already keeps every core busy. Set before the decoder opens.
+            stream.thread_type = "AUTO" if threads != 1 else "NONE"
+            if threads:
+                stream.thread_count = threads
 
     def set_where(self, where: str) -> None:
         """The transcript line that asks for the next read (errors name it with the file)."""
@@ -166,5 +170,5 @@ class Clip:
         return np.ascontiguousarray(np.stack(out), dtype=np.uint8)                       # (T, 3, H, W)
 
 
-def open_clip(path: Path, where: str = "") -> Clip:
-    return Clip(path, where)
+def open_clip(path: Path, where: str = "", threads: int = 0) -> Clip:
+    return Clip(path, where, threads)

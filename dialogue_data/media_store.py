@@ -122,13 +122,14 @@ def _write_atomic(array: np.ndarray, target: Path) -> None:
         Path(name).unlink(missing_ok=True)
 
 
-def decode_source(root: str, source: str, sha256: str, requests: list[MediaRequest]) -> dict:
+def decode_source(root: str, source: str, sha256: str, requests: list[MediaRequest], threads: int = 0) -> dict:
     """Hash the source (when not known), decode each request and write its array. Returns the manifest
     lines for the parent to append (the parent is the only writer of the manifest)."""
     path = Path(source)
     size, mtime = file_identity(path)
     sha256 = sha256 or content_sha256(path)
-    clip = open_clip(path, requests[0].where) if path.suffix.lower() in CLIP_SUFFIXES and path.is_file() else None
+    is_clip = path.suffix.lower() in CLIP_SUFFIXES and path.is_file()
+    clip = open_clip(path, requests[0].where, threads) if is_clip else None
     items = []
     try:
         decoded = []
@@ -235,7 +236,9 @@ class MediaStore:
         self.log(f"media store {self.root}: decoding {total} clip(s) from {len(todo)} file(s) "
                  f"in {workers} process(es)")
         progress = _Progress(total, self.log)
-        tasks = [(str(self.root), source, known.get(source, ""), rs) for source, rs in todo.items()]
+        # one decoder thread per process in a pool (the processes fill the cores); FFmpeg's threads alone
+        tasks = [(str(self.root), source, known.get(source, ""), rs, 1 if workers > 1 else 0)
+                 for source, rs in todo.items()]
         if workers <= 1:
             for task in tasks:
                 result = decode_source(*task)

@@ -11,6 +11,7 @@ Reads bottom-up: batching and metrics, one generic training loop, then the three
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import zlib
@@ -429,7 +430,8 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
                 for split, t in tables.items()}
     label = f"{modality} {'student (KD from text)' if distil else 'encoder'}"
     log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
-    result = fit(label, encoder, s1, (batchers["train"], train_rows, tables["train"].labels),
+    own_lr = s1.audio_lr if modality == "audio" and s1.audio_lr > 0 else s1.lr   # authors' IEMOCAP audio: 5e-6
+    result = fit(label, encoder, dataclasses.replace(s1, lr=own_lr), (batchers["train"], train_rows, tables["train"].labels),
                  (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
                  len(dataset.labels), device, generator, log, teacher=teacher() if distil else None,
                  test=(batchers["test"], present["test"].nonzero().flatten().tolist(), tables["test"].labels))

@@ -24,7 +24,7 @@ MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_
 MELD_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 
 
-def meld_layout(root: Path, utterances: int = 2, seconds: float = 2.0, noise: float = 0.0) -> tuple[Path, Path]:
+def meld_layout(root: Path, utterances: int = 2, seconds: float = 2.0, noise: int = 0) -> tuple[Path, Path]:
     """MELD.Raw as released: per-split transcripts, one dia{D}_utt{U}.mp4 per utterance, no wav. Without
     noise every clip has the same content (and is stored once); with it each clip is its own."""
     data, media = root / "meld", root / "MELD.Raw"
@@ -35,7 +35,7 @@ def meld_layout(root: Path, utterances: int = 2, seconds: float = 2.0, noise: fl
             # StartTime/EndTime are episode times, far past the clip's length: they must not cut it
             rows.append(f"{u + 1},Line {u}.,{'Ross' if u % 2 else 'Rachel'},{'joy' if u % 2 else 'neutral'},"
                         f"positive,0,{u},1,1,\"00:10:0{u},000\",\"00:10:0{u},900\"")
-            write_clip(media / folder / f"dia0_utt{u}.mp4", seconds=seconds, noise=noise, seed=hash((split, u)) % 1000)
+            write_clip(media / folder / f"dia0_utt{u}.mp4", seconds=seconds, noise=noise, seed=100 * len(split) + u)
         (data / f"{split}_sent_emo.csv").write_text(MELD_HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     return data, media
 
@@ -159,7 +159,7 @@ def _items(store: Path) -> int:
 
 
 def test_killed_store_build_resumes_where_it_stopped(tmp_path):
-    data, media = meld_layout(tmp_path, utterances=12, seconds=2.0, noise=8.0)     # 36 distinct clips, 72 items
+    data, media = meld_layout(tmp_path, utterances=12, seconds=2.0, noise=8)     # 36 distinct clips, 72 items
     store = tmp_path / "store"
     script = tmp_path / "build.py"
     script.write_text(BUILD_SCRIPT)
