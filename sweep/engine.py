@@ -150,8 +150,23 @@ def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> 
         coverage = dataset.coverage("train")
         out[key] = {"fingerprint": dataset.fingerprint(), "labels": list(dataset.labels),
                     "available": [m for m in ("text", "audio", "video") if coverage.get(m, 0) > 0],
-                    "name": dataset.name, "source": dataset.source}
+                    "name": dataset.name, "source": dataset.source,
+                    "media_coverage": media_coverage(dataset) if cfg.data.media_dir else ""}
     return out
+
+
+def media_coverage(dataset) -> str:
+    """'train audio 100% video 100%, dev ...': the share of each split's utterances that carry a clip."""
+    parts = []
+    for split in dataset.splits:
+        cov = dataset.coverage(split)
+        shares = " ".join(f"{m} {100.0 * cov[m] / max(cov['utterances'], 1):.0f}%" for m in ("audio", "video"))
+        parts.append(f"{split} {shares} (of {cov['utterances']})")
+    return f"{dataset.name}: " + ", ".join(parts)
+
+
+def _media_coverage(data_info: dict[str, dict]) -> str:
+    return "; ".join(sorted({info["media_coverage"] for info in data_info.values()} - {""}))
 
 
 def _dataset_names(data_info: dict[str, dict]) -> str:
@@ -243,6 +258,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         for s in settings:
             s["plan_key"] = plan_key
         parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
+                            "media_coverage": _media_coverage(data),
                             "from_tune_source": note})  # the ablation report's caption names the trial
     else:
         spec = load_search_space(spec_path, cli)
@@ -252,6 +268,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         settings = []
         plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
         parent_tags["dataset"] = _dataset_names(data)
+        parent_tags["media_coverage"] = _media_coverage(data)
 
     resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
                                 opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,

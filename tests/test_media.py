@@ -24,18 +24,22 @@ MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_
 MELD_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 
 
-def meld_layout(root: Path, utterances: int = 2, seconds: float = 2.0, noise: int = 0) -> tuple[Path, Path]:
+def meld_layout(root: Path, utterances: int = 2, seconds: float = 2.0, noise: int = 0,
+                dialogues: int = 1, size: tuple[int, int] = (160, 120)) -> tuple[Path, Path]:
     """MELD.Raw as released: per-split transcripts, one dia{D}_utt{U}.mp4 per utterance, no wav. Without
     noise every clip has the same content (and is stored once); with it each clip is its own."""
     data, media = root / "meld", root / "MELD.Raw"
     data.mkdir(parents=True)
     for split, folder in MELD_DIRS.items():
         rows = []
-        for u in range(utterances):
-            # StartTime/EndTime are episode times, far past the clip's length: they must not cut it
-            rows.append(f"{u + 1},Line {u}.,{'Ross' if u % 2 else 'Rachel'},{'joy' if u % 2 else 'neutral'},"
-                        f"positive,0,{u},1,1,\"00:10:0{u},000\",\"00:10:0{u},900\"")
-            write_clip(media / folder / f"dia0_utt{u}.mp4", seconds=seconds, noise=noise, seed=100 * len(split) + u)
+        for d in range(dialogues):
+            for u in range(utterances):
+                # StartTime/EndTime are episode times, far past the clip's length: they must not cut it
+                rows.append(f"{len(rows) + 1},Line {d} {u}.,{'Ross' if u % 2 else 'Rachel'},"
+                            f"{('neutral', 'joy', 'sadness')[(d + u) % 3]},positive,{d},{u},1,1,"
+                            f"\"00:10:0{u},000\",\"00:10:0{u},900\"")
+                write_clip(media / folder / f"dia{d}_utt{u}.mp4", seconds=seconds, noise=noise, size=size,
+                           seed=100 * len(split) + 10 * d + u)
         (data / f"{split}_sent_emo.csv").write_text(MELD_HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     return data, media
 
@@ -186,3 +190,34 @@ def test_killed_store_build_resumes_where_it_stopped(tmp_path):
         assert dataset.coverage(split)["audio"] == dataset.coverage(split)["video"] == 12
     for utt in dataset.utterances("train"):                  # every item whole and readable
         assert utt.video_ref.load_raw().shape == (4, 3, 32, 32) and utt.audio_ref.load_raw().shape == (2 * RATE,)
+
+
+@pytest.mark.slow
+def test_sweep_over_meld_layout_clips_has_every_modality_and_says_so_in_the_caption(tmp_path, ray_local):
+    """End to end: run_sweep ablate over MELD-layout mp4s (decoded once by the driver into <output>/cache/
+    media, read by stage 1 through DataLoader workers), then the report's caption gives the coverage."""
+    import yaml
+    from conftest import TINY_BASE, child_runs
+
+    from reports.report import make_report
+    from reports.store import tracking_uri_for
+    from sweep.engine import SweepOptions, run_sweep
+
+    data, media = meld_layout(tmp_path, utterances=3, dialogues=2, seconds=1.0, noise=4, size=(64, 48))
+    spec = tmp_path / "meld_media.yaml"
+    base = {**TINY_BASE, "stage1.epochs": 1, "stage1.batch_size": 2, "train.epochs": 2, "data.frames": 2,
+            "data.frame_size": 16, "data.sample_rate": 8000, "data.media_workers": 2}
+    spec.write_text(f"# python run_sweep.py ablate {spec}\n" + yaml.safe_dump(
+        {"name": "meldmedia", "dataset": {"name": "meld", "path": str(data), "media_dir": str(media)},
+         "base": base, "variants": {"full": {}}, "seeds": [0],
+         "stage1_seed": "shared", "resources": {"cpu": 1}, "max_concurrent": 2}, sort_keys=False))
+    opts = SweepOptions(output=tmp_path / "runs")
+    outcome = run_sweep("ablate", spec, [], opts)
+    assert outcome.status == "finished" and outcome.exit_code == 0
+    store = tmp_path / "runs" / "cache" / "media"
+    assert len(list((store / "items").rglob("*.npy"))) == 2 * 18            # 18 distinct clips, audio + video
+    for run in child_runs(opts.output, "meldmedia"):
+        assert run.data.tags["masked_modalities"] == ""                     # audio and video reached stage 2
+    md = make_report("meldmedia", tracking_uri_for(opts.output), tmp_path / "report", formats=("md",)).markdown
+    assert ("Media coverage (utterances with a clip): meld: train audio 100% video 100% (of 6), "
+            "dev audio 100% video 100% (of 6), test audio 100% video 100% (of 6).") in md, md
