@@ -221,3 +221,15 @@ def test_sweep_over_meld_layout_clips_has_every_modality_and_says_so_in_the_capt
     md = make_report("meldmedia", tracking_uri_for(opts.output), tmp_path / "report", formats=("md",)).markdown
     assert ("Media coverage (utterances with a clip): meld: train audio 100% video 100% (of 6), "
             "dev audio 100% video 100% (of 6), test audio 100% video 100% (of 6).") in md, md
+
+
+def test_data_command_shows_coverage_and_what_the_store_holds(tmp_path, capsys):
+    import run_sweep
+
+    data, media = meld_layout(tmp_path, utterances=2, seconds=1.0, noise=3)
+    assert run_sweep.main(["data", "meld", "--path", str(data), "--media-dir", str(media),
+                           "--output", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.strip().startswith("train "))
+    assert row.split()[-6:] == ["2", "(100.0%)"] * 3                          # text, audio, video
+    assert f"media store {tmp_path / 'runs' / 'cache' / 'media'}: 6 audio and 6 video clips decoded" in printed
