@@ -42,6 +42,9 @@ def make_corpus(root: Path, n: int) -> tuple[Path, Path]:
     data, media = root / "meld", root / "MELD.Raw"
     if (root / "done").exists():
         return data, media
+    # A larger corpus made earlier holds these clips (the same names, the same content): copy them
+    larger = sorted((p for p in root.parent.glob("n*") if (p / "done").exists() and int(p.name[1:]) >= n),
+                    key=lambda p: int(p.name[1:]))
     data.mkdir(parents=True, exist_ok=True)
     counts = {"train": n - 2 * (n // 10), "dev": n // 10, "test": n // 10}
     start = time.perf_counter()
@@ -51,8 +54,12 @@ def make_corpus(root: Path, n: int) -> tuple[Path, Path]:
             d, u = divmod(i, 5)
             rows.append(f"{i + 1},Line {i}.,{'Ross' if u % 2 else 'Rachel'},{LABELS[i % 7]},x,{d},{u},1,1,"
                         f"\"00:00:01,000\",\"00:00:04,600\"")
-            write_clip(media / SPLIT_DIRS[split] / f"dia{d}_utt{u}.mp4", seconds=3.6, size=(1280, 720), fps=24,
-                       noise=6, seed=1000 * len(split) + i)
+            target = media / SPLIT_DIRS[split] / f"dia{d}_utt{u}.mp4"
+            if larger:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(larger[0] / "MELD.Raw" / SPLIT_DIRS[split] / target.name, target)
+            else:
+                write_clip(target, seconds=3.6, size=(1280, 720), fps=24, noise=6, seed=1000 * len(split) + i)
         (data / f"{split}_sent_emo.csv").write_text(HEADER + "\n".join(rows) + "\n", encoding="utf-8")
     (root / "done").write_text(f"{time.perf_counter() - start:.1f}")
     return data, media
@@ -130,10 +137,10 @@ def trial(data: Path, media: Path, store: Path, cache: Path, workers: int) -> di
             "available": features.available()}
 
 
-def child(kind: str, *args: str) -> dict:
+def child(kind: str, *args: str, env: dict | None = None) -> dict:
     """Run one measurement in a fresh process; its peak RSS (and its children's) comes back with it."""
     out = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True,
-                         cwd=ROOT)
+                         cwd=ROOT, env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -147,21 +154,27 @@ def run_child(kind: str, args: list[str]) -> None:
         result = new_load(paths[0], paths[1], paths[2], int(args[3]))
     else:
         result = trial(paths[0], paths[1], paths[2], paths[3], int(args[4]))
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["children_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result["peak_rss_mb"] = me.ru_maxrss / 1024
+    result["children_peak_rss_mb"] = children.ru_maxrss / 1024
+    # CPU seconds of this process and its pool (less sensitive to a shared machine than wall time)
+    result["cpu_s"] = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
     print(json.dumps(result))
 
 
-def measure(work: Path, n: int, old_sample: int) -> dict:
+def measure(work: Path, n: int, old_sample: int, old_all_max: int) -> dict:
     root = work / f"n{n}"
     data, media = make_corpus(root, n)
     row = {"n": n, "encode_s": float((root / "done").read_text())}
-    store1, store2, cache = root / "store1", root / "store2", root / "cache"
-    for path in (store1, store2, cache):
+    store1, store1t, store2, cache = root / "store1", root / "store1t", root / "store2", root / "cache"
+    for path in (store1, store1t, store2, cache):
         shutil.rmtree(path, ignore_errors=True)
     row["old_sample"] = child("old", str(media), str(old_sample))
-    row["old_all"] = child("old", str(media), "0")
+    if n <= old_all_max:     # today's path over every clip: its memory grows by a fixed amount per clip
+        row["old_all"] = child("old", str(media), "0")
     row["new_1"] = child("new", str(data), str(media), str(store1), "1")
+    # one process with one decoder thread: the unit that two processes (one thread each) are compared with
+    row["new_1t"] = child("new", str(data), str(media), str(store1t), "1", env={"MAGTKD_DECODER_THREADS": "1"})
     row["new_2"] = child("new", str(data), str(media), str(store2), "2")
     row["new_again"] = child("new", str(data), str(media), str(store2), "2")
     row["trial_miss"] = child("trial", str(data), str(media), str(store2), str(cache), "2")
@@ -170,39 +183,47 @@ def measure(work: Path, n: int, old_sample: int) -> dict:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| N | old s/clip (1 proc, frames only) | new s/clip 1 proc (audio+frames) | new s/clip 2 procs | "
-             "speed-up 1 proc | 2 procs vs 1 | second load s | old load peak RSS MB | new load peak RSS MB "
-             "(parent / workers) | old trial ready s / peak MB | new cache-hit trial ready s / peak MB | "
+    lines = ["| N | old s/clip (1 proc, frames only) | new s/clip 1 proc (audio+frames; FFmpeg threads) | "
+             "new s/clip 1 proc, 1 thread | new s/clip 2 procs, 1 thread each | "
+             "speed-up 1 proc | 2 procs vs 1 (1 thread each) | second load s | old load s / peak RSS MB | new load peak RSS MB "
+             "(parent / pool workers) | new cache-hit trial: ready s / peak RSS MB | "
              "projection to 13,708 clips: old decode h, old RAM GB, new decode h (2 procs) |",
              "|" + "---|" * 12]
+    # What each held clip adds to the old load's memory (every clip against the sample), from a row that ran it
+    measured = [r for r in rows if r.get("old_all")]
+    old_mb_per_clip = (sum((r["old_all"]["peak_rss_mb"] - r["old_sample"]["peak_rss_mb"])
+                           / (r["old_all"]["clips"] - r["old_sample"]["clips"]) for r in measured) / len(measured)
+                       if measured else float("nan"))
     for r in rows:
         old, n1, n2 = r["old_sample"]["decode_s_per_clip"], r["new_1"]["decode_s_per_clip"], r["new_2"]["decode_s_per_clip"]
-        # what each held clip adds to the old load's memory (all N against the sample)
-        old_rss_per_clip = ((r["old_all"]["peak_rss_mb"] - r["old_sample"]["peak_rss_mb"])
-                            / (r["n"] - r["old_sample"]["clips"]))
+        n1t = r["new_1t"]["decode_s_per_clip"]
+        old_all = (f"{r['old_all']['seconds']:.1f} / {r['old_all']['peak_rss_mb']:.0f}" if r.get("old_all")
+                   else "not run")
         lines.append(
-            f"| {r['n']} | {old:.3f} | {n1:.3f} | {n2:.3f} | {old / n1:.2f}x | {n1 / n2:.2f}x | "
-            f"{r['new_again']['seconds']:.2f} | {r['old_all']['peak_rss_mb']:.0f} | "
+            f"| {r['n']} | {old:.3f} | {n1:.3f} | {n1t:.3f} | {n2:.3f} | {old / n1:.2f}x | {n1t / n2:.2f}x | "
+            f"{r['new_again']['seconds']:.2f} | {old_all} | "
             f"{r['new_1']['peak_rss_mb']:.0f} / {r['new_2']['children_peak_rss_mb']:.0f} | "
-            f"{r['old_all']['seconds']:.1f} / {r['old_all']['peak_rss_mb']:.0f} | "
             f"{r['trial_hit']['ready_s']:.2f} / {r['trial_hit']['peak_rss_mb']:.0f} | "
-            f"{old * MELD_CLIPS / 3600:.2f}, {old_rss_per_clip * MELD_CLIPS / 1024:.0f}, {n2 * MELD_CLIPS / 3600:.2f} |")
+            f"{old * MELD_CLIPS / 3600:.2f}, {old_mb_per_clip * MELD_CLIPS / 1024:.0f}, {n2 * MELD_CLIPS / 3600:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--n", type=int, nargs="*", default=[100, 1000])
     parser.add_argument("--old-sample", type=int, default=20, help="clips timed on today's path (s/clip)")
+    parser.add_argument("--old-all-max", type=int, default=1000,
+                        help="run today's path over every clip only up to this N (it holds them all in RAM)")
     parser.add_argument("--work", default="/tmp/media_scale")
+    parser.add_argument("--rows", nargs="*", default=[], help="earlier rows (JSON lines files) to print with these")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child[0], args.child[1:])
         return
-    rows = []
+    rows = [json.loads(line) for f in args.rows for line in Path(f).read_text().splitlines() if line.startswith("{")]
     for n in args.n:
-        row = measure(Path(args.work), n, args.old_sample)
+        row = measure(Path(args.work), n, args.old_sample, args.old_all_max)
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nmachine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

@@ -236,9 +236,10 @@ class MediaStore:
         self.log(f"media store {self.root}: decoding {total} clip(s) from {len(todo)} file(s) "
                  f"in {workers} process(es)")
         progress = _Progress(total, self.log)
-        # one decoder thread per process in a pool (the processes fill the cores); FFmpeg's threads alone
-        tasks = [(str(self.root), source, known.get(source, ""), rs, 1 if workers > 1 else 0)
-                 for source, rs in todo.items()]
+        # One decoder thread per process in a pool (the processes fill the cores); FFmpeg's own threads in a
+        # process alone. MAGTKD_DECODER_THREADS=N sets it (benchmarks/media_scale.py compares at 1 thread).
+        threads = int(os.environ.get("MAGTKD_DECODER_THREADS", "0")) or (1 if workers > 1 else 0)
+        tasks = [(str(self.root), source, known.get(source, ""), rs, threads) for source, rs in todo.items()]
         if workers <= 1:
             for task in tasks:
                 result = decode_source(*task)
