@@ -35,6 +35,8 @@ class DataConfig:
     path: str = ""               # dataset directory or file (all but synthetic)
     mapping: str = ""            # YAML column/label mapping for name=csv
     media_dir: str = ""          # optional wav/mp4/frames directory; missing clips mask that modality
+    media_store: str = ""        # absolute dir clips are decoded to, once ("" = <cache dir>/media: <output>/cache/media)
+    media_workers: int = 0       # processes that decode clips and read them in stage 1 (0 = one per CPU, at most 8)
     max_dialogues: int = 0       # keep only the first N dialogues of each split (0 = all); quick runs
     # --- synthetic generator (the embedded default) ---
     synthetic_dialogues: int = 120   # training dialogues; dev and test get a quarter each
@@ -81,6 +83,7 @@ class Stage1Config:
     epochs: int = 10
     batch_size: int = 4
     lr: float = 1e-5
+    audio_lr: float = 0.0            # lr of the audio encoder/student alone (0 = stage1.lr; authors' IEMOCAP: 5e-6)
     grad_clip: float = 10.0
     shared_seed: int = -1            # >= 0: every stage-2 seed reuses stage 1 trained with this seed
 
@@ -264,6 +267,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(d.noise_modality in ("", "audio", "video", "text"), "data.noise_modality", "must be '', text, audio or video")
     need(d.sample_rate >= 1000 and d.audio_seconds > 0, "data.sample_rate", "and data.audio_seconds must be positive (>= 1000 Hz)")
     need(d.frames >= 1 and d.frame_size >= 8, "data.frames", "must be >= 1 with data.frame_size >= 8")
+    need(d.media_workers >= 0, "data.media_workers", "must be >= 0 (0: one per CPU, at most 8)")
 
     need(s.max_tokens >= 8, "stage1.max_tokens", "must be >= 8")
     need(s.text_pooling in ("auto", "mask", "first", "mean"), "stage1.text_pooling", "must be auto, mask, first or mean")
@@ -275,6 +279,7 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(s.tiny_hidden % 4 == 0, "stage1.tiny_hidden", "must be divisible by 4 (the tiny encoders use 4 heads)")
     need(s.epochs >= 0 and s.batch_size >= 1 and s.lr > 0, "stage1.epochs", "must be >= 0 with batch_size >= 1 and lr > 0")
     need(s.grad_clip > 0, "stage1.grad_clip", "must be > 0")
+    need(s.audio_lr >= 0, "stage1.audio_lr", "must be >= 0 (0: stage1.lr)")
     bad = [m for m in s.kd_modalities if m not in ("audio", "video")]
     need(not bad, "stage1.kd_modalities", f"has {bad}; only audio and video have students")
 

@@ -20,6 +20,36 @@ class DataError(ValueError):
     """A data problem; the message names the file and the line, column or key."""
 
 
+@dataclass(frozen=True)
+class MediaRef:
+    """One utterance's decoded clip in the media store (dialogue_data.media_store), by reference.
+
+    A dataset holds these instead of arrays, so loading MELD costs kilobytes, not gigabytes; only stage 1
+    reads the array (memory-mapped, one clip at a time). `identity` names the source file's content and
+    the decode settings: it is what the dataset fingerprint covers, never the decoded samples.
+    """
+    path: str                  # the .npy file: uint8 frames (T, 3, H, W) or int16 audio (samples,)
+    identity: str              # sha256 over the source's content hash and the decode settings
+    shape: tuple
+
+    def load(self) -> np.ndarray:
+        """float32: frames in [0, 1] (T, 3, H, W), audio in [-1, 1] (samples,)."""
+        return as_float(self.load_raw())
+
+    def load_raw(self) -> np.ndarray:
+        """The stored integers (uint8 frames or int16 audio), copied out of the memory map."""
+        return np.array(np.load(self.path, mmap_mode="r", allow_pickle=False))  # noqa: TID251 (no pickle)
+
+
+def as_float(raw: np.ndarray) -> np.ndarray:
+    """Stored integers -> float32: uint8 frames / 255, int16 audio / 32768."""
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype == np.int16:
+        return raw.astype(np.float32) / 32768.0
+    return raw.astype(np.float32)
+
+
 @dataclass
 class Utterance:
     speaker: str
@@ -30,6 +60,18 @@ class Utterance:
     frames: Optional[np.ndarray] = None         # (T, C, H, W) float32 in [0, 1]
     audio_features: Optional[np.ndarray] = None  # (D,) pre-extracted vector
     video_features: Optional[np.ndarray] = None  # (D,) pre-extracted vector
+    audio_ref: Optional["MediaRef"] = None      # decoded audio in the media store (read by stage 1 only)
+    video_ref: Optional["MediaRef"] = None      # decoded frames in the media store (read by stage 1 only)
+
+    @property
+    def audio(self):
+        """The waveform (in memory) or its reference in the media store; None when absent."""
+        return self.waveform if self.waveform is not None else self.audio_ref
+
+    @property
+    def video(self):
+        """The frames (in memory) or their reference in the media store; None when absent."""
+        return self.frames if self.frames is not None else self.video_ref
 
 
 @dataclass
@@ -62,8 +104,8 @@ class DialogueDataset:
         for u in self.utterances(split):
             counts["utterances"] += 1
             counts["text"] += bool(u.text)
-            counts["audio"] += u.waveform is not None or u.audio_features is not None
-            counts["video"] += u.frames is not None or u.video_features is not None
+            counts["audio"] += u.audio is not None or u.audio_features is not None
+            counts["video"] += u.video is not None or u.video_features is not None
         return counts
 
     def label_warnings(self) -> list[str]:
@@ -75,7 +117,8 @@ class DialogueDataset:
                 for i, label in enumerate(self.labels) if i not in seen]
 
     def fingerprint(self) -> str:
-        """Content hash over labels, text, speakers, ids and media bytes (stable across runs)."""
+        """Content hash over labels, text, speakers, ids and media (stable across runs). Media in the store
+        count by their identity (source content hash + decode settings), never by decoded samples."""
         h = hashlib.sha256()
         h.update(self.name.encode())
         h.update("\x1f".join(self.labels).encode())
@@ -87,4 +130,7 @@ class DialogueDataset:
                     h.update(f"\x1d{u.utterance_id}\x1f{u.speaker}\x1f{u.text}\x1f{u.label}".encode())
                     for arr in (u.waveform, u.frames, u.audio_features, u.video_features):
                         h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+                    for ref in (u.audio_ref, u.video_ref):
+                        if ref is not None:                 # absent refs add nothing: old fingerprints hold
+                            h.update(f"\x1cref:{ref.identity}".encode())
         return h.hexdigest()[:16]

@@ -4,6 +4,7 @@
     python run_sweep.py data meld --path ../shared/data/meld
     python run_sweep.py data csv --path /data/mine --mapping dialogue_data/mappings/example.yaml
     python run_sweep.py data synthetic data.noise_modality=audio max_dialogues=10
+    python run_sweep.py data meld --path /data/MELD.Raw --media-dir /data/MELD.Raw [--output runs]
     python run_sweep.py cache list [--output runs]
     python run_sweep.py cache clear [KEY ...] [--output runs]
 """
@@ -16,7 +17,8 @@ from core.config import load_config
 from core.schema import DataError
 from dialogue_data.cache import Stage1Cache
 from dialogue_data.features_import import load_author_features
-from dialogue_data.registry import load_dataset
+from dialogue_data.media_store import MediaStore
+from dialogue_data.registry import load_dataset, media_store_of
 
 DATASETS = ("synthetic", "meld", "iemocap", "csv", "features")
 
@@ -30,6 +32,11 @@ def add_commands(subparsers) -> None:
     data.add_argument("--path", default=None, help="dataset directory or file (data.path)")
     data.add_argument("--mapping", default=None, help="YAML column/label mapping for name=csv (data.mapping)")
     data.add_argument("--media-dir", default=None, help="wav/mp4/frames directory (data.media_dir)")
+    data.add_argument("--output", default="runs",
+                      help="the sweep output directory whose media store (<output>/cache/media) clips are "
+                           "decoded into, as a sweep with the same --output would (default ./runs)")
+    data.add_argument("--cache-dir", default=None, metavar="DIR",
+                      help="the sweep's --cache-dir, if it has one: the media store is DIR/media")
     data.add_argument("--strict", action="store_true",
                       help="exit 2 when a label has no training examples (otherwise a warning)")
     data.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -63,8 +70,11 @@ def cmd_data(args) -> int:
         dataset, features = load_author_features(cfg.data.path, cfg)
         print(describe_features(features, dataset))
     else:
-        dataset = load_dataset(cfg.data)
+        cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.output) / "cache"
+        dataset = load_dataset(cfg.data, cache_dir)
         print(describe(dataset))
+        if cfg.data.media_dir:
+            print(describe_store(MediaStore(media_store_of(cfg.data, cache_dir))))
         if dataset.label_warnings() and args.strict:
             raise DataError("; ".join(dataset.label_warnings()) + " (--strict)")
     return 0
@@ -81,6 +91,14 @@ def _label_table(labels: list[str], counts: dict[str, Counter], totals: dict[str
     for i, label in enumerate(labels):
         lines.append("  " + label.ljust(width) + "".join(_pct(counts[s][i], totals[s]).rjust(16) for s in splits))
     return lines
+
+
+def describe_store(store: MediaStore) -> str:
+    """What the media store holds (every dataset and setting decoded into it so far)."""
+    held = store.summary()
+    return (f"\nmedia store {held['root']}: {held['audio']} audio and {held['video']} video clips decoded "
+            f"({held['bytes'] / 1e6:.1f} MB) from {held['sources']} source files; a sweep with the same "
+            f"--output/--cache-dir reads them from there and decodes nothing again")
 
 
 def describe(dataset) -> str:

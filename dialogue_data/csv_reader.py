@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dialogue_data.media import attach_media, find_video
+from dialogue_data.media import ClipPlace, attach_media, find_video
 from core.config import read_yaml
 from core.schema import SPLITS, DataError, Dialogue, DialogueDataset, Utterance
 from dialogue_data.textio import clean_text, decode_transcript
 
-ROLES = ("text", "speaker", "label", "dialogue_id", "utterance_id", "split", "wav", "video")
+ROLES = ("text", "speaker", "label", "dialogue_id", "utterance_id", "split", "wav", "video", "start", "end")
 REQUIRED_ROLES = ("text", "speaker", "label", "dialogue_id")
 
 
@@ -46,6 +46,9 @@ class CsvSpec:
     media_split_dirs: dict[str, list[str]] = field(default_factory=lambda: {s: [s] for s in SPLITS})
     speaker_format: str = "plain"                      # plain | list: cells like "['Monica Geller', 'Ross Geller']"
     label_spellings: list[str] = field(default_factory=list)    # raw labels as the mapping writes them (for errors)
+    # With columns start/end (seconds, or HH:MM:SS,mmm) the utterance is that range of its video file
+    # (IEMOCAP: the session's .avi); frames come from the range widened by video_margin on each side.
+    video_margin: float = 0.0
 
     def column_name(self, role: str) -> str:
         """The header(s) behind a role, as an error message names them."""
@@ -67,8 +70,10 @@ class _Row:
 
 
 def read_csv_dataset(path: str | Path, spec: CsvSpec, media_dir: str | Path = "", sample_rate: int = 16000,
-                     frames: int = 8, frame_size: int = 32) -> DialogueDataset:
-    """Read the three splits under `path` (a directory, or one file with a split column)."""
+                     frames: int = 8, frame_size: int = 32, media_store: str | Path = "",
+                     media_workers: int = 0) -> DialogueDataset:
+    """Read the three splits under `path` (a directory, or one file with a split column); clips under
+    `media_dir` are decoded once into `media_store` (see dialogue_data.media_store)."""
     path = Path(path)
     notes: list[str] = []
     rows_by_split = {s: [] for s in SPLITS}            # split -> [(file, _Row)]
@@ -88,7 +93,8 @@ def read_csv_dataset(path: str | Path, spec: CsvSpec, media_dir: str | Path = ""
         if not media_dir.is_dir():
             raise DataError(f"{media_dir}: data.media_dir is not a directory")
         locate = _media_locator(spec, media_dir, media_refs)
-        notes += attach_media(splits, locate, sample_rate, frames, frame_size, f"{spec.name} media in {media_dir}")
+        notes += attach_media(splits, locate, sample_rate, frames, frame_size, f"{spec.name} media in {media_dir}",
+                              media_store, media_workers)
     else:
         notes.append("no data.media_dir: audio and video absent (text only)")
     return DialogueDataset(name=spec.name, labels=list(spec.labels), splits=splits, sample_rate=sample_rate,
@@ -249,7 +255,9 @@ def _dialogues(rows: list[tuple[Path, _Row]], spec: CsvSpec, split: str,
             speaker = _speaker(v["speaker"], spec.speaker_format, f"{file}: line {r.line}, column '{col['speaker']}'")
             utt = Utterance(speaker=clean_text(speaker), text=clean_text(v["text"]), label=label_index[name],
                             utterance_id=uid)
-            media_refs[(split, did, uid)] = (v.get("wav", "").strip(), v.get("video", "").strip())
+            start, end = _time_range(v, file, r.line, col)
+            media_refs[(split, did, uid)] = (v.get("wav", "").strip(), v.get("video", "").strip(), start, end,
+                                             f"{file}: line {r.line}")
             utterances.append(utt)
         if utterances and not any(u.text for u in utterances):
             first, last = min(r.line for _, r in members), max(r.line for _, r in members)
@@ -258,6 +266,40 @@ def _dialogues(rows: list[tuple[Path, _Row]], spec: CsvSpec, split: str,
         if utterances:
             dialogues.append(Dialogue(dialogue_id=did, utterances=utterances))
     return dialogues, dropped
+
+
+_CLOCK = re.compile(r"^(\d+):([0-5]?\d):([0-5]?\d(?:[.,]\d+)?)$")
+
+
+def parse_time(cell: str) -> float:
+    """Seconds from '12.5' or MELD's 'HH:MM:SS,mmm' ('0:00:02,345' -> 2.345); ValueError otherwise."""
+    text = cell.strip()
+    clock = _CLOCK.match(text)
+    if clock:
+        hours, minutes, seconds = clock.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds.replace(",", "."))
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return value
+
+
+def _time_range(values: dict, file: Path, line: int, col: dict) -> tuple[Optional[float], Optional[float]]:
+    """The utterance's (start, end) in seconds when the mapping names start/end columns, else (None, None)."""
+    if "start" not in col and "end" not in col:
+        return None, None
+    times = []
+    for role in ("start", "end"):
+        try:
+            times.append(parse_time(values.get(role, "")))
+        except ValueError:
+            raise DataError(f"{file}: line {line}, column '{col.get(role, role)}': {values.get(role, '')!r} is not "
+                            f"a time (seconds like 12.5, or HH:MM:SS,mmm)") from None
+    start, end = times
+    if start < 0 or end < start:
+        raise DataError(f"{file}: line {line}, columns '{col['start']}'/'{col['end']}': range {start:.3f}-{end:.3f} s "
+                        f"{'starts before 0' if start < 0 else 'ends before it starts'}")
+    return start, end
 
 
 def _speaker(cell: str, speaker_format: str, where: str) -> str:
@@ -282,7 +324,7 @@ def _speaker(cell: str, speaker_format: str, where: str) -> str:
 
 
 def _media_locator(spec: CsvSpec, media_dir: Path, media_refs: dict):
-    """locate(split, dialogue, utterance) -> (wav path or None, video path or None)."""
+    """locate(split, dialogue, utterance) -> ClipPlace (files, the utterance's time range, its CSV line)."""
     split_dirs = {}
     for split in SPLITS:
         hit = next((media_dir / d for d in spec.media_split_dirs.get(split, []) if (media_dir / d).is_dir()), None)
@@ -294,15 +336,15 @@ def _media_locator(spec: CsvSpec, media_dir: Path, media_refs: dict):
         p = Path(value)
         return p if p.is_absolute() else media_dir / p
 
-    def locate(split: str, dialogue: Dialogue, utt: Utterance):
-        wav_ref, video_ref = media_refs.get((split, dialogue.dialogue_id, utt.utterance_id), ("", ""))
+    def locate(split: str, dialogue: Dialogue, utt: Utterance) -> ClipPlace:
+        wav_ref, video_ref, start, end, where = media_refs[(split, dialogue.dialogue_id, utt.utterance_id)]
         wav, video = resolve(wav_ref), resolve(video_ref)
         if spec.media_pattern:
             stem = split_dirs[split] / spec.media_pattern.format(dialogue_id=dialogue.dialogue_id,
                                                                  utterance_id=utt.utterance_id)
             wav = wav or stem.with_name(stem.name + ".wav")
             video = video or find_video(stem)
-        return wav, video
+        return ClipPlace(wav, video, where, start, end, spec.video_margin)
 
     return locate
 
@@ -310,7 +352,7 @@ def _media_locator(spec: CsvSpec, media_dir: Path, media_refs: dict):
 # ---- YAML mapping ---------------------------------------------------------------------------
 
 MAPPING_KEYS = ("name", "files", "file", "columns", "labels", "drop_labels", "split_values", "order_by",
-                "delimiter", "media_pattern", "media_split_dirs", "speaker_format")
+                "delimiter", "media_pattern", "media_split_dirs", "speaker_format", "video_margin")
 
 
 def load_mapping(mapping_path: str | Path) -> CsvSpec:
@@ -339,6 +381,10 @@ def load_mapping(mapping_path: str | Path) -> CsvSpec:
     columns = {role: header for role, header in columns.items() if header}
     for role in REQUIRED_ROLES:
         need(role in columns, f"columns.{role}", "is required")
+    need(("start" in columns) == ("end" in columns), "columns.start", "and columns.end go together (a time range)")
+    video_margin = data.get("video_margin", 0.0)
+    need(isinstance(video_margin, (int, float)) and not isinstance(video_margin, bool) and video_margin >= 0,
+         "video_margin", "must be a number of seconds >= 0 (frames come from [start - margin, end + margin])")
 
     labels_raw = data.get("labels")
     drop = {str(x).strip().lower() for x in (data.get("drop_labels") or [])}
@@ -403,4 +449,4 @@ def load_mapping(mapping_path: str | Path) -> CsvSpec:
     return CsvSpec(name=name, labels=labels, label_map=label_map, columns=columns, files=files,
                    single_file=single, split_values=split_values, drop_labels=drop, order_by=order_by,
                    delimiter=delimiter, media_pattern=pattern, media_split_dirs=msd, speaker_format=speaker_format,
-                   label_spellings=spellings)
+                   label_spellings=spellings, video_margin=float(video_margin))

@@ -1,34 +1,41 @@
-"""Optional media for real datasets: wav files, mp4 clips or pre-extracted frames.
+"""Optional media for real datasets: wav files, video files as released, or pre-extracted frames.
 
-A clip that is not there masks that modality for that utterance (the field stays None and
+A clip that is not there masks that modality for that utterance (the reference stays None and
 `DialogueDataset.coverage` counts it); `attach_media` says so in ONE warning per load that counts
 the missing clips, and the same counts go into `dataset.notes`. A clip that is there but cannot be
-read is an error naming the file: never silent zeros.
+read is an error naming the file and the transcript line: never silent zeros.
+
+Every clip is decoded once into the media store (`dialogue_data.media_store`) and the utterance
+holds a reference (`core.schema.MediaRef`), never the arrays.
 
 Accepted forms:
 - audio: PCM wav (8, 16, 24 or 32 bit, any channels, any rate; mixed to mono, resampled to the
-  dataset's sample rate with scipy's polyphase filter).
-- video: a folder of images (png/jpg/jpeg/bmp, sorted by name), a `.npy` array (T, 3, H, W) or
-  (T, H, W, 3) of uint8 or floats in [0, 1], or an mp4/avi/mkv clip, which needs PyAV
-  (`pip install av`; not a dependency of this project: without it an existing clip is an error
-  that says so). Frames are sampled evenly to `frames` and resized to `frame_size` square.
+  dataset's sample rate with scipy's polyphase filter), or, without a wav, the audio track of the
+  utterance's video file (MELD's mp4s; `dialogue_data.decode`, resampled by FFmpeg).
+- video: an mp4/avi/mkv/mov file (decoded with PyAV, cut to the utterance's time range when the
+  mapping names start/end columns, with a margin around it), a folder of images (png/jpg/jpeg/bmp,
+  sorted by name), or a `.npy` array (T, 3, H, W) or (T, H, W, 3) of uint8 or floats in [0, 1].
+  Frames are sampled evenly to `frames` and resized to `frame_size` square.
 """
 from __future__ import annotations
 
+import os
 import warnings
 import wave
+from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from core.schema import SPLITS, DataError, Dialogue
+from core.schema import SPLITS, DataError, Dialogue, Utterance
+from dialogue_data.decode import CLIP_SUFFIXES
+from dialogue_data.media_store import MediaRequest, MediaStore
 
 # scipy, PIL and PyAV are imported inside the readers that use them: a text-only dataset needs none of them.
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-CLIP_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 
 class MediaWarning(UserWarning):
@@ -114,39 +121,6 @@ def read_frames_npy(path: Path, frames: int, size: int) -> np.ndarray:
     return _resize(arr[_sample_indices(arr.shape[0], frames)], size).astype(np.float32)
 
 
-def read_clip(path: Path, frames: int, size: int) -> np.ndarray:
-    try:
-        import av  # PyAV: optional, not a project dependency
-    except ImportError:
-        raise DataError(f"{path}: decoding {path.suffix} clips needs PyAV (pip install av), which is not "
-                        f"installed; or extract the frames to a folder '{path.with_suffix('')}/' of images "
-                        f"or to '{path.with_suffix('.npy')}'") from None
-    from PIL import Image
-    try:
-        with av.open(str(path)) as container:
-            images = [f.to_image() for f in container.decode(video=0)]
-    except Exception as err:  # PyAV raises its own error family
-        raise DataError(f"{path}: cannot decode the clip ({err})") from None
-    if not images:
-        raise DataError(f"{path}: the clip has no video frames")
-    out = [np.asarray(images[i].convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-           .transpose(2, 0, 1) / 255.0 for i in _sample_indices(len(images), frames)]
-    return np.stack(out).astype(np.float32)
-
-
-def read_video(path: Path, frames: int, size: int) -> Optional[np.ndarray]:
-    """Frames from a folder, .npy or clip at `path`; None when there is nothing there."""
-    if path.is_dir():
-        return read_frames_dir(path, frames, size)
-    if not path.is_file():
-        return None
-    if path.suffix.lower() == ".npy":
-        return read_frames_npy(path, frames, size)
-    if path.suffix.lower() in CLIP_SUFFIXES:
-        return read_clip(path, frames, size)
-    raise DataError(f"{path}: unknown video format '{path.suffix}' (use a frames folder, .npy, or mp4/avi/mkv/mov)")
-
-
 def find_video(stem: Path) -> Optional[Path]:
     """The first of `stem/` (frames), `stem.npy`, `stem.mp4`, ... that exists."""
     for candidate in (stem, stem.with_name(stem.name + ".npy"),
@@ -156,31 +130,70 @@ def find_video(stem: Path) -> Optional[Path]:
     return None
 
 
-def attach_media(splits: dict[str, list[Dialogue]], locate: Callable, sample_rate: int, frames: int,
-                 frame_size: int, source: str) -> list[str]:
-    """Load each utterance's clips; `locate(split, dialogue, utterance)` -> (wav path|None, video path|None).
+@dataclass(frozen=True)
+class ClipPlace:
+    """Where one utterance's media are: files (None: none given) and the utterance's range in them."""
+    audio: Optional[Path]            # a wav, or None (then the video file's audio track, if it is a clip)
+    video: Optional[Path]            # a video file, a frames folder or a .npy of frames
+    where: str                       # the transcript's file and line, for messages
+    start: Optional[float] = None    # seconds in the video file (None: the whole file)
+    end: Optional[float] = None
+    margin: float = 0.0              # seconds of video added around the range (authors: 1 s)
 
-    Returns the notes (one line per split and modality with missing clips) and warns once.
+
+def default_store() -> Path:
+    """Where decoded media go when no sweep output names a place: the user's cache directory."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "magtkd" / "media"
+
+
+def media_requests(place: ClipPlace, sample_rate: int, frames: int, frame_size: int):
+    """(audio request or None, video request or None) for one utterance; None where nothing is there."""
+    video = place.video if place.video is not None and place.video.exists() else None
+    is_clip = video is not None and video.is_file() and video.suffix.lower() in CLIP_SUFFIXES
+    if video is not None and not (video.is_dir() or is_clip or video.suffix.lower() == ".npy"):
+        raise DataError(f"{place.where}: {video}: unknown video format '{video.suffix}' "
+                        f"(use a frames folder, .npy, or {'/'.join(s[1:] for s in CLIP_SUFFIXES)})")
+    ranged = dict(start=place.start, end=place.end) if is_clip else {}
+    audio_request = None
+    if place.audio is not None and place.audio.is_file():          # a wav is one utterance: read whole
+        audio_request = MediaRequest("audio", str(place.audio.resolve()), place.where, sample_rate=sample_rate)
+    elif is_clip:                                                  # MELD: the audio track of the mp4
+        audio_request = MediaRequest("audio", str(video.resolve()), place.where, sample_rate=sample_rate, **ranged)
+    video_request = None
+    if video is not None:
+        video_request = MediaRequest("video", str(video.resolve()), place.where, frames=frames,
+                                     frame_size=frame_size, margin=place.margin if is_clip else 0.0, **ranged)
+    return audio_request, video_request
+
+
+def attach_media(splits: dict[str, list[Dialogue]], locate: Callable, sample_rate: int, frames: int,
+                 frame_size: int, source: str, store: str | Path = "", workers: int = 0) -> list[str]:
+    """Decode each utterance's clips into the media store (once) and give the utterance references.
+
+    `locate(split, dialogue, utterance)` -> ClipPlace. Returns the notes (one line per split and
+    modality with missing clips) and warns once.
     """
     notes: list[str] = []
+    wanted: list[tuple[Utterance, Optional[MediaRequest], Optional[MediaRequest]]] = []
     for split in SPLITS:
         total, missing = 0, {"audio": 0, "video": 0}
         for dialogue in splits.get(split, []):
             for utt in dialogue.utterances:
                 total += 1
-                wav_path, video_path = locate(split, dialogue, utt)
-                if wav_path is not None and Path(wav_path).is_file():
-                    utt.waveform = read_wav(Path(wav_path), sample_rate)
-                else:
-                    missing["audio"] += 1
-                frames_arr = read_video(Path(video_path), frames, frame_size) if video_path is not None else None
-                if frames_arr is not None:
-                    utt.frames = frames_arr
-                else:
-                    missing["video"] += 1
+                audio_request, video_request = media_requests(locate(split, dialogue, utt), sample_rate, frames,
+                                                              frame_size)
+                missing["audio"] += audio_request is None
+                missing["video"] += video_request is None
+                wanted.append((utt, audio_request, video_request))
         for modality, count in missing.items():
             if count:
                 notes.append(f"{modality} missing for {count}/{total} {split} utterances: masked")
+    requests = [r for _, a, v in wanted for r in (a, v) if r is not None]
+    if requests:
+        refs = MediaStore(store or default_store()).build(requests, workers)
+        for utt, audio_request, video_request in wanted:
+            utt.audio_ref = refs[audio_request] if audio_request is not None else None
+            utt.video_ref = refs[video_request] if video_request is not None else None
     if notes:
         warnings.warn(f"{source}: " + "; ".join(notes), MediaWarning, stacklevel=3)
     return notes

@@ -9,9 +9,10 @@ Dialogues are ordered by Dialogue_ID and utterances by Utterance_ID (numerically
 ids have gaps). Text is cleaned (smart quotes, stray cp1252 bytes and mojibake, CRLF; see
 `dialogue_data.textio`).
 
-Media (optional, `data.media_dir`): for each utterance `dia{D}_utt{U}.wav` for audio, and for
-video the first of `dia{D}_utt{U}/` (a folder of frame images), `dia{D}_utt{U}.npy`, or
-`dia{D}_utt{U}.mp4` (decoding mp4 needs PyAV). They are looked up in a per-split folder under
+Media (optional, `data.media_dir`): for each utterance `dia{D}_utt{U}.mp4` as released (its
+frames and its AAC audio track), or `dia{D}_utt{U}.wav` for audio and, for video, the first of
+`dia{D}_utt{U}/` (a folder of frame images), `dia{D}_utt{U}.npy`, `dia{D}_utt{U}.mp4`.
+StartTime/EndTime are times in the episode, not in the clip: the clips are read whole. They are looked up in a per-split folder under
 media_dir: `train/` or `train_splits/`, `dev/` or `dev_splits_complete/`, `test/` or
 `output_repeated_splits_test/` (the release's folder names); media_dir itself when none exists.
 Missing clips mask that modality for those utterances, with one warning that counts them.
@@ -40,5 +41,5 @@ SPEC = CsvSpec(
 
 
 def read_meld(path: str | Path, media_dir: str | Path = "", sample_rate: int = 16000, frames: int = 8,
-              frame_size: int = 32) -> DialogueDataset:
-    return read_csv_dataset(path, SPEC, media_dir, sample_rate, frames, frame_size)
+              frame_size: int = 32, media_store: str | Path = "", media_workers: int = 0) -> DialogueDataset:
+    return read_csv_dataset(path, SPEC, media_dir, sample_rate, frames, frame_size, media_store, media_workers)

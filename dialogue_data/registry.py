@@ -16,11 +16,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from collections import OrderedDict
+from pathlib import Path
 
 from core.schema import SPLITS, DataError, DialogueDataset
 from dialogue_data.csv_reader import load_mapping, read_csv_dataset
 from dialogue_data.iemocap import read_iemocap
+from dialogue_data.media import default_store
 from dialogue_data.meld import read_meld
 from dialogue_data.synthetic import generate
 
@@ -31,8 +34,11 @@ _MEMO: "OrderedDict[str, DialogueDataset]" = OrderedDict()
 _MEMO_SIZE = 2
 
 
-def load_dataset(data_cfg) -> DialogueDataset:
-    """The dataset named by `data_cfg.name` (a `core.config.DataConfig`), max_dialogues applied."""
+def load_dataset(data_cfg, cache_dir: str | Path | None = None) -> DialogueDataset:
+    """The dataset named by `data_cfg.name` (a `core.config.DataConfig`), max_dialogues applied.
+
+    Clips are decoded once into the media store: `data.media_store`, else `<cache_dir>/media` (a
+    sweep's stage-1 cache directory), else the user's cache (dialogue_data.media.default_store)."""
     name = data_cfg.name
     if name == "synthetic":
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
@@ -44,7 +50,8 @@ def load_dataset(data_cfg) -> DialogueDataset:
         shared = _MEMO[key]                      # fresh containers, shared (read-only) utterances
         return dataclasses.replace(shared, splits=dict(shared.splits), notes=list(shared.notes))
     common = dict(media_dir=data_cfg.media_dir, sample_rate=data_cfg.sample_rate, frames=data_cfg.frames,
-                  frame_size=data_cfg.frame_size)
+                  frame_size=data_cfg.frame_size, media_store=media_store_of(data_cfg, cache_dir),
+                  media_workers=media_workers(data_cfg))
     if name == "meld":
         dataset = read_meld(data_cfg.path, **common)
     elif name == "iemocap":
@@ -61,6 +68,16 @@ def load_dataset(data_cfg) -> DialogueDataset:
     else:
         raise DataError(f"data.name: unknown dataset '{name}'; valid: synthetic, meld, iemocap, csv, features")
     return _truncate(dataset, data_cfg.max_dialogues)
+
+
+def media_store_of(data_cfg, cache_dir: str | Path | None = None) -> Path:
+    if data_cfg.media_store:
+        return Path(data_cfg.media_store).expanduser()
+    return Path(cache_dir) / "media" if cache_dir else default_store()
+
+
+def media_workers(data_cfg) -> int:
+    return data_cfg.media_workers or min(os.cpu_count() or 1, 8)
 
 
 def _truncate(dataset: DialogueDataset, max_dialogues: int) -> DialogueDataset:

@@ -11,6 +11,7 @@ Reads bottom-up: batching and metrics, one generic training loop, then the three
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import zlib
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.schema import SPLITS, DataError, DialogueDataset, Utterance
+from core.schema import SPLITS, DataError, DialogueDataset, MediaRef, Utterance
 from core.config import MAGTKDConfig
 from model.distill import feature_similarity_loss, logit_relation_loss
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
@@ -83,6 +84,13 @@ def to_device(inputs: tuple, device: torch.device) -> tuple:
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs)
 
 
+def batches_of(batcher: Batcher, chunks: list[list[int]]):
+    """(chunk, inputs) for each chunk of rows; a batcher that reads clips (MediaBatcher) reads ahead."""
+    if hasattr(batcher, "batches"):
+        return batcher.batches(chunks)
+    return ((chunk, batcher(chunk)) for chunk in chunks)
+
+
 def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int, device: torch.device,
             order_key: Optional[Callable[[int], int]] = None, grad_free=torch.inference_mode):
     """(vectors (N, D), logits (N, C)) on the CPU for `rows`, in eval mode and without autograd.
@@ -96,10 +104,10 @@ def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size:
     order = sorted(range(len(rows)), key=lambda i: order_key(rows[i])) if order_key else list(range(len(rows)))
     model.eval()
     vecs, logits = [], []
+    chunks = [[rows[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
     with grad_free():
-        for start in range(0, len(order), batch_size):
-            chunk = [rows[i] for i in order[start:start + batch_size]]
-            v, z = model(*to_device(batcher(chunk), device))
+        for _, inputs in batches_of(batcher, chunks):
+            v, z = model(*to_device(inputs, device))
             vecs.append(v.float().cpu())
             logits.append(z.float().cpu())
     # Concatenated outside inference mode: ordinary tensors, usable as stage-2 inputs under autograd.
@@ -188,9 +196,8 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         model.train()
         order = rows[torch.randperm(len(rows), generator=generator)]
         total, count = 0.0, 0
-        for chunk in order.split(stage1.batch_size):
-            chunk = chunk.tolist()
-            vector, logits = model(*to_device(batcher(chunk), device))
+        for chunk, inputs in batches_of(batcher, [c.tolist() for c in order.split(stage1.batch_size)]):
+            vector, logits = model(*to_device(inputs, device))
             t_vec, t_logits = (None, None)
             if teacher is not None:
                 t_vec, t_logits = (t.to(device) for t in teacher.take(chunk))
@@ -313,24 +320,58 @@ class _Pooled(nn.Module):
 
 
 def media_of(modality: str, encoder_name: str):
-    """The utterance field that carries this modality for this encoder kind."""
+    """The utterance field that carries this modality for this encoder kind: an array, or for audio and
+    video a reference into the media store (core.schema.MediaRef)."""
     if encoder_name == "features":
         return (lambda u: u.audio_features) if modality == "audio" else (lambda u: u.video_features)
-    return (lambda u: u.waveform) if modality == "audio" else (lambda u: u.frames)
+    return (lambda u: u.audio) if modality == "audio" else (lambda u: u.video)
 
 
-def media_batcher(encoder: nn.Module, utterances: list[Utterance], field, sample_rate: int) -> Batcher:
-    """Build the encoder's tensors per batch (no copy of the whole split is kept)."""
-    if isinstance(encoder, FeatureEncoder):
-        return lambda rows: (torch.stack([torch.as_tensor(field(utterances[i]), dtype=torch.float32).reshape(-1)
-                                          for i in rows]),)
-    if isinstance(encoder, AudioEncoder):
-        return lambda rows: stack_waveforms([normalise_waveform(field(utterances[i]), sample_rate, encoder.sample_rate)
-                                             for i in rows])
-    if isinstance(encoder, VideoEncoder):
-        return lambda rows: (torch.stack([encoder.fit_clip(torch.as_tensor(field(utterances[i]), dtype=torch.float32))
-                                          for i in rows]),)
-    raise TypeError(f"no batcher for {type(encoder).__name__}")
+def as_array(value) -> np.ndarray:
+    """An in-memory array as it is; a media-store reference read (float32)."""
+    return value.load() if isinstance(value, MediaRef) else value
+
+
+class DirectReader:
+    """Reads rows' arrays in this process. pipeline.media_loader.StoreReader has the same two methods
+    and reads clips of the media store ahead in DataLoader workers."""
+
+    def __init__(self, values: list):
+        self.values = values
+
+    def load(self, rows: Sequence[int]) -> list[np.ndarray]:
+        return [as_array(self.values[i]) for i in rows]
+
+    def batches(self, chunks: list[list[int]]):
+        return (self.load(chunk) for chunk in chunks)
+
+
+# values of one split (arrays or MediaRefs, one per row) -> a reader with load(rows) and batches(chunks)
+MediaReader = Callable[[list], DirectReader]
+
+
+class MediaBatcher:
+    """Rows -> the encoder's tensors, built per batch from a reader (no copy of the whole split is kept)."""
+
+    def __init__(self, encoder: nn.Module, reader, sample_rate: int):
+        self.encoder, self.reader, self.sample_rate = encoder, reader, sample_rate
+        if not isinstance(encoder, (FeatureEncoder, AudioEncoder, VideoEncoder)):
+            raise TypeError(f"no batcher for {type(encoder).__name__}")
+
+    def inputs(self, arrays: list[np.ndarray]) -> tuple:
+        encoder = self.encoder
+        if isinstance(encoder, FeatureEncoder):
+            return (torch.stack([torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in arrays]),)
+        if isinstance(encoder, AudioEncoder):
+            return stack_waveforms([normalise_waveform(a, self.sample_rate, encoder.sample_rate) for a in arrays])
+        return (torch.stack([encoder.fit_clip(torch.as_tensor(a, dtype=torch.float32)) for a in arrays]),)
+
+    def __call__(self, rows: Sequence[int]) -> tuple:
+        return self.inputs(self.reader.load(rows))
+
+    def batches(self, chunks: list[list[int]]):
+        for chunk, arrays in zip(chunks, self.reader.batches(chunks)):
+            yield chunk, self.inputs(arrays)
 
 
 def check_vector_sizes(modality: str, tables: dict[str, SplitTable], field, size: int,
@@ -357,7 +398,8 @@ def build_media_encoder(modality: str, s1, num_classes: int, sample) -> nn.Modul
 
 
 def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, SplitTable],
-              teacher: Callable[[], TeacherTargets], device, log: Log) -> ModalityOutput:
+              teacher: Callable[[], TeacherTargets], device, log: Log,
+              media_reader: MediaReader = DirectReader) -> ModalityOutput:
     """Train audio or video (a KD student or a plain encoder) on utterances that have it; encode all."""
     s1 = cfg.stage1
     name = s1.audio_encoder if modality == "audio" else s1.video_encoder
@@ -380,14 +422,16 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
     distil = s1.kd and modality in s1.kd_modalities
     generator = seed_everything(seed_for(cfg.stage1_seed, modality))
     train_rows = present["train"].nonzero().flatten().tolist()
-    sample = field(tables["train"].utterances[train_rows[0]])
+    sample = as_array(field(tables["train"].utterances[train_rows[0]]))
     if name == "features":
         check_vector_sizes(modality, tables, field, int(np.asarray(sample).size), dataset)
     encoder = build_media_encoder(modality, s1, len(dataset.labels), sample).to(device)
-    batchers = {split: media_batcher(encoder, t.utterances, field, dataset.sample_rate) for split, t in tables.items()}
+    batchers = {split: MediaBatcher(encoder, media_reader([field(u) for u in t.utterances]), dataset.sample_rate)
+                for split, t in tables.items()}
     label = f"{modality} {'student (KD from text)' if distil else 'encoder'}"
     log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
-    result = fit(label, encoder, s1, (batchers["train"], train_rows, tables["train"].labels),
+    own_lr = s1.audio_lr if modality == "audio" and s1.audio_lr > 0 else s1.lr   # authors' IEMOCAP audio: 5e-6
+    result = fit(label, encoder, dataclasses.replace(s1, lr=own_lr), (batchers["train"], train_rows, tables["train"].labels),
                  (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
                  len(dataset.labels), device, generator, log, teacher=teacher() if distil else None,
                  test=(batchers["test"], present["test"].nonzero().flatten().tolist(), tables["test"].labels))
@@ -408,8 +452,10 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
 
 # ---- entry point -----------------------------------------------------------------------------------
 
-def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print) -> Stage1Features:
-    """Train stage 1 with seed `cfg.stage1_seed` and encode every split (see the module docstring)."""
+def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print,
+               media_reader: MediaReader = DirectReader) -> Stage1Features:
+    """Train stage 1 with seed `cfg.stage1_seed` and encode every split (see the module docstring).
+    `media_reader` reads audio and video (pipeline.media_loader gives one over the media store)."""
     start = time.perf_counter()
     s1 = cfg.stage1
     device = resolve_device(cfg.train.device)
@@ -419,7 +465,7 @@ def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print) ->
     text, teacher = run_text(cfg, dataset, tables, device, log)
     outputs = {"text": text}
     for modality in ("audio", "video"):
-        outputs[modality] = run_media(modality, cfg, dataset, tables, teacher, device, log)
+        outputs[modality] = run_media(modality, cfg, dataset, tables, teacher, device, log, media_reader)
 
     splits = {}
     for split, table in tables.items():

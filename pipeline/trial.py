@@ -17,6 +17,7 @@ from core.predictions import positional_ids, predictions_csv, utterance_ids
 from dialogue_data.cache import Stage1Cache, entry_key
 from dialogue_data.features_import import cached_author_features
 from dialogue_data.registry import load_dataset
+from pipeline.media_loader import store_reader
 from model.stage1 import run_stage1
 from model.train import train_stage2
 
@@ -32,11 +33,13 @@ class TrialResult:
 
 
 def stage1_features(cfg: MAGTKDConfig, cache_dir: str | Path, log: Callable[[str], None] = print):
-    """The stage-1 vectors for this config, from the cache or computed once (file-locked)."""
-    dataset = load_dataset(cfg.data)
+    """The stage-1 vectors for this config, from the cache or computed once (file-locked). On a cache hit
+    no clip is read: the dataset holds references and its fingerprint covers the clips' identities."""
+    dataset = load_dataset(cfg.data, cache_dir)      # clips as references into <cache_dir>/media: no arrays
     fingerprint = dataset.fingerprint()
     key = entry_key(fingerprint, cfg.stage1_hash())
-    features = Stage1Cache(cache_dir).get_or_compute(key, lambda: run_stage1(cfg, dataset, log=log), dataset.labels)
+    features = Stage1Cache(cache_dir).get_or_compute(
+        key, lambda: run_stage1(cfg, dataset, log=log, media_reader=store_reader(cfg)), dataset.labels)
     return dataset, fingerprint, features
 
 

@@ -480,6 +480,8 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append("Stage 1 trained per seed: the spread covers the whole pipeline.")
     else:
         caption.append(f"Stage-1 seed mode: {mode or 'not recorded'}.")
+    if tags.get("media_coverage"):  # datasets read with clips: how many utterances had each
+        caption.append(f"Media coverage (utterances with a clip): {tags['media_coverage']}.")
     if tags.get("from_tune"):  # `ablate --from-tune NAME`: the round trip from a search back to an ablation
         source = tags.get("from_tune_source") or f"best trial of tune sweep '{tags['from_tune']}'"
         caption.append(f"Every variant starts from the {source.rstrip('.')}.")

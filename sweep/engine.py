@@ -131,17 +131,18 @@ def check_output_dir(output: Path) -> Path:
     return output
 
 
-def _data_info(cfgs, strict: bool = False) -> dict[str, dict]:
+def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> dict[str, dict]:
     """Load each distinct dataset once (errors here name the file and line, before Ray starts) and keep
     what the trials' MLflow tags need: name, fingerprint, label order and the modalities the data carry.
-    A label without training examples is a warning, or an error with --strict."""
+    Clips are decoded here, once, into the media store under `cache_dir` (dialogue_data.media_store);
+    trials then find them there. A label without training examples is a warning, or an error with --strict."""
 
     out: dict[str, dict] = {}
     for cfg in cfgs:
         key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         if key in out:
             continue
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data, cache_dir)
         for warning in dataset.label_warnings():
             if strict:
                 raise ConfigError(f"{warning} (--strict)")
@@ -149,8 +150,23 @@ def _data_info(cfgs, strict: bool = False) -> dict[str, dict]:
         coverage = dataset.coverage("train")
         out[key] = {"fingerprint": dataset.fingerprint(), "labels": list(dataset.labels),
                     "available": [m for m in ("text", "audio", "video") if coverage.get(m, 0) > 0],
-                    "name": dataset.name, "source": dataset.source}
+                    "name": dataset.name, "source": dataset.source,
+                    "media_coverage": media_coverage(dataset) if cfg.data.media_dir else ""}
     return out
+
+
+def media_coverage(dataset) -> str:
+    """'train audio 100% video 100%, dev ...': the share of each split's utterances that carry a clip."""
+    parts = []
+    for split in dataset.splits:
+        cov = dataset.coverage(split)
+        shares = " ".join(f"{m} {100.0 * cov[m] / max(cov['utterances'], 1):.0f}%" for m in ("audio", "video"))
+        parts.append(f"{split} {shares} (of {cov['utterances']})")
+    return f"{dataset.name}: " + ", ".join(parts)
+
+
+def _media_coverage(data_info: dict[str, dict]) -> str:
+    return "; ".join(sorted({info["media_coverage"] for info in data_info.values()} - {""}))
 
 
 def _dataset_names(data_info: dict[str, dict]) -> str:
@@ -233,7 +249,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         spec = load_ablation(spec_path, cli, extra_base=extra)
         cfgs = [p.cfg for p in spec.trials()]
         _check_local_paths(cfgs)
-        data = _data_info(cfgs, opts.strict)
+        data = _data_info(cfgs, opts.strict, cache_dir)
         # The plan key names the Ray experiment: the identities, and the store (a restored Tune callback
         # writes to the store it was pickled with).
         common = {"sweep": spec.name, "cache_dir": str(cache_dir), "code_fingerprint": code}
@@ -242,15 +258,17 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         for s in settings:
             s["plan_key"] = plan_key
         parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
+                            "media_coverage": _media_coverage(data),
                             "from_tune_source": note})  # the ablation report's caption names the trial
     else:
         spec = load_search_space(spec_path, cli)
         parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
         _check_local_paths([spec.base])
-        data = _data_info([spec.base], opts.strict)
+        data = _data_info([spec.base], opts.strict, cache_dir)
         settings = []
         plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
         parent_tags["dataset"] = _dataset_names(data)
+        parent_tags["media_coverage"] = _media_coverage(data)
 
     resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
                                 opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,

@@ -131,6 +131,7 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
     from dialogue_data.registry import load_dataset
     from model.stage1 import run_stage1
     from model.train import DivergedError
+    from pipeline.media_loader import store_reader
 
     lines: list[str] = []
 
@@ -143,11 +144,11 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
     failure = ""
     try:
         cfg = trial_config({"trial": settings})
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data, cache_dir)
 
         def compute():
             computed.append(True)
-            return run_stage1(cfg, dataset, log=log)
+            return run_stage1(cfg, dataset, log=log, media_reader=store_reader(cfg))
 
         features = Stage1Cache(cache_dir, log=log).get_or_compute(entry_key(dataset.fingerprint(), cfg.stage1_hash()),
                                                                   compute, dataset.labels)

@@ -72,3 +72,15 @@ def test_the_ablation_study_has_the_papers_rows():
     assert by_name["w/o stage-2 KD"].fusion.kd_audio_weight == 0 == by_name["w/o stage-2 KD"].fusion.kd_video_weight
     assert by_name["w/o anchor gating"].fusion.anchor_gating is False
     assert by_name["T+V"].fusion.modalities == ["text", "video"]
+
+
+def test_the_iemocap_study_has_the_authors_iemocap_settings():
+    iemocap = load_ablation(ROOT / "ablations" / "magtkd_iemocap.yaml", ["data.path=/data/iemocap"])
+    base = iemocap.base
+    assert base.data.name == "iemocap" and iemocap.baseline == "full"
+    assert base.stage1.audio_lr == 5e-6 and base.stage1.lr == 1e-5       # audio alone at 5e-6
+    assert base.stage1.kd and base.stage1.kd_modalities == ["audio"]     # video: the plain encoder
+    assert (base.fusion.kd_audio_weight, base.fusion.kd_video_weight) == (0.7, 0.8)
+    assert "feature" in base.fusion.kd_terms
+    by_name = {t.variant: t.cfg for t in iemocap.trials() if t.seed == iemocap.seeds[0]}
+    assert by_name["w/o stage-2 KD"].fusion.kd_audio_weight == 0 and by_name["A+V"].fusion.modalities == ["audio", "video"]
