@@ -95,7 +95,7 @@ def check_store(uri: str) -> None:
 
 def check_sqlite_store(db: Path) -> None:
     """An SQLite store that exists must be a regular file holding an intact SQLite database with MLflow's
-    tables (or none yet). Read-only: nothing is created or changed."""
+    tables (or none yet). Nothing is created; only SQLite's own recovery of a killed writer's journal runs."""
     import sqlite3
 
     if not db.exists():
@@ -114,15 +114,17 @@ def check_sqlite_store(db: Path) -> None:
     if header != SQLITE_HEADER:
         raise StoreError(f"MLflow store {db} is not an SQLite database (damaged, or another file). {fix}")
     try:
-        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        # mode=rw (never create): a writer killed mid-transaction leaves a hot journal, which SQLite rolls back
+        # on the next read-write open, as MLflow's own connection would; read-only it reads as "readonly".
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
         try:
             check = connection.execute("PRAGMA quick_check").fetchall()
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             connection.close()
     except sqlite3.Error as err:
-        if "locked" in str(err).lower():
-            return  # another sweep is writing it right now: a live store, not a damaged one
+        if any(word in str(err).lower() for word in ("locked", "readonly", "read-only")):
+            return  # being written right now, or a read-only copy (`report` on it still works): not damaged
         raise StoreError(f"MLflow store {db} is damaged ({err}). {fix}") from None
     if check != [("ok",)]:
         raise StoreError(f"MLflow store {db} is damaged (SQLite quick_check: {check[0][0] if check else '?'}). {fix}")
