@@ -22,7 +22,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from core.yaml_guard import YamlLimitError, check_alias_expansion, read_yaml_text
+
 MODALITIES = ("text", "audio", "video")
+MAX_SEED = 2 ** 64                # seeds go to torch.manual_seed, which takes [0, 2**64)
 
 
 class ConfigError(ValueError):
@@ -308,6 +311,11 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(t.select_on in ("dev", "test"), "train.select_on", "must be dev or test")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda") or t.device == "mps",
          "train.device", "must be auto, cpu, cuda, cuda:N or mps")
+    # torch.manual_seed takes [0, 2**64) here (a negative seed would also read as "no shared seed" below).
+    need(0 <= cfg.seed < MAX_SEED, "seed", f"must be an integer in [0, 2**64) (torch.manual_seed's range), got {cfg.seed}")
+    need(-1 <= s.shared_seed < MAX_SEED, "stage1.shared_seed",
+         f"must be -1 (each seed its own stage 1) or in [0, 2**64), got {s.shared_seed}")
+    need(0 <= d.synthetic_seed < MAX_SEED, "data.synthetic_seed", f"must be in [0, 2**64), got {d.synthetic_seed}")
 
 
 # ---- overrides and YAML ------------------------------------------------------
@@ -372,15 +380,21 @@ def _split_override(text: str, source: str) -> tuple[str, Any]:
     return key.strip(), parse_value(value)
 
 
+def read_yaml_file(path: Path) -> str:
+    """The text of a YAML file, checked before parsing (core/yaml_guard.py): a regular file of at most
+    MAX_YAML_BYTES, UTF-8, whose aliases do not expand it past MAX_YAML_NODES nodes."""
+    try:
+        text = read_yaml_text(path)
+        check_alias_expansion(text, path)
+    except YamlLimitError as err:
+        raise ConfigError(str(err)) from None
+    return text
+
+
 def read_yaml(path: str | Path) -> Any:
     """yaml.safe_load with errors that name the file and the line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
+    text = read_yaml_file(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

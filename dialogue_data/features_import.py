@@ -74,13 +74,56 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and plain data only; any other global is refused, never called."""
+# A pickle names sizes as plain numbers: `bytearray(10**10)` is 30 bytes that ask for 10 GB, and so is an
+# ndarray shape. A genuine pickle carries the bytes it decodes to, so no size it names exceeds the file itself;
+# these callables are wrapped to refuse anything larger than the file plus this slack.
+ALLOCATION_SLACK_BYTES = 1024 * 1024
+_SIZED = {"bytes", "bytearray", "ndarray", "_reconstruct"}
 
-    def __init__(self, file, path: str | Path):
+
+def _requested_bytes(name: str, args: tuple, kwargs: dict) -> int:
+    """What a call of an allowed global would allocate from sizes given as numbers (0 when none)."""
+    if name in ("bytes", "bytearray"):
+        first = args[0] if args else kwargs.get("source")
+        return first if isinstance(first, int) and not isinstance(first, bool) else 0
+    shape = args[1] if name == "_reconstruct" and len(args) > 1 else (args[0] if name == "ndarray" and args
+                                                                          else kwargs.get("shape", ()))
+    dims = [shape] if isinstance(shape, int) else (list(shape) if isinstance(shape, (tuple, list)) else [])
+    total = 8  # the widest common itemsize; exact dtypes do not matter for a bound
+    for dim in dims:
+        if not isinstance(dim, int) or dim < 0:
+            return 0  # numpy refuses it itself
+        total *= dim
+    return total
+
+
+class _Bounded:
+    """An allowed global whose calls are checked against the size limit first. numpy.ndarray is one too: the
+    pickle both calls it and hands it to _reconstruct as the array type (unwrapped there)."""
+
+    def __init__(self, name: str, fn: Callable, limit: int, path):
+        self.name, self.fn, self.limit, self.path = name, fn, limit, path
+
+    def __call__(self, *args, **kwargs):
+        args = tuple(a.fn if isinstance(a, _Bounded) else a for a in args)
+        wanted = _requested_bytes(self.name, args, kwargs)
+        if wanted > self.limit:
+            raise DataError(f"{self.path}: refused a pickle that asks {self.name}() for {wanted} bytes, more than "
+                            f"the file could hold ({self.limit} bytes at most); the file is damaged or hostile "
+                            f"(nothing was run)")
+        return self.fn(*args, **kwargs)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain data only; any other global is refused, never called. Sizes the
+    pickle names (bytearray(N), an array's shape) are bounded by the file's size (`size_bytes`)."""
+
+    def __init__(self, file, path: str | Path, size_bytes: int = 0):
         super().__init__(file, encoding="latin1")  # latin1: Python 2 numpy pickles keep their bytes
         self.path = path
-        self.allowed = _allowed_globals()
+        limit = size_bytes + ALLOCATION_SLACK_BYTES
+        self.allowed = {key: _Bounded(key[1], fn, limit, path) if key[1] in _SIZED else fn
+                        for key, fn in _allowed_globals().items()}
 
     def find_class(self, module: str, name: str):
         try:
@@ -102,7 +145,7 @@ def safe_load(path: str | Path) -> Any:
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
     try:
-        return RestrictedUnpickler(io.BytesIO(data), path).load()
+        return RestrictedUnpickler(io.BytesIO(data), path, len(data)).load()
     except DataError:
         raise
     except Exception as err:  # truncated or not a pickle at all

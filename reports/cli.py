@@ -14,11 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.config import ConfigError
 from core.environment import apply_defaults
 from reports import runs
 from reports.report import make_report, parse_formats
 from reports.store import ReportError, tracking_uri_for
 from reports.ui import serve
+from sweep.tracking import SweepError
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +35,18 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 def _guard(func):
-    """ReportError -> one line on stderr and exit status 2, like the other commands' config errors."""
+    """ReportError and ConfigError (a bad option, e.g. --tracking-uri 'not a uri') -> one line on stderr and
+    exit status 2, like the other commands' config errors; SweepError (a store that does not answer or is
+    damaged) -> exit 1, as the README's exit-code table says."""
     def run(args: argparse.Namespace) -> int:
         try:
             return int(func(args) or 0)
-        except ReportError as err:
+        except (ReportError, ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except SweepError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return run
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sweep.identity import plan_of, representative
-from sweep.tracking import search_all
+from sweep.tracking import check_store, search_all
 
 # MLflow is imported inside the functions that read the store: it costs seconds to import.
 
@@ -113,6 +113,7 @@ def _client(tracking_uri: str):
         if not path.exists():
             raise ReportError(f"no MLflow store at {path} (tracking URI {tracking_uri}); run a sweep first "
                               f"or pass --output DIR / --tracking-uri URI")
+    check_store(tracking_uri)  # a bad URI, a server that does not answer, a damaged file: one clear line
     return MlflowClient(tracking_uri=tracking_uri)
 
 

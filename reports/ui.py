@@ -6,17 +6,22 @@ left listening.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from sweep.tracking import EXPERIMENT_KIND, make_client, retrying
+from reports.store import ReportError
+from sweep.tracking import EXPERIMENT_KIND, SweepError, check_store, make_client, retrying
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+SERVE_TIMEOUT_S = 180.0   # `mlflow server` answers in about 6 s on an idle machine; minutes on a loaded one
 
 
 def is_loopback(host: str) -> bool:
@@ -101,9 +106,62 @@ def _reap_group(pgid: int, grace_s: float = 5.0) -> None:
             pass
 
 
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ReportError(f"--port {port}: a TCP port is 1-65535 (e.g. 5000)")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before starting a server that would die on it."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            busy = error.errno == errno.EADDRINUSE
+            raise SweepError(f"the MLflow UI cannot listen on {host}:{port} ({error.strerror})"
+                             + ("; another program (an earlier `ui`?) uses that port: pick another with --port"
+                                if busy else "; check --host and --port")) from None
+
+
+def wait_until_serving(child: subprocess.Popen, base: str, timeout_s: float = SERVE_TIMEOUT_S) -> str:
+    """'' once the server answers /health; else why not (it exited, or never answered within timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = child.poll()
+        if code is not None:
+            return f"the server exited with code {code} before answering (its output is above)"
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as response:  # noqa: S310 (our own server)
+                if response.status == 200:
+                    return ""
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return f"the server did not answer {base}/health within {timeout_s:g} s"
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        child.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    _reap_group(child.pid)
+
+
 def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_run: bool = False,
           out=None, err=None) -> int:
+    """Run the MLflow UI until Ctrl-C / SIGTERM; exit 1 when its server does not come up (a busy port, a
+    server that dies), 0 when stopped by a signal."""
     out, err = out or sys.stdout, err or sys.stderr  # looked up now, so a redirected stdout is honoured
+    check_port(port)
+    if not (tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists()):
+        check_store(tracking_uri)
     warning = host_warning(host)
     if warning:
         print(warning, file=err, flush=True)
@@ -116,7 +174,13 @@ def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_r
         if urls:
             print("runs of each sweep:\n" + "\n".join(urls), file=out, flush=True)
         return 0
+    check_port_free(host, port)
     child = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+    problem = wait_until_serving(child, address(host, port))
+    if problem:
+        _stop_group(child)
+        print(f"error: the MLflow UI did not come up at {address(host, port)}: {problem}", file=err, flush=True)
+        return 1
     print(f"MLflow UI for {tracking_uri} at {address(host, port)} (server pid {child.pid}; Ctrl-C stops it)",
           file=out, flush=True)
     urls = sweep_urls(tracking_uri, address(host, port))

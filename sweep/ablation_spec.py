@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from core.config import MAGTKDConfig, ConfigError, absolute_path_overrides
+from core.config import MAX_SEED, MAGTKDConfig, ConfigError, absolute_path_overrides
 from sweep.spec_common import (Resources, base_config, check_int, check_override_keys, check_sweep_name,
                                check_variant_name, coerce_numbers, dataset_overrides, flatten_overrides,
                                parse_cli_overrides, replace_checked, resources_from, short_hash, slugify)
@@ -123,6 +123,9 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
     check_keys(data, _ABLATION_KEYS, "", lines)
     name = check_sweep_name(data.get("name", path.stem), lines.at("name"))
     cli = dict(overrides) if isinstance(overrides, Mapping) else parse_cli_overrides(overrides)
+    if "seed" in cli:
+        raise ConfigError(f"<command line>: 'seed={cli['seed']}' cannot be set for an ablation: its seeds are the "
+                          f"spec's 'seeds' list ({lines.at('seeds')}); edit that list instead")
 
     base_over = {**dataset_overrides(data.get("dataset"), lines.at("dataset")),
                  **flatten_overrides(data.get("base"), lines.at("base"))}
@@ -147,20 +150,16 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
             raise ConfigError(f"{where}: variant '{vname}' and '{slugs[slug]}' have the same file-safe name "
                               f"'{slug}'; rename one")
         slugs[slug] = vname
+        if "seed" in over:
+            raise ConfigError(f"{lines.at('variants', vname, 'seed')}: variant '{vname}' sets 'seed'; an ablation "
+                              f"takes its seeds from the spec's 'seeds' list, for every variant")
         clash = sorted(set(over) & set(cli))
         if clash:
             print(f"note: the command line sets {', '.join(clash)}, which variant '{vname}' also sets; "
                   f"the command line wins")
         variants.append(Variant(vname, slug, over, where))
 
-    seeds = data.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
-                                                       for s in seeds):
-        raise ConfigError(f"{lines.at('seeds')}: 'seeds' must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{lines.at('seeds')}: 'seeds' lists a seed twice: {seeds}")
+    seeds = check_seeds(data.get("seeds", [0]), len(variants), lines.at("seeds"))
 
     mode = data.get("stage1_seed", "per-seed")
     if mode not in ("per-seed", "shared"):
@@ -181,6 +180,31 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
         expectations=_expectations(data.get("expectations"), [v.name for v in variants], lines))
     spec.trials()  # validates every variant x seed now, before anything starts
     return spec
+
+
+MAX_SEEDS = 1000                    # more is a typo (seeds: 20000 validated for minutes, then never ran)
+MAX_TRIALS = 5000                   # variants x seeds; validation alone takes about 10 ms per trial
+
+
+def check_seeds(seeds: Any, variants: int, where: str) -> list[int]:
+    """The spec's `seeds`: distinct integers in [0, 2**64) (torch.manual_seed's range), at most MAX_SEEDS,
+    and at most MAX_TRIALS trials with the variants; checked before any trial's config is built."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or
+                                                       not 0 <= s < MAX_SEED for s in seeds):
+        shown = seeds if not isinstance(seeds, list) or len(seeds) <= 20 else f"{seeds[:20]} ..."
+        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of integers in [0, 2**64) (torch.manual_seed's "
+                          f"range), got {shown!r}")
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"{where}: 'seeds' lists {len(seeds)} seeds; at most {MAX_SEEDS} are accepted "
+                          f"(every seed trains every variant once)")
+    if len(seeds) * variants > MAX_TRIALS:
+        raise ConfigError(f"{where}: {len(seeds)} seeds x {variants} variants = {len(seeds) * variants} trials; at "
+                          f"most {MAX_TRIALS} are accepted in one ablation: split it into several")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: 'seeds' lists a seed twice: {seeds}")
+    return seeds
 
 
 EXPECTATION_METRICS = ("test_wf1", "test_acc", "test_mf1", "dev_wf1", "dev_acc", "dev_mf1")

@@ -50,10 +50,11 @@ from sweep import tracking
 from sweep.ablation_spec import load_ablation
 from sweep.identity import code_fingerprint
 from sweep.plan import SweepPlan, ablation_plan, data_key, plan_runs, search_plan
+from sweep.preflight import check_cluster_devices, check_devices, check_finite, device_notes
 from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
-from sweep.sync import SyncReport, ray_trials, sync_trials
+from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
 from sweep.tracking import SweepError
 from sweep.trainable import train_trial
 
@@ -109,9 +110,9 @@ class SweepOutcome:
 
 # ---- validation before anything is created ---------------------------------------------------------
 
-def check_output_dir(output: Path) -> Path:
+def check_output_dir(output: Path, flag: str = "--output") -> Path:
     """The output directory (or the nearest existing parent, when it does not exist yet) must be a
-    writable directory. Nothing is created here."""
+    writable directory. Nothing is created here. `flag` names the option in messages (--cache-dir too)."""
     output = output.expanduser().resolve()
     probe = output
     while not probe.exists():
@@ -119,16 +120,28 @@ def check_output_dir(output: Path) -> Path:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise ConfigError(f"--output {output}: {probe} is not a directory")
+        raise ConfigError(f"{flag} {output}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {output}: {probe} is not writable")
+        raise ConfigError(f"{flag} {output}: {probe} is not writable")
     try:  # access() says yes on read-only mounts and to root: really try
         fd, path = tempfile.mkstemp(prefix=".magtkd-write-test-", dir=probe)
         os.close(fd)
         os.unlink(path)
     except OSError as err:
-        raise ConfigError(f"--output {output}: cannot write in {probe} ({err.strerror})") from None
+        raise ConfigError(f"{flag} {output}: cannot write in {probe} ({err.strerror})") from None
     return output
+
+
+def check_options(opts: SweepOptions) -> None:
+    """Numeric options: finite (nan, inf refused) and in range; resources are checked with the spec's."""
+    check_finite("--cpus-per-trial", opts.cpus_per_trial)
+    check_finite("--gpus-per-trial", opts.gpus_per_trial)
+    check_finite("--time-budget", opts.time_budget, minimum=0)
+
+
+def spec_configs(kind: str, spec) -> list:
+    """Every trial's config of an ablation; a search's base config."""
+    return [t.cfg for t in spec.trials()] if kind == "ablate" else [spec.base]
 
 
 def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> dict[str, dict]:
@@ -230,8 +243,9 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
 def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepPlan:
     """Step 1: every check that needs neither Ray nor a write."""
     output = check_output_dir(Path(opts.output))
+    check_options(opts)
     tracking_uri = opts.tracking_uri or tracking.default_tracking_uri(output)
-    tracking.check_reachable(tracking_uri)
+    tracking.check_store(tracking_uri)
     db = tracking.sqlite_path(tracking_uri)
     if db is not None and output not in db.resolve().parents:
         check_output_dir(db.parent)  # a store elsewhere must be writable too
@@ -240,6 +254,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     git = tracking.git_commit(PROJECT_ROOT)
     code = code_fingerprint(opts.code_dirs)
     cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
+    if opts.cache_dir:  # a file there, or no write access, would fail stage 1 after Ray started
+        check_output_dir(cache_dir, "--cache-dir")
 
     if kind == "ablate":
         extra, note = None, ""
@@ -249,6 +265,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         spec = load_ablation(spec_path, cli, extra_base=extra)
         cfgs = [p.cfg for p in spec.trials()]
         _check_local_paths(cfgs)
+        check_devices(cfgs, cluster_address(opts.address))
+        notes += device_notes(cfgs, cluster_address(opts.address))
         data = _data_info(cfgs, opts.strict, cache_dir)
         # The plan key names the Ray experiment: the identities, and the store (a restored Tune callback
         # writes to the store it was pickled with).
@@ -264,6 +282,8 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         spec = load_search_space(spec_path, cli)
         parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
         _check_local_paths([spec.base])
+        check_devices([spec.base], cluster_address(opts.address))
+        notes += device_notes([spec.base], cluster_address(opts.address))
         data = _data_info([spec.base], opts.strict, cache_dir)
         settings = []
         plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
@@ -304,10 +324,11 @@ def _ray_init(opts: SweepOptions) -> bool:
     return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, worker_env())
 
 
-def _check_cluster(resources) -> None:
+def _check_cluster(resources, cfgs) -> None:
     import ray
 
     total = ray.cluster_resources()
+    check_cluster_devices(cfgs, total.get("GPU", 0.0))
     for key, need in (("CPU", resources.cpu), ("GPU", resources.gpu)):
         have = total.get(key, 0.0)
         if need > have:
@@ -364,6 +385,11 @@ class _Run:
         # A new SQLite store takes MLflow seconds to build (its schema migrations: 5 s on 2 cores) and holds no
         # finished trial yet, so Ray starts meanwhile, in the main thread (Ray sets its SIGTERM handler there).
         # With a store that exists, Ray starts only once MLflow says there is something to train.
+        aside = set_aside_unrestorable(self.exp_path)   # we hold the lock: its driver is gone
+        if aside is not None:
+            print(f"note: {self.exp_path} was left by a driver killed before Ray Tune's first snapshot and cannot "
+                  f"be resumed; moved to {aside}, the experiment starts afresh (trials final in MLflow are kept)",
+                  flush=True)
         early = self._new_store()
         started_ray = False
         try:
@@ -380,7 +406,7 @@ class _Run:
             if not early:
                 started_ray = _ray_init(self.opts)
             self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
-            _check_cluster(self.plan.resources)
+            _check_cluster(self.plan.resources, spec_configs(self.plan.kind, self.spec))
             constants = _tune_constants(self.plan) if self.plan.kind == "tune" else {}
             gate = self.stage1_gate(pending)
             if gate is None and not self.schedule_stage1(pending, constants):
@@ -448,12 +474,10 @@ class _Run:
         """A fresh ablation computes stage 1 beside its trials (sweep/stage1_gate.py): each trial starts as
         soon as its own entry is ready. None when stage 1 goes first instead: a search, a resumed
         experiment (its restored searcher needs every entry settled), or `stage1_barrier`."""
-        from ray import tune
-
         from sweep.stage1_gate import Stage1Gate
         from sweep.stage1_plan import check_fits
 
-        if self.plan.kind != "ablate" or self.opts.stage1_barrier or tune.Tuner.can_restore(str(self.exp_path)):
+        if self.plan.kind != "ablate" or self.opts.stage1_barrier or restorable(self.exp_path):
             return None
         context = self.stage1_context()
         check_fits(context.resources)   # a task that never fits is bad input: exit 2 before anything runs
@@ -499,7 +523,7 @@ class _Run:
         trainable = tune.with_resources(train_trial, plan.resources.as_ray())
         total = len(pending) if pending is not None else spec.num_samples
         before = {t.trial_id for t in ray_trials(self.exp_path) if t.status}
-        if tune.Tuner.can_restore(str(self.exp_path)):
+        if restorable(self.exp_path):
             # The callbacks come back from the experiment (Ray pickled them at the first launch); their
             # record names this run's store and parent, which the experiment's name pins down.
             self.say(f"resuming sweep '{self.sweep}' from {self.exp_path} (interrupted trials continue from their "
@@ -627,7 +651,7 @@ KEEP_TWO_CHECKPOINTS_FROM_S = 60.0
 def checkpoints_to_keep(kind: str, spec) -> int | None:
     """Ray's num_to_keep for a sweep: 2 when every trial saves at most every KEEP_TWO_CHECKPOINTS_FROM_S
     seconds (train.checkpoint_interval_s, default 300), else None (all kept)."""
-    configs = [t.cfg for t in spec.trials()] if kind == "ablate" else [spec.base]
+    configs = spec_configs(kind, spec)
     interval = min(cfg.train.checkpoint_interval_s for cfg in configs)
     return 2 if interval >= KEEP_TWO_CHECKPOINTS_FROM_S else None
 

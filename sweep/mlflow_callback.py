@@ -29,6 +29,7 @@ stops the sweep: the trial is noted, and `sync` (run at the end of every sweep, 
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,9 @@ class _TrialRun:
     logged: set = field(default_factory=set)
     closed: bool = False
     waiting: list = field(default_factory=list)   # results not written yet (LIVE_INTERVAL_S)
-    written_at: float = 0.0                       # time.monotonic() of the last write
+    # time.monotonic() of the last write; -inf so that the first result is written at once (monotonic time
+    # starts near 0 at boot: with 0.0 a machine up for less than live_interval_s held back the first epoch)
+    written_at: float = -math.inf
 
 
 @dataclass

@@ -159,10 +159,19 @@ def resources_from(value: Any, where: str, lines: YamlLines) -> Resources:
     return dataclasses.replace(trial, stage1=own)
 
 
+# Ray keeps resource amounts as fixed-point numbers with four decimals: 0.00001 CPU is refused by Ray only
+# once the trial is scheduled, after Ray started.
+RAY_RESOURCE_DECIMALS = 4
+
+
 def check_resources(cpu: Any, gpu: Any, where: str, key: str = "resources") -> Resources:
     for name, v in (("cpu", cpu), ("gpu", gpu)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
-            raise ConfigError(f"{where}: {key}.{name} must be a number >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{where}: {key}.{name} must be a finite number >= 0, got {v!r}")
+        scaled = v * 10 ** RAY_RESOURCE_DECIMALS
+        if abs(scaled - round(scaled)) > 1e-6 * max(1.0, scaled):
+            raise ConfigError(f"{where}: {key}.{name} = {v!r} has more than {RAY_RESOURCE_DECIMALS} decimals; Ray "
+                              f"counts resources in steps of 0.0001 (e.g. 0.25 or 0.0001)")
     if cpu <= 0:
         raise ConfigError(f"{where}: {key}.cpu must be > 0 (fractions such as 0.5 are fine)")
     if gpu > 1 and float(gpu) != int(gpu):
@@ -179,8 +188,8 @@ def check_int(value: Any, key: str, where: str, minimum: int = 0) -> int:
 
 def check_number(value: Any, key: str, where: str) -> float:
     value = parse_value(value) if isinstance(value, str) else value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
     return value
 
 

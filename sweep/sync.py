@@ -10,6 +10,8 @@ is left alone; one that is still unfinished (the sweep will resume it) is skippe
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -48,13 +50,36 @@ class SyncReport:
 
 # ---- reading Ray's results ---------------------------------------------------------------------
 
+def restorable(experiment_path: Path) -> bool:
+    """Ray Tune can resume this experiment: its tuner.pkl AND at least one experiment snapshot
+    (experiment_state-*.json). `Tuner.can_restore` looks at tuner.pkl only, which Tune writes seconds
+    before its first snapshot (all of stage 1, in a fresh ablation): a driver killed in between left a
+    directory that every rerun failed on ("No experiment snapshot file")."""
+    path = Path(experiment_path)
+    return (path / "tuner.pkl").is_file() and any(path.glob("experiment_state-*.json"))
+
+
+def set_aside_unrestorable(experiment_path: Path) -> Optional[Path]:
+    """A first launch killed before its first snapshot: nothing in it can be resumed (Ray recorded no trial),
+    so it is moved to <sweep>/.unrestorable/ (kept for inspection; the caller holds the sweep's lock) and
+    the sweep starts the experiment afresh. Trials it finished are in MLflow and are not trained again.
+    Returns where it went, or None when there was nothing to set aside."""
+    path = Path(experiment_path)
+    if not path.exists() or restorable(path) or not (path / "tuner.pkl").exists():
+        return None
+    target = path.parent / ".unrestorable" / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.rename(target)
+    return target
+
+
 def ray_trials(experiment_path: Path) -> list[StoredTrial]:
     """Every trial of one Ray experiment, as Ray last saved it. TERMINATED is FINISHED (FAILED when
     the trial reported its own failure); ERROR is FAILED: Ray gave up after its retries, and a rerun
     restores the trial as ERROR without running it, so it stays FAILED; anything else is unfinished."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_path)):
+    if not restorable(experiment_path):
         return []
     analysis = tune.ExperimentAnalysis(str(experiment_path))
     out = []
@@ -143,7 +168,7 @@ def sync_sweep(name: str, output: Path, tracking_uri: str) -> SyncReport:
 
 
 def _sync_locked(name: str, output: Path, tracking_uri: str, sweep_root: Path) -> SyncReport:
-    tracking.check_reachable(tracking_uri)
+    tracking.check_store(tracking_uri)
     client = tracking.make_client(tracking_uri)
     experiment = tracking.retrying(client.get_experiment_by_name, name)
     parent = tracking.find_parent(client, experiment.experiment_id, str(output)) if experiment else None

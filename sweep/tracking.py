@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from filelock import FileLock
 
+from core.config import ConfigError
 from sweep import identity
 
 # MLflow is imported inside the functions that use it: it costs seconds, and specs, plans and reports
@@ -66,6 +67,70 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                              f"--tracking-uri to use the local store under --output. Nothing was trained.") from None
     elif not uri.startswith("sqlite:///") and "://" in uri and not uri.startswith("file:"):
         pass  # databricks, postgresql, ...: MLflow itself reports problems at the first call below
+
+
+# Schemes MLflow 3.17 takes as a tracking store; anything else (a bare word, ftp://) is bad input.
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "file")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(SweepError):
+    """A tracking store that exists but cannot be used (damaged, not an MLflow store): exit 1."""
+
+
+def check_store(uri: str) -> None:
+    """Before anything is written: the tracking URI must be one MLflow takes (else ConfigError, exit 2), a
+    server must answer, and an existing SQLite store must be an intact MLflow database (else StoreError,
+    exit 1; MLflow itself would fail later with a raw SQLAlchemy traceback)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme not in STORE_SCHEMES or not uri.split("://", 1)[1]:
+        raise ConfigError(f"--tracking-uri {uri!r}: not a tracking store MLflow can use (schemes: "
+                          f"{', '.join(STORE_SCHEMES)}). Give http://HOST:PORT for a tracking server or "
+                          f"sqlite:////ABSOLUTE/PATH.db, or leave --tracking-uri out for OUTPUT/mlflow.db")
+    check_reachable(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        check_sqlite_store(db)
+
+
+def check_sqlite_store(db: Path) -> None:
+    """An SQLite store that exists must be a regular file holding an intact SQLite database with MLflow's
+    tables (or none yet). Nothing is created; only SQLite's own recovery of a killed writer's journal runs."""
+    import sqlite3
+
+    if not db.exists():
+        return  # MLflow builds a new store there
+    fix = (f"Move it aside (e.g. mv {db} {db}.broken) to start a new store, or restore it from a backup; "
+           f"Ray's storage under --output still holds the trials (`run_sweep.py sync NAME` writes them again)")
+    if not db.is_file():
+        raise StoreError(f"MLflow store {db} is not a regular file. {fix}")
+    try:
+        with open(db, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise StoreError(f"MLflow store {db} cannot be read ({err.strerror})") from None
+    if not header:
+        return  # an empty file: SQLite treats it as a new database
+    if header != SQLITE_HEADER:
+        raise StoreError(f"MLflow store {db} is not an SQLite database (damaged, or another file). {fix}")
+    try:
+        # mode=rw (never create): a writer killed mid-transaction leaves a hot journal, which SQLite rolls back
+        # on the next read-write open, as MLflow's own connection would; read-only it reads as "readonly".
+        connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
+        try:
+            check = connection.execute("PRAGMA quick_check").fetchall()
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        if any(word in str(err).lower() for word in ("locked", "readonly", "read-only")):
+            return  # being written right now, or a read-only copy (`report` on it still works): not damaged
+        raise StoreError(f"MLflow store {db} is damaged ({err}). {fix}") from None
+    if check != [("ok",)]:
+        raise StoreError(f"MLflow store {db} is damaged (SQLite quick_check: {check[0][0] if check else '?'}). {fix}")
+    if tables and "experiments" not in tables:
+        raise StoreError(f"{db} is an SQLite database but not an MLflow store (no 'experiments' table); point "
+                         f"--output or --tracking-uri elsewhere")
 
 
 def retrying(fn: Callable, *args, attempts: int = 8, idempotent: bool = True, **kwargs):

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import yaml
 
-from core.config import ConfigError, read_yaml, suggest
+from core.config import ConfigError, read_yaml, read_yaml_file, suggest
 
 
 class YamlLines:
@@ -59,7 +59,7 @@ def load_yaml_mapping(path: str | Path) -> tuple[Path, str, dict, YamlLines]:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (name, variants, seeds, ...)")
-    text = path.read_text(encoding="utf-8")
+    text = read_yaml_file(path)
     return path, text, data, YamlLines(path, text)
 
 

@@ -42,13 +42,17 @@ def assert_same(a: Stage1Features, b: Stage1Features):
 class Counter:
     """A compute function that records each call in a file (visible across processes)."""
 
-    def __init__(self, path: Path, seed: int = 0, sleep: float = 0.0):
-        self.path, self.seed, self.sleep = path, seed, sleep
+    def __init__(self, path: Path, seed: int = 0, until=None):
+        """until: computing lasts until this condition holds (bounded), never a fixed time."""
+        self.path, self.seed, self.until = path, seed, until
 
     def __call__(self) -> Stage1Features:
         with open(self.path, "a") as f:
             f.write(f"start {time.time()}\n")
-        time.sleep(self.sleep)
+        if self.until is not None:
+            deadline = time.monotonic() + 240
+            while not self.until() and time.monotonic() < deadline:
+                time.sleep(0.05)
         with open(self.path, "a") as f:
             f.write(f"end {time.time()}\n")
         return make_features(self.seed)
@@ -76,7 +80,10 @@ def _worker(root, calls, barrier, out):
     cache = Stage1Cache(root)
     barrier.wait()
     requested = time.time()
-    features = cache.get_or_compute("shared-key", Counter(Path(calls), sleep=1.5), LABELS)
+    Path(out).with_suffix(".asked").touch()
+    # Whoever computes keeps computing until both processes have asked (a condition, not a time window).
+    both_asked = lambda: len(list(Path(out).parent.glob("*.asked"))) == 2  # noqa: E731
+    features = cache.get_or_compute("shared-key", Counter(Path(calls), until=both_asked), LABELS)
     Path(out).write_text(json.dumps({"requested": requested, "sum": float(features.splits["train"].vectors["text"].sum())}))
 
 

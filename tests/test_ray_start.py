@@ -83,7 +83,7 @@ def test_local_sweeps_ignore_a_live_and_a_stale_cluster_and_address_joins_it(tmp
         # 3. the head dies without `ray stop` (as after a crash): its record stays behind, stale
         head_pids.update(descendants(head.pid))
         kill_pids(head_pids)
-        assert wait_for(lambda: not any(alive(p) for p in head_pids), 30)
+        assert wait_for(lambda: not any(alive(p) for p in head_pids), 120)
         assert record.exists()
         stale = _sweep(["ablate", str(spec), "--output", str(tmp_path / "stale"), *common], env)
         assert stale.returncode == 0, stale.stdout[-3000:] + stale.stderr[-3000:]
@@ -103,10 +103,10 @@ def test_an_address_where_nothing_listens_is_a_clear_error_in_seconds(tmp_path, 
     spec = write_ablation(tmp_path, "nowhere", {"full": {}}, seeds=(0,), epochs=1)
     address = address.format(port=_free_port())
     started = time.time()
-    result = _sweep(["ablate", str(spec), "--output", str(tmp_path / "out"), "--address", address], env, timeout=120)
+    result = _sweep(["ablate", str(spec), "--output", str(tmp_path / "out"), "--address", address], env, timeout=300)
     elapsed = time.time() - started
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert elapsed < 60
+    assert elapsed < 150   # seconds on an idle machine; a bound for a loaded one (Ray's own retries: minutes)
     assert f"--address {address}" in result.stderr and "leave --address out" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()  # nothing written before the failure

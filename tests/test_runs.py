@@ -142,12 +142,12 @@ def test_ui_binds_loopback_answers_health_and_stops_on_sigterm(store):
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=30)
+            code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
     assert code == 0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while _group_alive(server_pid) and time.monotonic() < deadline:  # the server's workers go with it
         time.sleep(0.2)
     assert not _group_alive(server_pid)

@@ -93,7 +93,7 @@ def test_an_unreachable_tracking_server_fails_before_training(tmp_path, out, cap
     code, text = _run(["ablate", str(spec), "--output", str(out), "--tracking-uri", f"http://127.0.0.1:{port}"],
                       capsys)
     assert code == 1 and f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in text
-    assert "Nothing was trained" in text and time.time() - start < 30
+    assert "Nothing was trained" in text and time.time() - start < 120   # seconds idle; generous under load
     _nothing_written(out)
 
 

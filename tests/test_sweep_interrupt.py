@@ -74,13 +74,13 @@ def test_killed_driver_then_the_same_command_resumes(tmp_path, stage1_cache, sig
 
     first = Driver(args, tmp_path / "first.log")
     _interrupt_after_first_trial(first, sig)
-    code = first.wait(120)
+    code = first.wait(300)
     if sig == signal.SIGINT:
         assert code == 130, first.text()
         assert "was interrupted" in first.text() and "Rerun the same command to resume" in first.text()
         # Stopped cleanly: nothing of this driver's Ray (or anything else it started) is left running.
         assert first.family, "never saw the driver's child processes"
-        assert wait_for(lambda: not first.leftovers(), 30), f"left running: {first.leftovers()}"
+        assert wait_for(lambda: not first.leftovers(), 120), f"left running: {first.leftovers()}"
     else:
         assert code == -signal.SIGKILL
         wait_for(lambda: not first.leftovers(), 10)
@@ -196,3 +196,66 @@ def test_a_tracking_server_lost_mid_sweep_loses_nothing(tmp_path, ray_local, sta
             assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_wf1")] == [1, 2, 3, 4, 5, 6]
     finally:
         server.stop()
+
+
+# ---- a driver SIGKILLed at each point where Ray or the sweep writes state (issue 27) -------------------------
+
+def _tuner_without_snapshot(out: Path, name: str) -> bool:
+    """Ray Tune's tuner.pkl is written, its first experiment_state-*.json not yet."""
+    return any(not list(p.parent.glob("experiment_state-*.json")) for p in (out / "ray" / name).glob("*/tuner.pkl"))
+
+
+def _every_trial_reported_its_last_epoch(out: Path, name: str, trials: int = 2, epochs: int = 2) -> bool:
+    """Both trials' result.json hold their last epoch: Tune is ending; its last snapshot, the sync into MLflow
+    and the parent run's end are what the driver writes next."""
+    results = list((out / "ray" / name).glob("*/*/result.json"))
+    return len(results) == trials and all(f'"epoch": {epochs}' in r.read_text() for r in results)
+
+
+# window -> what appears on disk (or in the log) when the driver is inside it
+WINDOWS = {
+    "before-tuner-pkl": lambda out, name, cache, d: (out / "ray" / name / ".lock").exists(),
+    "during-stage-1": lambda out, name, cache, d: any(cache.iterdir()) if cache.exists() else False,
+    "after-tuner-pkl": lambda out, name, cache, d: _tuner_without_snapshot(out, name),
+    "during-trials": lambda out, name, cache, d: any((out / "ray" / name).glob("*/*/checkpoint_*")),
+    "final-writes": lambda out, name, cache, d: _every_trial_reported_its_last_epoch(out, name),
+}
+
+
+def _kill_at(args: list[str], log: Path, reached) -> Driver:
+    """Start the driver, SIGKILL it as soon as `reached(driver)` holds, then stop its Ray (by pid)."""
+    driver = Driver(args, log)
+    assert wait_for(lambda: reached(driver) or driver.proc.poll() is not None, 240, interval=0.05), driver.text()
+    assert driver.proc.poll() is None, f"the sweep ended before the window:\n{driver.text()}"
+    os.kill(driver.proc.pid, signal.SIGKILL)
+    assert driver.wait(60) == -signal.SIGKILL
+    kill_pids(driver.leftovers())   # Ray's processes outlive a SIGKILLed driver: ours, by id
+    assert wait_for(lambda: not driver.leftovers(), 60), f"left running: {driver.leftovers()}"
+    return driver
+
+
+@pytest.mark.parametrize("windows", [["before-tuner-pkl"], ["during-stage-1"],
+                                     ["after-tuner-pkl", "during-trials", "final-writes"]],
+                         ids=["before-tuner-pkl", "during-stage-1", "after-tuner-pkl+trials+final-writes"])
+def test_a_driver_killed_in_any_window_resumes_on_rerun(tmp_path, windows):
+    """Each window is reached by waiting on the file Ray or the sweep writes there (no sleeps); after the last
+    kill the same command finishes every trial exactly once. The third case chains three windows in one
+    output directory (each rerun is killed in the next window): tuner.pkl without a snapshot used to fail
+    every rerun with "No experiment snapshot file"."""
+    name = "windows"
+    spec = write_ablation(tmp_path, name, {"full": {}}, seeds=(0, 1), epochs=2, max_concurrent=1)
+    out, cache = tmp_path / "runs", tmp_path / "cache"   # a cache of its own: stage 1 really runs here
+    args = ["ablate", str(spec), "--output", str(out), "--cache-dir", str(cache)]
+    for i, window in enumerate(windows):
+        killed = _kill_at(args, tmp_path / f"{i}-{window}.log",
+                          lambda d, w=window: WINDOWS[w](out, name, cache, d))
+        if window == "after-tuner-pkl":
+            assert _tuner_without_snapshot(out, name), f"the kill missed the window:\n{killed.text()}"
+
+    last = Driver(args, tmp_path / "last.log")
+    assert last.wait(300) == 0, last.text()
+    assert _finished_pairs(out, name) == Counter({("full", "0"): 1, ("full", "1"): 1})
+    assert len(child_runs(out, name)) == 2
+    if "after-tuner-pkl" in windows:
+        assert list((out / "ray" / name / ".unrestorable").iterdir())   # set aside, not deleted
+    assert wait_for(lambda: not last.leftovers(), 60), f"left running: {last.leftovers()}"
