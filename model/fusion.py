@@ -73,7 +73,8 @@ class PackedRows:
 
     def stacked(self, copies: int) -> "PackedRows":
         """The rows of `copies` such batches one after another (the batch repeated copies times)."""
-        return PackedRows(self.mask.repeat(copies, 1), copies)
+        offsets = torch.arange(copies, device=self.index.device)[:, None] * self.mask.numel()   # (copies, 1)
+        return PackedRows(self.mask.repeat(copies, 1), copies, index=(self.index[None, :] + offsets).reshape(-1))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, self.index)
