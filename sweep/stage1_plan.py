@@ -144,10 +144,10 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
     computed = []
     info: dict = {}
     failure = ""
-    cfg, share = None, 0.0
+    cfg, share, gpu_ids = None, 0.0, []
     try:
         cfg = trial_config({"trial": settings})
-        cfg, _, share = place_on_ray_worker(cfg, lambda message: log(f"stage1: {message}"))
+        cfg, gpu_ids, share = place_on_ray_worker(cfg, lambda message: log(f"stage1: {message}"))
         dataset = load_dataset(cfg.data)
 
         def compute():
@@ -164,7 +164,8 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
         failure = f"{type(err).__name__}: {err}"[:2000]
         log(f"stage1: failed: {failure}")
     return {"computed": bool(computed), "info": info, "log": lines, "failure": failure, "started": started,
-            "ended": time.time(), "host": socket.gethostname()}
+            "ended": time.time(), "host": socket.gethostname(), "gpu_ids": ",".join(map(str, gpu_ids)),
+            "gpu_share": share}
 
 
 # ---- the driver's side -------------------------------------------------------------------------------
@@ -374,7 +375,8 @@ def _record(ctx: Stage1Context, entry: Stage1Entry, result: dict) -> str:
             "dataset": data.get("name", cfg.data.name), "dataset_fingerprint": data.get("fingerprint", ""),
             "stage1_hash": cfg.stage1_hash(), "stage1_source": entry.source or "computed",
             "device": info.get("device", ""), "host": result.get("host", ""),
-            "precision": info.get("precision", ""),
+            "precision": info.get("precision", ""), "gpu_ids": str(result.get("gpu_ids", "")),
+            "gpu_share": f"{result.get('gpu_share', 0.0):g}",
             **{f"encoder.{m}": info.get(f"{m}_encoder_id", "") for m in MODALITIES},
             "used_by": ", ".join(entry.users)[:5000]}
     if entry.failure:
