@@ -117,11 +117,11 @@ def end_to_end_case(quick: bool) -> None:
     from model.stage1 import run_stage1
     from model.train import train_stage2
 
-    common = ["data.synthetic_dialogues=24" if quick else "data.synthetic_dialogues=60", "data.audio_seconds=0.5",
+    common = ["data.synthetic_dialogues=24" if quick else "data.synthetic_dialogues=32", "data.audio_seconds=0.5",
               "data.sample_rate=8000", "data.frames=4", "data.frame_size=16", "stage1.tiny_hidden=32",
               "stage1.tiny_layers=1", "stage1.width=32", "stage1.max_tokens=64", "stage1.batch_size=16",
-              "stage1.lr=1e-3", f"stage1.epochs={1 if quick else 4}", "fusion.width=64", "fusion.heads=4",
-              f"train.epochs={2 if quick else 10}", "train.batch_size=8", "train.lr=3e-4", "train.device=cpu"]
+              "stage1.lr=1e-3", f"stage1.epochs={1 if quick else 3}", "fusion.width=64", "fusion.heads=4",
+              f"train.epochs={2 if quick else 8}", "train.batch_size=8", "train.lr=1e-3", "train.device=cpu"]
     rows = {}
     for precision in PRECISIONS:
         cfg = load_config(None, common + [f"stage1.precision={precision}", f"train.precision={precision}"])

@@ -113,3 +113,33 @@ def test_the_help_example_names_real_encoders():
     proc, _ = _cli("ablate", "--help")
     example = [line for line in proc.stdout.splitlines() if "ablations/magtkd.yaml" in line]
     assert example and all("stage1.text_encoder=" in line for line in example)
+
+
+def test_trial_tags_and_the_table_caption_name_the_encoders(tmp_path):
+    from reports.store import Sweep, Trial
+    from reports.table import _encoder_caption
+    from sweep.engine import SweepOptions, prepare
+    from sweep.tracking import child_tags
+    from sweep.trainable import trial_config
+
+    spec = write_ablation(tmp_path, "enc", {"full": {}}, seeds=[0])
+    settings = prepare("ablate", spec, ["train.precision=bf16"], SweepOptions(output=tmp_path / "runs")).trial_settings[0]
+    tags = child_tags(settings, trial_config({"trial": settings}), "t1", "abc")
+    assert tags["encoder.text"] == tags["encoder.audio"] == "tiny (random-initialised)"
+    assert tags["precision"] == "stage1 fp32, stage2 bf16" and tags["device_type"] == "cpu"
+
+    def trial(variant, text, dataset_masked=""):
+        return Trial("r", variant, "0", "FINISHED", 0, 0, {}, {}, {"encoder.text": text, "encoder.audio": "tiny (random-initialised)",
+                                                             "encoder.video": "tiny (random-initialised)",
+                                                             "masked_modalities": dataset_masked})
+
+    meld = Sweep("s", "", "", [], {"dataset": "meld"}, 0, ["full", "T"], ["0"],
+                 trials=[trial("full", "roberta-large, weights sha256:1234", "audio,video"),
+                         trial("T", "roberta-large, weights sha256:1234", "audio,video")])
+    caption = _encoder_caption(meld)
+    assert caption == ("Encoders: text roberta-large, weights sha256:1234, audio none (absent from the data), "
+                       "video none (absent from the data).")
+    meld.trials[1] = trial("T", "tiny (random-initialised)", "audio,video")
+    caption = _encoder_caption(meld)
+    assert "text roberta-large, weights sha256:1234 (full); tiny (random-initialised) (T)" in caption
+    assert "do not measure MAGTKD's encoders" in caption
