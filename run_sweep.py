@@ -3,7 +3,9 @@
 
 Examples:
   python run_sweep.py ablate ablations/demo.yaml                 # every variant x seed, ends in a table
-  python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/meld train.epochs=5
+  python run_sweep.py ablate ablations/meld_text.yaml data.path=../shared/data/meld --dry-run   # the plan, no run
+  python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/meld stage1.text_encoder=/models/roberta-large \
+      stage1.audio_encoder=/models/data2vec-audio-base stage1.video_encoder=/models/timesformer-base
   python run_sweep.py tune search_spaces/fusion.yaml --num-samples 20
   python run_sweep.py ablate ablations/magtkd.yaml --from-tune fusion
   python run_sweep.py report demo --format md,tex,csv,html       # regenerate tables from MLflow only

@@ -27,6 +27,9 @@ from core.yaml_guard import YamlLimitError, check_alias_expansion, read_yaml_tex
 MODALITIES = ("text", "audio", "video")
 MAX_SEED = 2 ** 64                # seeds go to torch.manual_seed, which takes [0, 2**64)
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+ENCODER_KEYS = ("text_encoder", "audio_encoder", "video_encoder")
+
 
 class ConfigError(ValueError):
     """A config problem, with the file and the full key path in the message."""
@@ -89,6 +92,10 @@ class Stage1Config:
     audio_lr: float = 0.0            # lr of the audio encoder/student alone (0 = stage1.lr; authors' IEMOCAP: 5e-6)
     grad_clip: float = 10.0
     shared_seed: int = -1            # >= 0: every stage-2 seed reuses stage 1 trained with this seed
+    precision: str = "fp32"          # fp32 | bf16 | fp16 | auto (bf16 on a CUDA device that supports it, else fp32):
+                                     # autocast for stage-1 training and encoding; fp16 adds a gradient scaler
+    allow_random_encoders: bool = False  # true: 'tiny' (randomly initialised) encoders are accepted on a real
+                                         # dataset (a smoke test); otherwise a sweep refuses them there
 
 
 @dataclass
@@ -118,7 +125,10 @@ class TrainConfig:
     warmup_ratio: float = 0.1        # fraction of steps with linear warm-up, then linear decay
     grad_clip: float = 10.0
     select_on: str = "dev"           # dev | test: test reproduces the authors' stage 2 (epoch picked on test)
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    device: str = "auto"             # auto | cpu | cuda | cuda:N (auto: the GPU Ray gave the trial, else the CPU;
+                                     # cuda:N is refused inside Ray workers, which see only their own GPUs)
+    precision: str = "fp32"          # fp32 | bf16 | fp16 | auto (bf16 on a CUDA device that supports it, else fp32)
+    deterministic: bool = False      # true: deterministic kernels (torch.use_deterministic_algorithms); slower on GPU
     checkpoint_interval_s: float = 300.0  # sweeps: resume state saved at most this often and after the last epoch; 0: every
                                           # epoch. Below 60 s every checkpoint is kept (safe resume), else the last two
 
@@ -145,14 +155,18 @@ class MAGTKDConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def content_hash(self, exclude: Iterable[str] = ("train.device", "train.checkpoint_interval_s")) -> str:
-        """Hash of the resolved config; the device and the checkpoint cadence do not change what is computed."""
+    def content_hash(self, exclude: Iterable[str] = ("train.device", "train.checkpoint_interval_s",
+                                                     "stage1.allow_random_encoders")) -> str:
+        """Hash of the resolved config; the device, the checkpoint cadence and the permission to use random
+        encoders do not change what is computed (the device *type* is part of a sweep trial's identity)."""
         flat = {k: v for k, v in self.flat().items() if k not in set(exclude)}
         return stable_hash(flat)
 
     def stage1_hash(self) -> str:
         """What stage 1 depends on: the stage1 section and the seed stage 1 is trained with."""
-        return stable_hash({"stage1": dataclasses.asdict(self.stage1), "seed": self.stage1_seed})
+        stage1 = dataclasses.asdict(self.stage1)
+        stage1.pop("allow_random_encoders")  # a permission, not a setting: the same features either way
+        return stable_hash({"stage1": stage1, "seed": self.stage1_seed})
 
     @property
     def stage1_seed(self) -> int:
@@ -258,7 +272,9 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     d, s, f, t = cfg.data, cfg.stage1, cfg.fusion, cfg.train
     need(d.name in ("synthetic", "meld", "iemocap", "csv", "features"), "data.name",
          f"must be one of synthetic, meld, iemocap, csv, features (got {d.name!r})")
-    need(d.name == "synthetic" or bool(d.path), "data.path", f"is required for data.name={d.name}")
+    need(d.name == "synthetic" or bool(d.path), "data.path",
+         f"is required for data.name={d.name}: pass data.path=DIR (the dataset's directory or file) on the "
+         f"command line or set it in the spec's dataset section")
     need(d.name != "csv" or bool(d.mapping), "data.mapping", "is required for data.name=csv")
     need(d.max_dialogues >= 0, "data.max_dialogues", "must be >= 0")
     need(d.synthetic_dialogues >= 4, "data.synthetic_dialogues", "must be >= 4")
@@ -316,6 +332,29 @@ def validate(cfg: MAGTKDConfig, source: str = "<config>") -> None:
     need(-1 <= s.shared_seed < MAX_SEED, "stage1.shared_seed",
          f"must be -1 (each seed its own stage 1) or in [0, 2**64), got {s.shared_seed}")
     need(0 <= d.synthetic_seed < MAX_SEED, "data.synthetic_seed", f"must be in [0, 2**64), got {d.synthetic_seed}")
+
+    for key, value in (("stage1.precision", s.precision), ("train.precision", t.precision)):
+        need(value in PRECISIONS, key, f"must be one of {', '.join(PRECISIONS)} (got {value!r})")
+
+
+def random_encoder_problem(cfg: MAGTKDConfig, modalities: Iterable[str] = MODALITIES) -> str:
+    """'' unless `tiny` (randomly initialised) encoders would be trained on a real dataset without
+    stage1.allow_random_encoders=true; then the message naming the keys to set. `modalities`: those the
+    data carry (an encoder of a modality the data lack never trains). A table titled 'MAGTKD on MELD'
+    must not silently come from random encoders; the synthetic data are made for them."""
+    if cfg.data.name in ("synthetic", "features") or cfg.stage1.allow_random_encoders:
+        return ""
+    carried = set(modalities)
+    tiny = [k for k in ENCODER_KEYS if getattr(cfg.stage1, k) == "tiny" and k.split("_")[0] in carried]
+    if not tiny:
+        return ""
+    sets = " ".join(f"stage1.{k}=/path/to/checkpoint" for k in tiny).replace(
+        "stage1.text_encoder=/path/to/checkpoint", "stage1.text_encoder=minilm|/path/to/checkpoint")
+    return (f"key 'stage1.{tiny[0]}': {', '.join('stage1.' + k for k in tiny)} "
+            f"{'is' if len(tiny) == 1 else 'are'} 'tiny' (small randomly initialised encoders) on "
+            f"data.name={cfg.data.name}: the results would not be MAGTKD's. Set {sets} (local Hugging Face "
+            f"checkpoint directories; audio/video may also be 'features'), or pass stage1.allow_random_encoders=true "
+            f"for a deliberate smoke test")
 
 
 # ---- overrides and YAML ------------------------------------------------------

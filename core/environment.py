@@ -52,5 +52,9 @@ def apply_defaults(environ: MutableMapping[str, str] | None = None, force: bool 
 
 
 def worker_env() -> dict[str, str]:
-    """The environment for Ray's trial workers: this process's values, else the defaults."""
-    return {key: os.environ.get(key, DEFAULTS[key]) for key in WORKER_KEYS}
+    """The environment for Ray's trial workers: this process's values, else the defaults (and the trial
+    span log, sweep/trainable.py, when this process has one)."""
+    env = {key: os.environ.get(key, DEFAULTS[key]) for key in WORKER_KEYS}
+    if os.environ.get("MAGTKD_SPAN_LOG"):
+        env["MAGTKD_SPAN_LOG"] = os.environ["MAGTKD_SPAN_LOG"]
+    return env

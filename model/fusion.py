@@ -61,18 +61,20 @@ class PackedRows:
     index_select / index_copy on the flattened grid, so autograd passes gradients straight through.
     """
 
-    def __init__(self, mask: torch.Tensor, copies: int = 1):
+    def __init__(self, mask: torch.Tensor, copies: int = 1, index: torch.Tensor | None = None):
         self.mask = mask
         self.copies = copies                                                            # > 1: `stacked` batches
         self.shape = tuple(mask.shape)                                                  # (B, T)
-        self.index = mask.reshape(-1).nonzero().squeeze(1)                              # (N,) flat grid index
+        # (N,) flat grid index; given (built from lengths on the host), no nonzero() waits for the device
+        self.index = mask.reshape(-1).nonzero().squeeze(1) if index is None else index
         self.dialogue = self.index // self.shape[1]                                     # (N,) dialogue of each row
         self.position = self.index % self.shape[1]                                      # (N,) place in its dialogue
         self._masks: dict[tuple, tuple] = {}                                            # attention masks by key mask, dtype
 
     def stacked(self, copies: int) -> "PackedRows":
         """The rows of `copies` such batches one after another (the batch repeated copies times)."""
-        return PackedRows(self.mask.repeat(copies, 1), copies)
+        offsets = torch.arange(copies, device=self.index.device)[:, None] * self.mask.numel()   # (copies, 1)
+        return PackedRows(self.mask.repeat(copies, 1), copies, index=(self.index[None, :] + offsets).reshape(-1))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, self.index)
@@ -120,15 +122,16 @@ class PackedRows:
         return context if keep is None else context * keep
 
     def _keep(self, has_key: torch.Tensor, dtype: torch.dtype):
-        """(N, 1): 0 for rows of a dialogue with no real key, else 1; None when every dialogue has one."""
-        return None if bool(has_key.all()) else has_key[self.dialogue, None].to(dtype)
+        """(N, 1): 0 for rows of a dialogue with no real key, else 1. Always the factor, even when every
+        dialogue has a key: asking the device whether they all do would make the step wait for it."""
+        return has_key[self.dialogue, None].to(dtype)
 
     def _attention_mask(self, key_mask: torch.Tensor, dtype: torch.dtype):
         """(score bias (N, N): 0 where allowed, -inf elsewhere; keep (N, 1) or None), once per key mask and batch.
 
         A dialogue with no real key at all (all its clips missing) gets a zero context, as in the
         padded oracle: its own rows are allowed as keys so that no softmax row is all -inf, and
-        `keep` zeroes the result. keep is None when every dialogue has a key (no multiply needed).
+        `keep` zeroes the result. (`keep` is 1 for every other dialogue.)
         """
         cache_key = (id(key_mask), dtype)
         if cache_key not in self._masks:
@@ -168,6 +171,8 @@ class CheapDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if x.is_cuda:  # one fused kernel there; keep_mask's cut-up random words take about five
+            return F.dropout(x, self.p, training=True)
         return x * keep_mask(tuple(x.shape), self.p, x.device, x.dtype)
 
     def extra_repr(self) -> str:
@@ -461,13 +466,14 @@ class AnchorGatedTransformer(nn.Module):
         if packed:
             with_cheap_dropout(self)
 
-    def forward(self, inputs, speakers, mask, present=None):
-        """inputs {m: (B, T, D_m)}, speakers (B, T) int, mask (B, T) bool, present {m: (B, T) bool}.
+    def forward(self, inputs, speakers, mask, present=None, rows_index=None):
+        """inputs {m: (B, T, D_m)}, speakers (B, T) int, mask (B, T) bool, present {m: (B, T) bool},
+        rows_index (N,) the flat index of the real positions when the caller has it (no device sync).
 
         -> {"logits": {head: (B, T, C)}, "features": {head: (B, T, W)}, "prediction": "anchor"}
         Packed or not, outputs are padded (B, T, ...); packed ones are zero at padding.
         """
-        rows = PackedRows(mask) if self.packed else None
+        rows = PackedRows(mask, index=rows_index) if self.packed else None
         streams, keys, bias = self.inputs(inputs, speakers, mask, present, rows)
         features = {}
         for m in self.branch_modalities:
@@ -526,7 +532,8 @@ def branch_kd_loss(terms, logits, feats, teacher_logits, teacher_feats, labels) 
     return loss
 
 
-def stage2_loss(cfg, outputs: dict, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def stage2_loss(cfg, outputs: dict, labels: torch.Tensor, mask: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
     """CE(anchor) + a * KD(audio branch) + b * KD(video branch), over real positions only.
 
         KD(branch) = sum over fusion.kd_terms of
@@ -536,12 +543,19 @@ def stage2_loss(cfg, outputs: dict, labels: torch.Tensor, mask: torch.Tensor) ->
         a = fusion.kd_audio_weight, b = fusion.kd_video_weight (a head that is not built is skipped;
         a zero weight skips the term, so 0 * NaN cannot happen). The anchor is the teacher and is
         not detached unless fusion.detach_anchor (the authors do not detach it).
-    `cfg` is a MAGTKDConfig or its FusionConfig; labels (B, T) int; mask (B, T) bool.
+    `cfg` is a MAGTKDConfig or its FusionConfig; labels (B, T) int; mask (B, T) bool; rows (N,) the flat
+    index of the True positions of mask, when known (then no boolean-mask gather waits for the device).
     """
     fusion = getattr(cfg, "fusion", cfg)
-    y = labels[mask]                                                                    # (N,)
-    logits = {h: z[mask] for h, z in outputs["logits"].items()}                         # (N, C)
-    feats = {h: f[mask] for h, f in outputs["features"].items()}                        # (N, W)
+    if rows is None:
+        def real(x):
+            return x[mask]
+    else:
+        def real(x):
+            return x.reshape((-1,) + tuple(x.shape[2:])).index_select(0, rows)
+    y = real(labels)                                                                    # (N,)
+    logits = {h: real(z) for h, z in outputs["logits"].items()}                         # (N, C)
+    feats = {h: real(f) for h, f in outputs["features"].items()}                        # (N, W)
     teacher_logits, teacher_feats = logits["anchor"], feats["anchor"]
     if fusion.detach_anchor:
         teacher_logits, teacher_feats = teacher_logits.detach(), teacher_feats.detach()

@@ -12,7 +12,6 @@ Reads bottom-up: batching and metrics, one generic training loop, then the three
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 import zlib
 from dataclasses import dataclass
@@ -26,11 +25,12 @@ from torch import nn
 from core.schema import SPLITS, DataError, DialogueDataset, MediaRef, Utterance
 from core.config import MAGTKDConfig
 from model.distill import feature_similarity_loss, logit_relation_loss
+from model.encoder_ids import describe_encoders
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
                             build_video_encoder, normalise_waveform, stack_waveforms)
 from core.features import SplitFeatures, Stage1Features
 from model.metrics import weighted_f1
-from model.runtime import resolve_device, seed_everything
+from model.runtime import autocast, grad_scaler, resolve_device, resolved_precision, seed_everything
 
 Log = Callable[[str], None]
 # A batch maker: row indices of one split -> the encoder's positional inputs (CPU tensors).
@@ -38,6 +38,9 @@ Batcher = Callable[[Sequence[int]], tuple]
 # Inference batches are larger than training ones: no activations are kept for backward.
 EVAL_BATCH_FACTOR = 8
 MIN_EVAL_BATCH = 32
+# An audio evaluation batch holds at most this many seconds of padded waveform (rows sorted by length first):
+# data2vec's first convolution alone needs about 8.6 GB for 32 clips of 40 s; 160 s costs about 1 GB.
+MAX_EVAL_AUDIO_SECONDS = 160.0
 
 
 def seed_for(seed: int, part: str) -> int:
@@ -91,21 +94,39 @@ def batches_of(batcher: Batcher, chunks: list[list[int]]):
     return ((chunk, batcher(chunk)) for chunk in chunks)
 
 
+def eval_batches(rows: Sequence[int], batch_size: int, order_key: Optional[Callable[[int], int]] = None,
+                 max_padded: Optional[int] = None) -> list[list[int]]:
+    """Positions into `rows`, cut into evaluation batches: sorted by `order_key` (e.g. token count or
+    waveform length) so a batch pads little, at most `batch_size` rows, and, with `max_padded`, at most that
+    many padded units (rows x the batch's longest key): long clips come in smaller batches."""
+    order = sorted(range(len(rows)), key=lambda i: order_key(rows[i])) if order_key else list(range(len(rows)))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (
+                max_padded is None or order_key is None or (len(batches[-1]) + 1) * order_key(rows[i]) <= max_padded):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int, device: torch.device,
-            order_key: Optional[Callable[[int], int]] = None, grad_free=torch.inference_mode):
+            order_key: Optional[Callable[[int], int]] = None, grad_free=torch.inference_mode,
+            precision: str = "fp32", max_padded: Optional[int] = None):
     """(vectors (N, D), logits (N, C)) on the CPU for `rows`, in eval mode and without autograd.
 
-    `order_key` (e.g. token count) groups similar rows into a batch to cut padding; results come
-    back in the order of `rows`.
+    `order_key` (e.g. token count) groups similar rows into a batch to cut padding, `max_padded` caps a
+    batch's padded size (`eval_batches`); results come back in the order of `rows`.
     """
     rows = list(rows)
     if not rows:
         raise ValueError("predict() needs at least one row")
-    order = sorted(range(len(rows)), key=lambda i: order_key(rows[i])) if order_key else list(range(len(rows)))
+    batches = eval_batches(rows, batch_size, order_key, max_padded)
+    order = [i for batch in batches for i in batch]
     model.eval()
     vecs, logits = [], []
-    chunks = [[rows[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
-    with grad_free():
+    chunks = [[rows[i] for i in batch] for batch in batches]
+    with grad_free(), autocast(precision, device):
         for _, inputs in batches_of(batcher, chunks):
             v, z = model(*to_device(inputs, device))
             vecs.append(v.float().cpu())
@@ -136,10 +157,11 @@ class TeacherTargets:
 
 
 def teacher_targets(teacher: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int,
-                    device: torch.device, order_key=None) -> TeacherTargets:
+                    device: torch.device, order_key=None, precision: str = "fp32") -> TeacherTargets:
     """Freeze the teacher (eval mode, requires_grad False) and record its outputs under no_grad."""
     teacher.requires_grad_(False)
-    vec, logits = predict(teacher, batcher, rows, batch_size, device, order_key, grad_free=torch.no_grad)
+    vec, logits = predict(teacher, batcher, rows, batch_size, device, order_key, grad_free=torch.no_grad,
+                          precision=precision)
     return TeacherTargets(torch.as_tensor(list(rows), dtype=torch.long), vec, logits)
 
 
@@ -174,7 +196,7 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         dev: tuple[Batcher, Sequence[int], torch.Tensor], num_classes: int, device: torch.device,
         generator: torch.Generator, log: Log, teacher: Optional[TeacherTargets] = None,
         order_key=None, test: Optional[tuple[Batcher, Sequence[int], torch.Tensor]] = None,
-        test_order_key=None) -> FitResult:
+        test_order_key=None, max_padded: Optional[int] = None) -> FitResult:
     """AdamW + CE (+ KD terms against fixed teacher targets), gradient clipping, and the weights of
     the best dev weighted-F1 epoch restored at the end (the last epoch when dev has no rows).
 
@@ -189,6 +211,7 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
     rows = torch.as_tensor(list(rows), dtype=torch.long)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage1.lr)
+    scaler = grad_scaler(stage1.precision, device)   # passes through unless fp16
     eval_batch = max(stage1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
     best = FitResult(0, float("nan"), float("nan"), 0.0)
     best_state = None
@@ -197,26 +220,30 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
         order = rows[torch.randperm(len(rows), generator=generator)]
         total, count = 0.0, 0
         for chunk, inputs in batches_of(batcher, [c.tolist() for c in order.split(stage1.batch_size)]):
-            vector, logits = model(*to_device(inputs, device))
             t_vec, t_logits = (None, None)
             if teacher is not None:
                 t_vec, t_logits = (t.to(device) for t in teacher.take(chunk))
-            loss = student_loss(vector, logits, labels[chunk].to(device), t_vec, t_logits, stage1)
+            with autocast(stage1.precision, device):
+                vector, logits = model(*to_device(inputs, device))
+                loss = student_loss(vector, logits, labels[chunk].to(device), t_vec, t_logits, stage1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage1 {name}: loss became {loss.item()} in epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, stage1.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             total += loss.item() * len(chunk)
             count += len(chunk)
         message = f"stage1 {name}: epoch {epoch}/{stage1.epochs} train loss {total / max(count, 1):.4f}"
         if len(dev_rows):
-            wf1, acc = _scores(model, dev, eval_batch, device, order_key)
+            wf1, acc = _scores(model, dev, eval_batch, device, order_key, stage1.precision, max_padded)
             message += f" dev wF1 {wf1:.4f} acc {acc:.4f}"
             test_wf1, test_acc = float("nan"), float("nan")
             if test is not None:
-                test_wf1, test_acc = _scores(model, test, eval_batch, device, test_order_key)
+                test_wf1, test_acc = _scores(model, test, eval_batch, device, test_order_key, stage1.precision,
+                                             max_padded)
                 message += f" test wF1 {test_wf1:.4f} acc {test_acc:.4f}"
             if best_state is None or wf1 > best.best_dev_wf1:
                 best = FitResult(epoch, wf1, acc, 0.0, test_wf1, test_acc)
@@ -232,10 +259,12 @@ def fit(name: str, model: nn.Module, stage1, train: tuple[Batcher, Sequence[int]
 
 
 def _scores(model: nn.Module, split: tuple[Batcher, Sequence[int], torch.Tensor], batch_size: int,
-            device: torch.device, order_key=None) -> tuple[float, float]:
+            device: torch.device, order_key=None, precision: str = "fp32",
+            max_padded: Optional[int] = None) -> tuple[float, float]:
     """(weighted F1, accuracy) of the model on a split's rows."""
     batcher, rows, labels = split
-    _, logits = predict(model, batcher, rows, batch_size, device, order_key)
+    _, logits = predict(model, batcher, rows, batch_size, device, order_key, precision=precision,
+                        max_padded=max_padded)
     target = labels[list(rows)]
     predicted = logits.argmax(1)
     return weighted_f1(target.cpu().numpy(), predicted.cpu().numpy()), float((predicted == target).float().mean())
@@ -281,7 +310,8 @@ def run_text(cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, Spli
         for split, seqs in ids.items():
             if seqs:
                 hidden[split], _ = predict(hidden_model, lambda rows, s=seqs: encoder.collate([s[i] for i in rows]),
-                                           range(len(seqs)), eval_batch, device, lambda i, s=seqs: len(s[i]))
+                                           range(len(seqs)), eval_batch, device, lambda i, s=seqs: len(s[i]),
+                                           precision=s1.precision)
             else:
                 hidden[split] = torch.zeros(0, encoder.backbone.hidden_size)
         model = encoder.head
@@ -295,16 +325,41 @@ def run_text(cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, Spli
                  test=(batchers["test"], range(len(ids["test"])), tables["test"].labels), test_order_key=keys["test"])
     vectors = {}
     for split, seqs in ids.items():
-        vectors[split] = (predict(model, batchers[split], range(len(seqs)), eval_batch, device, keys[split])[0]
-                          if seqs else torch.zeros(0, s1.width))
+        vectors[split] = (predict(model, batchers[split], range(len(seqs)), eval_batch, device, keys[split],
+                                  precision=s1.precision)[0] if seqs else torch.zeros(0, s1.width))
     present = {split: torch.ones(len(seqs), dtype=torch.bool) for split, seqs in ids.items()}
     info = {"text_best_epoch": str(result.best_epoch), "text_dev_wf1": f"{result.best_dev_wf1:.4f}",
             "text_dev_acc": f"{result.best_dev_acc:.4f}", "text_test_wf1": f"{result.best_test_wf1:.4f}",
             "text_test_acc": f"{result.best_test_acc:.4f}", "text_seconds": f"{result.seconds:.1f}"}
-    # Only a KD student needs the teacher's outputs: computed on first use, then shared by audio and video.
-    teacher = functools.cache(lambda: teacher_targets(model, batchers["train"], range(len(ids["train"])),
-                                                      eval_batch, device, keys["train"]))
-    return ModalityOutput(vectors, present, info), teacher
+    # Only a KD student needs the teacher's outputs; they are computed now, so that the text model, its last
+    # gradients and (fit's) best-epoch copy are all freed before the students train: on a GPU, about 2.8 GB of
+    # gradients alone for RoBERTa-large. The students see fixed targets (CPU tensors), never the model.
+    targets = (teacher_targets(model, batchers["train"], range(len(ids["train"])), eval_batch, device,
+                               keys["train"], s1.precision) if _needs_teacher(cfg, tables) else None)
+    model.zero_grad(set_to_none=True)
+    # Nothing returned refers to the model (the closure holds `targets` only): run_stage1 frees it on return.
+    return ModalityOutput(vectors, present, info), (lambda: targets)
+
+
+def _needs_teacher(cfg: MAGTKDConfig, tables: dict[str, SplitTable]) -> bool:
+    """Whether some KD student will train: stage1.kd on and a distilled modality present in training."""
+    s1 = cfg.stage1
+    if not s1.kd:
+        return False
+    for modality in s1.kd_modalities:
+        field = media_of(modality, s1.audio_encoder if modality == "audio" else s1.video_encoder)
+        if any(field(u) is not None for u in tables["train"].utterances):
+            return True
+    return False
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Hand memory freed by Python back to the device (the caching allocator keeps it otherwise)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 class _Pooled(nn.Module):
@@ -397,6 +452,19 @@ def build_media_encoder(modality: str, s1, num_classes: int, sample) -> nn.Modul
     return build_video_encoder(s1, num_classes, frames=frames.shape[0], size=frames.shape[2], channels=frames.shape[1])
 
 
+def media_eval_order(modality: str, encoder_name: str, tables: dict[str, SplitTable], field, sample_rate: int):
+    """Evaluation order of a media split: ({split: row -> waveform length}, the padded-samples cap) for audio
+    waveforms, so a batch holds clips of similar length and at most MAX_EVAL_AUDIO_SECONDS of padded audio;
+    (no key, no cap) for frames and pre-extracted vectors, whose rows all have one size."""
+    if modality != "audio" or encoder_name == "features":
+        return {split: None for split in tables}, None
+    def samples(clip) -> int:   # an in-memory waveform or a MediaRef into the media store: both know their shape
+        return 0 if clip is None else int(clip.shape[0])
+
+    keys = {split: (lambda utts: (lambda i: samples(field(utts[i]))))(t.utterances) for split, t in tables.items()}
+    return keys, int(MAX_EVAL_AUDIO_SECONDS * sample_rate)
+
+
 def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables: dict[str, SplitTable],
               teacher: Callable[[], TeacherTargets], device, log: Log,
               media_reader: MediaReader = DirectReader) -> ModalityOutput:
@@ -431,9 +499,11 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
     label = f"{modality} {'student (KD from text)' if distil else 'encoder'}"
     log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
     own_lr = s1.audio_lr if modality == "audio" and s1.audio_lr > 0 else s1.lr   # authors' IEMOCAP audio: 5e-6
+    keys, max_padded = media_eval_order(modality, name, tables, field, dataset.sample_rate)
     result = fit(label, encoder, dataclasses.replace(s1, lr=own_lr), (batchers["train"], train_rows, tables["train"].labels),
                  (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
                  len(dataset.labels), device, generator, log, teacher=teacher() if distil else None,
+                 order_key=keys["dev"], max_padded=max_padded, test_order_key=keys["test"],
                  test=(batchers["test"], present["test"].nonzero().flatten().tolist(), tables["test"].labels))
     eval_batch = max(s1.batch_size * EVAL_BATCH_FACTOR, MIN_EVAL_BATCH)
     vectors = {}
@@ -441,7 +511,8 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
         rows = p.nonzero().flatten().tolist()
         vectors[split] = zeros[split]
         if rows:
-            vectors[split][rows] = predict(encoder, batchers[split], rows, eval_batch, device)[0]
+            vectors[split][rows] = predict(encoder, batchers[split], rows, eval_batch, device, keys[split],
+                                           precision=s1.precision, max_padded=max_padded)[0]
     info = {f"{modality}_trained": "true", f"{modality}_kd": str(distil).lower(), f"{modality}_coverage": counts,
             f"{modality}_best_epoch": str(result.best_epoch), f"{modality}_dev_wf1": f"{result.best_dev_wf1:.4f}",
             f"{modality}_dev_acc": f"{result.best_dev_acc:.4f}", f"{modality}_test_wf1": f"{result.best_test_wf1:.4f}",
@@ -461,8 +532,10 @@ def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print,
     device = resolve_device(cfg.train.device)
     tables = split_tables(dataset, cfg.fusion.max_speakers)
     log(f"stage1: dataset {dataset.name} ({', '.join(f'{s} {len(t.labels)}' for s, t in tables.items())} "
-        f"utterances), seed {cfg.stage1_seed}, device {device}, {s1.epochs} epochs")
+        f"utterances), seed {cfg.stage1_seed}, device {device}, {resolved_precision(s1.precision, device)}, "
+        f"{s1.epochs} epochs")
     text, teacher = run_text(cfg, dataset, tables, device, log)
+    release_device_memory(device)   # the text model, its gradients and best-epoch copy went with run_text
     outputs = {"text": text}
     for modality in ("audio", "video"):
         outputs[modality] = run_media(modality, cfg, dataset, tables, teacher, device, log, media_reader)
@@ -474,6 +547,8 @@ def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print,
             present={m: out.present[split] for m, out in outputs.items()},
             labels=table.labels.clone(), speakers=table.speakers.clone(), dialogue_lengths=list(table.lengths))
     info = {"text_encoder": s1.text_encoder, "audio_encoder": s1.audio_encoder, "video_encoder": s1.video_encoder,
+            **{f"{m}_encoder_id": text for m, text in describe_encoders(s1).items()},
+            "precision": resolved_precision(s1.precision, device),
             "prompt": str(s1.prompt).lower(), "kd": str(s1.kd).lower(), "kd_modalities": ",".join(s1.kd_modalities),
             "finetune_text": str(s1.finetune_text).lower(), "epochs": str(s1.epochs), "seed": str(cfg.stage1_seed),
             "width": str(s1.width), "device": str(device), "dataset": dataset.name}

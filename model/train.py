@@ -24,9 +24,9 @@ import torch
 from core.schema import DataError
 from core.config import ConfigError, MAGTKDConfig
 from core.features import SplitFeatures, Stage1Features
-from model.fusion import build_fusion, count_parameters, stage2_loss
+from model.fusion import AnchorGatedTransformer, build_fusion, count_parameters, stage2_loss
 from model.metrics import classification_scores
-from model.runtime import resolve_device, seed_everything
+from model.runtime import autocast, grad_scaler, resolve_device, resolved_precision, seed_everything, set_deterministic
 
 SPLITS = ("train", "dev", "test")
 IGNORE_LABEL = -100  # label at padded positions (never read: losses and scores use the mask)
@@ -72,7 +72,7 @@ class PaddedSplit:
     speakers: torch.Tensor              # (n, Tmax) int64, padding = fusion.max_speakers
     labels: torch.Tensor                # (n, Tmax) int64, IGNORE_LABEL at padding
     mask: torch.Tensor                  # (n, Tmax) bool, True at real utterances
-    lengths: torch.Tensor               # (n,) int64, on the CPU (batch trimming needs no device sync)
+    lengths: torch.Tensor               # (n,) int64, on the CPU (batch trimming and packing need no device sync)
 
     @classmethod
     def build(cls, split: SplitFeatures, modalities: list[str], padding_speaker: int,
@@ -101,11 +101,17 @@ class PaddedSplit:
 
     def batch(self, index: torch.Tensor) -> dict:
         """The dialogues at `index` (CPU int64), trimmed to the longest of them."""
-        t = int(self.lengths[index].max())
+        lengths = self.lengths[index]
+        t = int(lengths.max())
         idx = index.to(self.mask.device)
+        # The flat (b * t + position) index of every real utterance, from the lengths on the host: the model
+        # packs rows and the loss picks them with it, so neither asks the device where the mask is True.
+        starts = torch.arange(len(lengths)) * t
+        rows = torch.repeat_interleave(starts, lengths) + torch.cat([torch.arange(int(n)) for n in lengths])
         return {"inputs": {m: x[idx, :t] for m, x in self.inputs.items()},
                 "present": {m: p[idx, :t] for m, p in self.present.items()},
-                "speakers": self.speakers[idx, :t], "labels": self.labels[idx, :t], "mask": self.mask[idx, :t]}
+                "speakers": self.speakers[idx, :t], "labels": self.labels[idx, :t], "mask": self.mask[idx, :t],
+                "rows": rows.to(self.mask.device, non_blocking=True)}
 
 
 def _check_features(cfg: MAGTKDConfig, features: Stage1Features) -> None:
@@ -131,28 +137,42 @@ def _check_features(cfg: MAGTKDConfig, features: Stage1Features) -> None:
 # ---- one epoch -----------------------------------------------------------------------------------
 
 def _forward(model, batch: dict) -> dict:
+    if isinstance(model, AnchorGatedTransformer):
+        return model(batch["inputs"], batch["speakers"], batch["mask"], batch["present"], rows_index=batch["rows"])
     return model(batch["inputs"], batch["speakers"], batch["mask"], batch["present"])
 
 
-def _train_epoch(cfg, model, data: PaddedSplit, optimizer, scheduler, generator, epoch: int) -> float:
+def train_step(cfg, model, batch: dict, optimizer, scheduler, scaler, device) -> torch.Tensor:
+    """One optimisation step; returns the loss as a device tensor. Nothing here waits for the device
+    (no .item(), no boolean-mask gathers, no finiteness test): a GPU queues step after step, and the
+    epoch checks finiteness once (tests/test_gpu_paths.py counts the syncs)."""
+    with autocast(cfg.train.precision, device):
+        loss = stage2_loss(cfg, _forward(model, batch), batch["labels"], batch["mask"], rows=batch["rows"])
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)     # clip the true gradients (a no-op unless fp16 scales them)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.detach().float()
+
+
+def _train_epoch(cfg, model, data: PaddedSplit, optimizer, scheduler, generator, epoch: int,
+                 scaler=None, device=torch.device("cpu")) -> float:
     model.train()
+    scaler = scaler or grad_scaler("fp32", device)
     order = torch.randperm(len(data), generator=generator)
-    bs, losses = cfg.train.batch_size, []
-    for step, start in enumerate(range(0, len(data), bs), start=1):
-        batch = data.batch(order[start:start + bs])
-        loss = stage2_loss(cfg, _forward(model, batch), batch["labels"], batch["mask"])
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DivergedError(f"stage-2 training loss is {value} at epoch {epoch}, step {step} "
-                                f"(lr {scheduler.get_last_lr()[0]:.3g}): lower train.lr or check the "
-                                f"stage-1 features for NaN/inf")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(value)
-    return float(np.mean(losses))
+    bs = cfg.train.batch_size
+    total, steps = torch.zeros((), device=device), 0
+    for start in range(0, len(data), bs):
+        total += train_step(cfg, model, data.batch(order[start:start + bs]), optimizer, scheduler, scaler, device)
+        steps += 1
+    value = total.item() / steps    # the epoch's one host sync
+    if not math.isfinite(value):
+        raise DivergedError(f"stage-2 training loss is {value} in epoch {epoch} (lr {scheduler.get_last_lr()[0]:.3g}): "
+                            f"lower train.lr, try train.precision=fp32, or check the stage-1 features for NaN/inf")
+    return value
 
 
 @torch.no_grad()
@@ -163,10 +183,11 @@ def evaluate(cfg, model, data: PaddedSplit, labels: list[str]) -> dict:
     size = cfg.train.batch_size * EVAL_BATCH_FACTOR
     for start in range(0, len(data), size):
         batch = data.batch(torch.arange(start, min(start + size, len(data))))
-        out = _forward(model, batch)
-        mask = batch["mask"]
-        n = int(mask.sum())
-        loss_sum += stage2_loss(cfg, out, batch["labels"], mask).item() * n
+        with autocast(cfg.train.precision, next(model.parameters()).device):
+            out = _forward(model, batch)
+            mask = batch["mask"]
+            n = int(mask.sum())
+            loss_sum += stage2_loss(cfg, out, batch["labels"], mask).item() * n
         count += n
         logits = out["logits"][out["prediction"]][mask]
         preds.append(logits.argmax(dim=-1).cpu())
@@ -248,10 +269,14 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
 
 def train_stage2(cfg: MAGTKDConfig, features: Stage1Features,
                  on_epoch: Optional[Callable[[dict, dict], None]] = None,
-                 resume_state: Optional[dict] = None) -> Stage2Result:
-    """Train the stage-2 fusion model on stage-1 vectors; see the module docstring."""
+                 resume_state: Optional[dict] = None,
+                 checkpoint_due: Callable[[int], bool] = lambda epoch: True) -> Stage2Result:
+    """Train the stage-2 fusion model on stage-1 vectors; see the module docstring. The host copy of the
+    model and optimizer goes into `state` only for epochs where `checkpoint_due(epoch)`; otherwise `state`
+    holds the light parts (epoch, selection, history)."""
     _check_features(cfg, features)
     device = resolve_device(cfg.train.device)
+    set_deterministic(cfg.train.deterministic)
     labels = list(features.labels)
     modalities = list(cfg.fusion.modalities)
     seed_everything(cfg.seed)
@@ -265,6 +290,7 @@ def train_stage2(cfg: MAGTKDConfig, features: Stage1Features,
     warmup = int(round(cfg.train.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup, total_steps))
     generator = torch.Generator().manual_seed(cfg.seed)   # shuffling only: independent of dropout's draws
+    scaler = grad_scaler(cfg.train.precision, device)
 
     done, best, history = 0, None, []
     if resume_state is not None:
@@ -276,20 +302,22 @@ def train_stage2(cfg: MAGTKDConfig, features: Stage1Features,
         _set_rng_state(resume_state["rng"], generator, device)
 
     for epoch in range(done + 1, cfg.train.epochs + 1):
-        train_loss = _train_epoch(cfg, model, data["train"], optimizer, scheduler, generator, epoch)
+        train_loss = _train_epoch(cfg, model, data["train"], optimizer, scheduler, generator, epoch, scaler, device)
         dev = evaluate(cfg, model, data["dev"], labels)
         test = evaluate(cfg, model, data["test"], labels)
         best = _select(best, epoch, dev, test, cfg.train.select_on)
         metrics = epoch_report(epoch, train_loss, dev, test, best, labels)
         history.append(metrics)
         if on_epoch is not None:
-            state = {"epoch": epoch, "model": _cpu_copy(model.state_dict()),
-                     "optimizer": _cpu_copy(optimizer.state_dict()), "scheduler": _cpu_copy(scheduler.state_dict()),
-                     "best": copy.deepcopy(best), "history": copy.deepcopy(history),
-                     "rng": _rng_state(generator, device), "config_hash": cfg.content_hash()}
+            state = {"epoch": epoch, "best": copy.deepcopy(best), "history": copy.deepcopy(history),
+                     "config_hash": cfg.content_hash()}
+            if checkpoint_due(epoch):   # the device -> host copy (0.4 GB at width 768) only when it is saved
+                state.update({"model": _cpu_copy(model.state_dict()), "optimizer": _cpu_copy(optimizer.state_dict()),
+                              "scheduler": _cpu_copy(scheduler.state_dict()), "rng": _rng_state(generator, device)})
             on_epoch(dict(metrics), state)
 
     return Stage2Result(metrics=dict(history[-1]) if history else {}, history=history, labels=labels,
                         n_parameters=count_parameters(model),
                         info={"device": str(device), "steps_per_epoch": str(steps_per_epoch),
+                              "precision": resolved_precision(cfg.train.precision, device),
                               "anchor": getattr(model, "anchor_modality", "concat")})

@@ -58,7 +58,8 @@ def usable_config(cfg: MAGTKDConfig, features: Stage1Features) -> tuple[MAGTKDCo
 def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
               on_epoch: Optional[Callable[[dict, dict], None]] = None,
               resume_state: Optional[dict] = None,
-              log: Callable[[str], None] = print) -> TrialResult:
+              log: Callable[[str], None] = print,
+              checkpoint_due: Callable[[int], bool] = lambda epoch: True) -> TrialResult:
     if cfg.data.name == "features":  # the authors' released stage-1 output: no stage 1 to run
         fingerprint, features, notes = cached_author_features(cfg, cache_dir, log=log)
         ids = {s: positional_ids(features.splits[s].dialogue_lengths) for s in PREDICTION_SPLITS}
@@ -80,7 +81,7 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
         if on_epoch is not None:
             on_epoch(metrics, state)
 
-    result = train_stage2(run_cfg, features, on_epoch=record, resume_state=resume_state)
+    result = train_stage2(run_cfg, features, on_epoch=record, resume_state=resume_state, checkpoint_due=checkpoint_due)
     return TrialResult(metrics=dict(history[-1]) if history else dict(result.metrics), history=history,
                        labels=list(features.labels), masked_modalities=masked,
                        dataset_fingerprint=fingerprint, notes=notes)

@@ -502,6 +502,7 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         if mode == "shared":
             caption.append(f"{SHARED_STAGE1_MARK} Stage 1 shared while the row changes stage 1: the comparison "
                            f"rests on one stage-1 draw per side, so its p-value and CI understate the uncertainty.")
+    caption.append(_encoder_caption(sweep))
     stage1 = _stage1_caption(sweep)
     if stage1:
         caption.append(stage1)
@@ -516,6 +517,30 @@ def _caption(sweep: Sweep, metric: str, baseline: str) -> tuple[list[str], str]:
         caption.append(f"Masked modalities (asked for but absent from the data, so left out of the model): "
                        f"{'; '.join(parts)}.")
     return caption, warning
+
+
+def _encoder_caption(sweep: Sweep) -> str:
+    """The encoders behind the table (trial tags encoder.text/audio/video: checkpoint and weights hash, or
+    'tiny (random-initialised)'); several settings are listed with the variants that used them."""
+    parts = []
+    absent = set.intersection(*(set(t.masked_modalities) for t in sweep.trials)) if sweep.trials else set()
+    for modality in ("text", "audio", "video"):
+        if modality in absent:
+            parts.append(f"{modality} none (absent from the data)")
+            continue
+        used: dict[str, list[str]] = {}
+        for trial in sweep.trials:
+            text = trial.tags.get(f"encoder.{modality}", "not recorded")
+            if trial.variant not in used.setdefault(text, []):
+                used[text].append(trial.variant)
+        if len(used) == 1:
+            parts.append(f"{modality} {next(iter(used))}")
+        elif used:
+            parts.append(f"{modality} " + "; ".join(f"{text} ({', '.join(vs)})" for text, vs in used.items()))
+    random = any("random-initialised" in p for p in parts)
+    return ("Encoders: " + ", ".join(parts) + "."
+            + (" Random-initialised encoders were not pretrained: these rows do not measure MAGTKD's encoders."
+               if random and sweep.tags.get("dataset", "synthetic") != "synthetic" else ""))
 
 
 def _stage1_caption(sweep: Sweep) -> str:

@@ -1,8 +1,9 @@
 """Command line of the sweep engine: `ablate`, `tune`, `sync` (registered into run_sweep.py's parser).
 
     python run_sweep.py ablate ablations/demo.yaml
-    python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw train.epochs=5 --gpus-per-trial 0.5
-    python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw --from-tune fusion
+    python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw stage1.text_encoder=/models/roberta-large \
+        stage1.audio_encoder=/models/data2vec-audio-base stage1.video_encoder=/models/timesformer-base --dry-run
+    python run_sweep.py ablate ablations/meld_text.yaml data.path=/data/MELD.Raw --from-tune fusion
     python run_sweep.py tune search_spaces/fusion.yaml data.path=/data/MELD.Raw --num-samples 20 --time-budget 3600
     python run_sweep.py tune search_spaces/fusion.yaml ... --address auto       # join a running Ray cluster
     python run_sweep.py sync demo                                              # Ray storage -> MLflow
@@ -25,9 +26,13 @@ from sweep.tracking import SweepError, default_tracking_uri
 
 _EPILOG_ABLATE = """examples:
   python run_sweep.py ablate ablations/demo.yaml
-  python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw train.epochs=5
-  python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw --from-tune fusion
+  python run_sweep.py ablate ablations/magtkd.yaml data.path=/data/MELD.Raw stage1.text_encoder=/models/roberta-large \
+      stage1.audio_encoder=/models/data2vec-audio-base stage1.video_encoder=/models/timesformer-base --dry-run
+  python run_sweep.py ablate ablations/meld_text.yaml data.path=../shared/data/meld train.epochs=5
   python run_sweep.py ablate ablations/demo.yaml --output /scratch/runs --max-concurrent 4 --cpus-per-trial 0.5
+
+On a real dataset, 'tiny' (random) encoders are refused: name checkpoints with stage1.text_encoder=... (and
+audio/video), or pass stage1.allow_random_encoders=true for a smoke test. --dry-run prints the plan first.
 
 Overrides are dotted config keys (see core/config.py); they apply to every variant and win over the
 variants' own overrides. Rerun the same command to resume an interrupted sweep; trials whose identity
@@ -64,6 +69,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="retries of a crashed trial from its last checkpoint (default: the spec's max_failures)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="stage-1 feature cache (default OUTPUT/cache); share it between sweeps and nodes")
+    parser.add_argument("--num-gpus", type=float, default=None, metavar="N",
+                        help="GPUs of the local Ray (default: those torch sees). Ray schedules by this count; on a "
+                             "machine without GPUs (tests) they are logical and trials must use train.device=cpu")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything that needs no training and print the plan (trials, stage-1 entries, "
+                             "encoders, data, resources, outputs); every problem at once, exit 2; starts and "
+                             "writes nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the trials' output")
     parser.add_argument("--strict", action="store_true",
                         help="refuse data in which a label has no training examples (otherwise a warning)")
@@ -84,7 +96,7 @@ def _options(args: argparse.Namespace):
                         num_samples=getattr(args, "num_samples", None), time_budget=getattr(args, "time_budget", None),
                         from_tune=getattr(args, "from_tune", None),
                         cache_dir=Path(args.cache_dir) if args.cache_dir else None, verbose=args.verbose,
-                        strict=args.strict)
+                        strict=args.strict, num_gpus=args.num_gpus, dry_run=args.dry_run)
 
 
 def _guard(func):

@@ -43,7 +43,8 @@ from typing import Any, Optional, Sequence
 
 from filelock import FileLock, Timeout
 
-from core.config import ConfigError, absolute_path_overrides, stable_hash
+from core.config import ConfigError, absolute_path_overrides, random_encoder_problem, stable_hash
+from core.schema import DataError
 from core.environment import worker_env
 from dialogue_data.registry import load_dataset
 from sweep import tracking
@@ -56,7 +57,8 @@ from sweep.search_space import SearchSpec, load_search_space
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
 from sweep.tracking import SweepError
-from sweep.trainable import train_trial
+from sweep.trainable import train_trial, trial_config
+from model.encoder_ids import describe_encoders
 
 # torch, Ray, MLflow and Optuna are imported inside the functions that use them: each costs seconds, and a
 # bad spec or output directory must fail before any of that.
@@ -82,6 +84,9 @@ class SweepOptions:
     from_tune: Optional[str] = None        # ablate only: start from the best config of this tune sweep
     cache_dir: Optional[Path] = None       # stage-1 feature cache (default <output>/cache)
     num_cpus: Optional[int] = None         # CPUs of a local Ray (default: all)
+    num_gpus: Optional[float] = None       # GPUs of a local Ray (default: those torch sees); logical ones work:
+                                           # Ray schedules by the count, a trial with train.device=cpu never uses them
+    dry_run: bool = False                  # check and print the plan; start nothing, write nothing
     verbose: bool = False
     strict: bool = False                   # refuse data with a label that has no training examples
     callbacks: Sequence[Any] = ()          # extra Tune callbacks (tests inject faults; a resume keeps the first's)
@@ -94,6 +99,7 @@ class SweepOutcome:
     name: str
     kind: str
     status: str                            # finished | failures | interrupted | unrecorded (MLflow failed at the end)
+                                           # | planned, refused (--dry-run: the plan printed; problems found)
     trained: int = 0                       # trials run by this invocation
     skipped: int = 0                       # trials of the plan already final (FINISHED/FAILED) in MLflow
     experiment_id: str = ""
@@ -105,7 +111,8 @@ class SweepOutcome:
 
     @property
     def exit_code(self) -> int:
-        return {"finished": 0, "failures": FAILURES_EXIT, "interrupted": INTERRUPTED_EXIT}.get(self.status, 1)
+        return {"finished": 0, "failures": FAILURES_EXIT, "interrupted": INTERRUPTED_EXIT, "planned": 0,
+                "refused": 2}.get(self.status, 1)
 
 
 # ---- validation before anything is created ---------------------------------------------------------
@@ -164,7 +171,8 @@ def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> 
         out[key] = {"fingerprint": dataset.fingerprint(), "labels": list(dataset.labels),
                     "available": [m for m in ("text", "audio", "video") if coverage.get(m, 0) > 0],
                     "name": dataset.name, "source": dataset.source,
-                    "media_coverage": media_coverage(dataset) if cfg.data.media_dir else ""}
+                    "media_coverage": media_coverage(dataset) if cfg.data.media_dir else "",
+                    "coverage": {split: dataset.coverage(split) for split in dataset.splits}}
     return out
 
 
@@ -200,21 +208,50 @@ def _check_local_paths(cfgs) -> None:
                                   f"expected; nothing is downloaded)")
 
 
-def _check_local_resources(resources, opts: SweepOptions) -> None:
-    """A local Ray has this machine's CPUs and GPUs: a trial asking for more would wait forever."""
+def local_gpus(opts: SweepOptions) -> float:
+    """The GPUs a local Ray gets: --num-gpus, else the NVIDIA GPUs this process may see (CUDA_VISIBLE_DEVICES
+    when set, else the driver's list), counted as Ray does and without importing torch (seconds)."""
+    if opts.num_gpus is not None:
+        return float(opts.num_gpus)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return float(len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    listing = Path("/proc/driver/nvidia/gpus")
+    return float(len(list(listing.iterdir()))) if listing.is_dir() else 0.0
+
+
+def _check_local_resources(resources, opts: SweepOptions, problems: Optional["Problems"] = None) -> None:
+    """A local Ray has this machine's CPUs and GPUs (or --num-gpus): a trial or a stage-1 task asking for more
+    would wait forever. Each shortfall is its own problem (collected when `problems` is given)."""
     if cluster_address(opts.address):
         return  # checked against the cluster once joined
+    problems = problems or _Raising()
     cpus = opts.num_cpus or os.cpu_count() or 1
-    if resources.cpu > cpus:
-        raise ConfigError(f"each trial asks for {resources.cpu:g} CPUs (resources.cpu / --cpus-per-trial) but this "
-                          f"machine has {cpus}; lower it (fractions such as 0.5 are fine)")
-    if resources.gpu > 0:
-        import torch
+    stage1 = resources.stage1 or resources
+    problems.run(_check_here, "each trial asks", resources.cpu, "CPUs", "resources.cpu / --cpus-per-trial", cpus,
+                 "lower it (fractions such as 0.5 are fine)")
+    problems.run(_check_here, "each stage-1 task asks", stage1.cpu, "CPUs", "resources.stage1.cpu", cpus, "lower it")
+    if max(resources.gpu, stage1.gpu) == 0:
+        return
+    gpus = local_gpus(opts)
+    fix = ("use --gpus-per-trial 0 and resources.stage1.gpu 0, or --address to join a cluster with GPUs"
+           if gpus == 0 else "lower it")
+    problems.run(_check_here, "trials ask", resources.gpu, "GPU each", "resources.gpu / --gpus-per-trial", gpus, fix)
+    problems.run(_check_here, "stage-1 tasks ask", stage1.gpu, "GPU each", "resources.stage1.gpu", gpus, fix)
 
-        if torch.cuda.device_count() == 0:
-            raise ConfigError(f"trials ask for {resources.gpu:g} GPU each (resources.gpu / --gpus-per-trial) but "
-                              f"this machine has none: use --gpus-per-trial 0, or --address to join a cluster "
-                              f"with GPUs")
+
+def _check_here(who: str, need: float, unit: str, keys: str, have: float, fix: str) -> None:
+    if need > have:
+        has = f"{have:g}" if have else "none"
+        raise ConfigError(f"{who} for {need:g} {unit} ({keys}) but this machine has {has}; {fix}")
+
+
+class _Raising:
+    """Problems' interface for a caller that wants the first error raised."""
+
+    @staticmethod
+    def run(check, *args, **kwargs):
+        return check(*args, **kwargs)
 
 
 def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
@@ -240,74 +277,198 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
                        f"{best.info.run_id}, {metric} {best.data.metrics[metric]:.4f}, {overrides}")
 
 
-def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepPlan:
-    """Step 1: every check that needs neither Ray nor a write."""
-    output = check_output_dir(Path(opts.output))
-    check_options(opts)
-    tracking_uri = opts.tracking_uri or tracking.default_tracking_uri(output)
-    tracking.check_store(tracking_uri)
+class Problems:
+    """Every check before a sweep starts is a function whose error is collected here, so that a user
+    sees all of them at once (`--dry-run` prints them; a launch refuses with all of them) instead of
+    one per try. Checks that need an earlier result (the data need the spec) run only when it exists."""
+
+    def __init__(self):
+        self.errors: list[Exception] = []
+
+    def run(self, check, *args, **kwargs):
+        """check(*args, **kwargs), or None with its error kept."""
+        try:
+            return check(*args, **kwargs)
+        except (ConfigError, DataError, SweepError) as err:   # RayStartError is a SweepError
+            self.add(err)
+            return None
+
+    def add(self, err: Exception) -> None:
+        if str(err) not in {str(e) for e in self.errors}:   # one message once, however many trials share it
+            self.errors.append(err)
+
+    def raise_all(self) -> None:
+        """One problem: raised as it is (its type decides the exit code); several: one ConfigError listing all."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigError(f"{len(self.errors)} problems (nothing was started):\n"
+                              + "\n".join(f"  {i}. {err}" for i, err in enumerate(self.errors, 1)))
+
+
+# A stand-in for a data.path the user did not give: the spec still loads, so that every other check runs
+# (and reports) in the same try; nothing is read from it.
+MISSING_DATA_PATH = "/data.path-not-given"
+
+
+def _load_spec(kind: str, spec_path, cli: dict, extra, problems: Problems):
+    """The spec with the command line; a missing data.path is reported and the spec loaded without it."""
+    def load(overrides):
+        if kind == "ablate":
+            return load_ablation(spec_path, overrides, extra_base=extra)
+        return load_search_space(spec_path, overrides)
+
+    try:
+        return load(cli)
+    except ConfigError as err:
+        problems.add(err)
+        if "'data.path' is required" in str(err) and "data.path" not in cli:
+            return problems.run(load, {**cli, "data.path": MISSING_DATA_PATH})
+        return None
+
+
+def _check_tracking_store(tracking_uri: str, output: Path) -> None:
+    tracking.check_store(tracking_uri)   # scheme, a server's /health, an intact SQLite store
     db = tracking.sqlite_path(tracking_uri)
     if db is not None and output not in db.resolve().parents:
         check_output_dir(db.parent)  # a store elsewhere must be writable too
-    cli = parse_cli_overrides(overrides)
+
+
+def _check_random_encoders(cfg, data: Optional[dict]) -> None:
+    """`tiny` encoders on a real dataset are refused unless stage1.allow_random_encoders=true, for the
+    modalities the data carry (from the loaded data; without them, text, and media when data.media_dir is set)."""
+    if data is not None:
+        carried = data[data_key(cfg)]["available"]
+    else:
+        carried = ["text"] + (["audio", "video"] if cfg.data.media_dir else [])
+    problem = random_encoder_problem(cfg, carried)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _check_device(cfg, resources) -> None:
+    """Inside Ray a worker sees only its own GPUs: cuda:N cannot be honoured, and cuda needs a GPU given."""
+    device = cfg.train.device
+    if device.startswith("cuda:"):
+        raise ConfigError(f"key 'train.device': {device} is refused in a sweep: each Ray worker sees only the GPUs "
+                          f"Ray gave it. Use train.device=auto (or cuda) and resources.gpu / --gpus-per-trial")
+    stage1_gpu = (resources.stage1 or resources).gpu
+    if device == "cuda" and (resources.gpu == 0 or stage1_gpu == 0):
+        which = "trials" if resources.gpu == 0 else "stage-1 tasks (resources.stage1.gpu)"
+        raise ConfigError(f"key 'train.device': cuda, but the {which} get no GPU: ask for one (resources.gpu / "
+                          f"--gpus-per-trial, resources.stage1.gpu) or use train.device=auto")
+
+
+def _check_counts(max_concurrent: int, max_failures: int) -> None:
+    if max_concurrent < 0:
+        raise ConfigError(f"--max-concurrent must be >= 0 (0 = as many as fit), got {max_concurrent}")
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
+
+
+def device_type(cfg, resources) -> str:
+    """cuda | cpu | mps: the kind of device a trial of this config runs on (part of its identity: a GPU
+    run and a CPU run of one config give different numbers). `auto` is a GPU only when the trial gets one."""
+    device = cfg.train.device
+    if device == "auto":
+        return "cuda" if resources.gpu > 0 else "cpu"
+    return device.split(":")[0]
+
+
+def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions,
+            problems: Optional[Problems] = None) -> SweepPlan:
+    """Step 1: every check that needs neither Ray nor a write. Each check's error is collected: with
+    `problems` given (--dry-run) the caller reads them, else they are raised together at the end."""
+    own = problems is None
+    problems = Problems() if own else problems
+    output = problems.run(check_output_dir, Path(opts.output))
+    problems.run(check_options, opts)
+    tracking_uri = opts.tracking_uri or (tracking.default_tracking_uri(output) if output else "")
+    if tracking_uri and output:
+        problems.run(_check_tracking_store, tracking_uri, output)
+    cli = problems.run(parse_cli_overrides, overrides)
     notes: list[str] = []
     git = tracking.git_commit(PROJECT_ROOT)
     code = code_fingerprint(opts.code_dirs)
+    output = output or Path(opts.output).expanduser().resolve()
     cache_dir = Path(opts.cache_dir).expanduser().resolve() if opts.cache_dir else output / "cache"
     if opts.cache_dir:  # a file there, or no write access, would fail stage 1 after Ray started
-        check_output_dir(cache_dir, "--cache-dir")
+        problems.run(check_output_dir, cache_dir, "--cache-dir")
+
+    extra, note = None, ""
+    if kind == "ablate" and opts.from_tune and tracking_uri:
+        best = problems.run(lambda: _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri))
+        if best is not None:
+            extra, note = best
+            notes.append(f"starting from the {note}")
+    spec = _load_spec(kind, spec_path, cli if cli is not None else {}, extra, problems)
+    if spec is None:   # _load_spec kept its error
+        if own:
+            problems.raise_all()
+        raise Refused()
+
+    cfgs = [p.cfg for p in spec.trials()] if kind == "ablate" else [spec.base]
+    data_given = [c for c in cfgs if c.data.path != MISSING_DATA_PATH]
+    before = len(problems.errors)
+    problems.run(_check_local_paths, data_given)
+    paths_ok = len(problems.errors) == before
+    resources = problems.run(check_resources,
+                             opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
+                             opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,
+                             "--cpus-per-trial/--gpus-per-trial")
+    if resources is not None:
+        resources = dataclasses.replace(resources, stage1=spec.resources.stage1)
+        _check_local_resources(resources, opts, problems)
+        for cfg in cfgs:
+            problems.run(_check_device, cfg, resources)
+    problems.run(check_devices, cfgs, cluster_address(opts.address))
+    notes += device_notes(cfgs, cluster_address(opts.address))
+    max_concurrent = opts.max_concurrent if opts.max_concurrent is not None else spec.max_concurrent
+    max_failures = opts.max_failures if opts.max_failures is not None else spec.max_failures
+    problems.run(_check_counts, max_concurrent, max_failures)
+    if output:
+        problems.run(within, output, "ray", spec.name)  # the name was checked; this is the belt to its braces
+    if cluster_address(opts.address):
+        problems.run(probe, cluster_address(opts.address))  # a cluster that is not there: seconds, nothing written
+    data = problems.run(_data_info, data_given, opts.strict, cache_dir) if paths_ok and len(data_given) == len(cfgs) else None
+    for cfg in cfgs:
+        problems.run(_check_random_encoders, cfg, data)
+    if problems.errors:
+        if own:
+            problems.raise_all()
+        raise Refused()
 
     if kind == "ablate":
-        extra, note = None, ""
-        if opts.from_tune:
-            extra, note = _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri)
-            notes.append(f"starting from the {note}")
-        spec = load_ablation(spec_path, cli, extra_base=extra)
-        cfgs = [p.cfg for p in spec.trials()]
-        _check_local_paths(cfgs)
-        check_devices(cfgs, cluster_address(opts.address))
-        notes += device_notes(cfgs, cluster_address(opts.address))
-        data = _data_info(cfgs, opts.strict, cache_dir)
         # The plan key names the Ray experiment: the identities, and the store (a restored Tune callback
         # writes to the store it was pickled with).
         common = {"sweep": spec.name, "cache_dir": str(cache_dir), "code_fingerprint": code}
-        settings, identities, parent_tags = ablation_plan(spec, data, common)
+        settings, identities, parent_tags = ablation_plan(spec, data, common, lambda c: device_type(c, resources))
         plan_key = stable_hash([identities, tracking_uri])
         for s in settings:
             s["plan_key"] = plan_key
+            s["encoders"] = describe_encoders(trial_config({"trial": s}).stage1)
         parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
                             "media_coverage": _media_coverage(data),
                             "from_tune_source": note})  # the ablation report's caption names the trial
     else:
-        spec = load_search_space(spec_path, cli)
         parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
-        _check_local_paths([spec.base])
-        check_devices([spec.base], cluster_address(opts.address))
-        notes += device_notes([spec.base], cluster_address(opts.address))
-        data = _data_info([spec.base], opts.strict, cache_dir)
         settings = []
-        plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri])
+        parent_tags["device_type"] = device_type(spec.base, resources)
+        plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri,
+                                parent_tags["device_type"]])
         parent_tags["dataset"] = _dataset_names(data)
         parent_tags["media_coverage"] = _media_coverage(data)
-
-    resources = check_resources(opts.cpus_per_trial if opts.cpus_per_trial is not None else spec.resources.cpu,
-                                opts.gpus_per_trial if opts.gpus_per_trial is not None else spec.resources.gpu,
-                                "--cpus-per-trial/--gpus-per-trial")
-    _check_local_resources(resources, opts)
-    max_concurrent = opts.max_concurrent if opts.max_concurrent is not None else spec.max_concurrent
-    if max_concurrent < 0:
-        raise ConfigError(f"--max-concurrent must be >= 0 (0 = as many as fit), got {max_concurrent}")
-    max_failures = opts.max_failures if opts.max_failures is not None else spec.max_failures
-    if max_failures < 0:
-        raise ConfigError(f"--max-failures must be >= 0, got {max_failures}")
-    within(output, "ray", spec.name)  # the name was checked; this is the belt to its braces
-    if cluster_address(opts.address):
-        probe(cluster_address(opts.address))  # a cluster that is not there: seconds, and nothing written yet
+    encoders = sorted({json.dumps(describe_encoders(cfg.stage1), sort_keys=True) for cfg in cfgs})
+    parent_tags["encoders"] = "; ".join(", ".join(f"{m} {d}" for m, d in json.loads(e).items()) for e in encoders)
     plan = SweepPlan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures,
                      settings, plan_key, parent_tags, data, code, notes)
     parent_tags.update({"git_commit": git, "spec_path": str(spec.path), "dataset_path": spec.base.data.path,
                         "plan_key": plan_key, "code_fingerprint": code, "ray_experiment": plan.exp_name})
     return plan
+
+
+class Refused(Exception):
+    """prepare() with a caller's Problems found some: the caller (--dry-run) reports them."""
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -321,7 +482,7 @@ def trial_dirname(trial) -> str:
 def _ray_init(opts: SweepOptions) -> bool:
     """Start a private local Ray, or join --address / RAY_ADDRESS (sweep/ray_start.py); returns whether
     this call started it (and must stop it)."""
-    return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, worker_env())
+    return start_ray(cluster_address(opts.address), opts.num_cpus, opts.verbose, worker_env(), num_gpus=opts.num_gpus)
 
 
 def _check_cluster(resources, cfgs) -> None:
@@ -350,6 +511,10 @@ def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: 
     """validate -> lock -> parent run -> [Ray start, stage 1] -> fit -> record -> finish."""
     if kind not in ("ablate", "tune"):
         raise ValueError(kind)
+    if opts.dry_run:   # checks and the plan only: no Ray, no MLflow, nothing written
+        from sweep.dry_run import dry_run
+
+        return dry_run(kind, spec_path, overrides, opts)
     _quiet(opts.verbose)
     plan = prepare(kind, spec_path, overrides, opts)
     for note in plan.notes:
@@ -677,7 +842,8 @@ def _tune_constants(plan: SweepPlan) -> dict:
     return {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
             "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
             "data": plan.data_info[data_key(spec.base)], "code_fingerprint": plan.code,
-            "plan_key": plan.plan_key}
+            "plan_key": plan.plan_key, "device_type": plan.parent_tags["device_type"],
+            "encoders": describe_encoders(spec.base.stage1)}
 
 
 def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions, constants: dict):

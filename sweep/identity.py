@@ -4,7 +4,8 @@ A trial's identity is a hash of everything that decides its numbers:
   - the resolved config (`cfg.content_hash()`, which covers the seed),
   - the dataset's fingerprint (a content hash: one changed label changes it),
   - the code fingerprint (the source of the packages that compute results, `CODE_PACKAGES`),
-  - the stage-1 cache key (`{dataset fingerprint}-{cfg.stage1_hash()}`, as `pipeline.trial` builds it).
+  - the stage-1 cache key (`{dataset fingerprint}-{cfg.stage1_hash()}`, as `pipeline.trial` builds it),
+  - the kind of device it runs on (cpu, cuda: `engine.device_type`).
 It is the child run's `trial_identity` tag. Skipping finished work, resuming, deduplicating and the
 report's cells all ask `representative()` which run stands for an identity, so they cannot disagree.
 
@@ -46,9 +47,11 @@ def stage1_key(cfg, data_fingerprint: str) -> str:
     return f"{data_fingerprint}-{cfg.stage1_hash()}"
 
 
-def trial_identity(cfg, data_fingerprint: str, code: str) -> str:
+def trial_identity(cfg, data_fingerprint: str, code: str, device_type: str = "cpu") -> str:
+    """`device_type` (cpu | cuda | mps): a GPU run and a CPU run of one config are different trials
+    (kernels differ, and so do the numbers; train.deterministic makes each repeatable, not equal)."""
     payload = {"config": cfg.content_hash(), "data": data_fingerprint, "code": code,
-               "stage1": stage1_key(cfg, data_fingerprint)}
+               "stage1": stage1_key(cfg, data_fingerprint), "device": device_type}
     return stable_hash(payload)
 
 

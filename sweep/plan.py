@@ -70,8 +70,10 @@ class SweepPlan:
         return [s["identity"] for s in self.trial_settings]
 
 
-def ablation_plan(spec: AblationSpec, data: dict, common: dict) -> tuple[list[dict], list[str], dict[str, str]]:
-    """Trial settings (launch order), the plan (identities) and parent tags of an ablation."""
+def ablation_plan(spec: AblationSpec, data: dict, common: dict,
+                  device_type=lambda cfg: "cpu") -> tuple[list[dict], list[str], dict[str, str]]:
+    """Trial settings (launch order), the plan (identities) and parent tags of an ablation;
+    `device_type(cfg)` is the kind of device each trial runs on (part of its identity)."""
     plans = spec.trials()
     base = spec.base.to_dict()
     settings = []
@@ -80,7 +82,9 @@ def ablation_plan(spec: AblationSpec, data: dict, common: dict) -> tuple[list[di
         settings.append({**common, "variant": p.variant, "slug": f"{p.slug}-s{p.seed}",
                          "run_name": f"{p.variant} s{p.seed}", "seed": p.seed, "base": base,
                          "overrides": p.overrides, "data": info, "config_hash": p.config_hash,
-                         "identity": trial_identity(p.cfg, info["fingerprint"], common["code_fingerprint"])})
+                         "device_type": device_type(p.cfg),
+                         "identity": trial_identity(p.cfg, info["fingerprint"], common["code_fingerprint"],
+                                                    device_type(p.cfg))})
     for s in settings:  # the trainable rebuilds each config from base + overrides: it must be the same one
         if trial_config({"trial": s}).content_hash() != s["config_hash"]:
             raise AssertionError(f"trial settings do not reproduce the config of {s['run_name']}")

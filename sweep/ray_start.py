@@ -83,9 +83,11 @@ def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     return address
 
 
-def start_ray(address: Optional[str], num_cpus: Optional[int], verbose: bool, worker_env: dict[str, str]) -> bool:
+def start_ray(address: Optional[str], num_cpus: Optional[int], verbose: bool, worker_env: dict[str, str],
+              num_gpus: Optional[float] = None) -> bool:
     """Start a private local Ray or join `address`. Returns whether this call started Ray (the caller
-    then shuts it down); False when the process already had Ray initialised."""
+    then shuts it down); False when the process already had Ray initialised. `num_gpus` tells a local
+    Ray how many GPUs it has (default: what it detects); they may be logical, as in the tests."""
     import ray
 
     if ray.is_initialized():
@@ -103,7 +105,7 @@ def start_ray(address: Optional[str], num_cpus: Optional[int], verbose: bool, wo
                                 f"local Ray.") from err
         return True
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     except Exception as err:
         raise RayStartError(f"could not start a local Ray ({type(err).__name__}: {str(err)[:300]}). Likely causes: "

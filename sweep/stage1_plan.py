@@ -127,11 +127,15 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
     Deterministic failures come back as `failure` (Ray must not retry them); other exceptions raise
     and Ray retries the task."""
     started = time.time()   # before the imports: loading torch and the encoders is part of the work
+    import torch
+
     from core.schema import DataError
     from dialogue_data.registry import load_dataset
     from model.stage1 import run_stage1
     from model.train import DivergedError
     from pipeline.media_loader import store_reader
+
+    from sweep.trainable import out_of_memory_reason, place_on_ray_worker
 
     lines: list[str] = []
 
@@ -142,8 +146,10 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
     computed = []
     info: dict = {}
     failure = ""
+    cfg, share, gpu_ids = None, 0.0, []
     try:
         cfg = trial_config({"trial": settings})
+        cfg, gpu_ids, share = place_on_ray_worker(cfg, lambda message: log(f"stage1: {message}"))
         dataset = load_dataset(cfg.data, cache_dir)
 
         def compute():
@@ -153,11 +159,15 @@ def compute_entry(settings: dict, cache_dir: str) -> dict:
         features = Stage1Cache(cache_dir, log=log).get_or_compute(entry_key(dataset.fingerprint(), cfg.stage1_hash()),
                                                                   compute, dataset.labels)
         info = {str(k): str(v) for k, v in features.info.items()}
+    except torch.OutOfMemoryError as err:   # a retry would fine-tune the text model again and fail at the same point
+        failure = out_of_memory_reason(err, cfg, share, "stage 1")[:2000]
+        log(f"stage1: failed: {failure}")
     except (DataError, ConfigError, FloatingPointError, DivergedError) as err:
         failure = f"{type(err).__name__}: {err}"[:2000]
         log(f"stage1: failed: {failure}")
     return {"computed": bool(computed), "info": info, "log": lines, "failure": failure, "started": started,
-            "ended": time.time(), "host": socket.gethostname()}
+            "ended": time.time(), "host": socket.gethostname(), "gpu_ids": ",".join(map(str, gpu_ids)),
+            "gpu_share": share}
 
 
 # ---- the driver's side -------------------------------------------------------------------------------
@@ -367,6 +377,9 @@ def _record(ctx: Stage1Context, entry: Stage1Entry, result: dict) -> str:
             "dataset": data.get("name", cfg.data.name), "dataset_fingerprint": data.get("fingerprint", ""),
             "stage1_hash": cfg.stage1_hash(), "stage1_source": entry.source or "computed",
             "device": info.get("device", ""), "host": result.get("host", ""),
+            "precision": info.get("precision", ""), "gpu_ids": str(result.get("gpu_ids", "")),
+            "gpu_share": f"{result.get('gpu_share', 0.0):g}",
+            **{f"encoder.{m}": info.get(f"{m}_encoder_id", "") for m in MODALITIES},
             "used_by": ", ".join(entry.users)[:5000]}
     if entry.failure:
         tags["failure_reason"] = entry.failure

@@ -94,6 +94,42 @@ def _failure_reason(err: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list, float]:
+    """This Ray worker's device for `cfg`, from the GPUs Ray gave it: (cfg with train.device resolved, the
+    GPU ids, the GPU share). `auto` with no GPU given is the CPU (and CUDA_VISIBLE_DEVICES is emptied:
+    Ray 2.60 leaves the node's GPUs visible there); `cuda:N` is refused; a fraction of a GPU caps this
+    process's share of its memory. Trials and stage-1 tasks both call this."""
+    import ray
+    import torch
+
+    from model.runtime import cap_gpu_memory, hide_gpus_unless_given, worker_device
+
+    gpu_ids = list(ray.get_gpu_ids())
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    device = worker_device(cfg.train.device, gpu_ids)
+    hide_gpus_unless_given(gpu_ids)
+    if device != cfg.train.device:
+        cfg = cfg.replace({"train.device": device})
+    capped = cap_gpu_memory(torch.device(device), share)
+    if log is not None:
+        log(f"device {device} (Ray gave GPU ids {gpu_ids or 'none'}, share {share:g}"
+            f"{f', memory capped at {capped:.0%}' if capped else ''})")
+    return cfg, gpu_ids, share
+
+
+def out_of_memory_reason(err: BaseException, cfg: MAGTKDConfig, share: float, stage: str) -> str:
+    """An out-of-memory as a failure that names what to lower (a retry would fail at the same point)."""
+    if stage == "stage 1":
+        what = (f"lower stage1.batch_size (now {cfg.stage1.batch_size}; evaluation batches are "
+                f"{cfg.stage1.batch_size}x8, audio at most 160 s of padded waveform), use stage1.precision=bf16, or "
+                f"give stage-1 tasks a whole GPU (resources.stage1.gpu)")
+    else:
+        what = (f"lower train.batch_size (now {cfg.train.batch_size}), use train.precision=bf16, or give each "
+                f"trial a larger share of a GPU (resources.gpu / --gpus-per-trial, now {share:g})")
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return f"out of GPU memory in {stage}: {what}. ({type(err).__name__}: {first})"
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable (module level: Ray pickles it by reference)."""
     # torch, Ray and the pipeline are imported in the worker only: the driver plans and records, never trains.
@@ -121,7 +157,7 @@ def train_trial(config: dict) -> None:
     def on_epoch(metrics: dict, state: dict) -> None:
         history.append(dict(metrics))
         predictions = state.pop("predictions_csv", "")   # never inside state.pt: a file beside it
-        if not cadence.due(int(metrics["epoch"])):
+        if "model" not in state:   # stage 2 copies the model to the host only when cadence.due said so
             tune.report(dict(metrics))
             return
         with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
@@ -136,12 +172,19 @@ def train_trial(config: dict) -> None:
     if stage1_failure:  # the driver's stage-1 task for this trial's entry failed for good: say why, once
         _report_failure(f"stage 1 failed: {stage1_failure}", history)
         return
+    cfg, share = None, 0.0
     try:
         cfg = trial_config(config)
         if history and int(history[-1]["epoch"]) >= cfg.train.epochs:
             return  # restored from the final epoch's checkpoint: the trial is already complete
+        cfg, _, share = place_on_ray_worker(cfg, _log)
         cadence = CheckpointCadence(cfg.train.checkpoint_interval_s, cfg.train.epochs)
-        run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log)
+        _record_span("start")
+        run_trial(cfg, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state, log=_log,
+                  checkpoint_due=lambda epoch: cadence.due(epoch))
+        _record_span("end")
+    except torch.OutOfMemoryError as err:   # the same batch fails the same way on a retry: report it, with the fix
+        _report_failure(out_of_memory_reason(err, cfg, share, "stage 2"), history)
     except (DivergedError, FloatingPointError, ConfigError, DataError) as err:  # would recur on every retry
         _report_failure(_failure_reason(err), history)
 
@@ -160,6 +203,24 @@ def _report_failure(reason: str, history: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
         _write_history(tmp, history, reason)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+SPAN_LOG_ENV = "MAGTKD_SPAN_LOG"   # a file: each trial appends its start and end (time, pid, GPU ids)
+
+
+def _record_span(event: str) -> None:
+    """With MAGTKD_SPAN_LOG set (the GPU-scheduling test and benchmarks/gpu_check.sh), append one JSON line
+    per trial start and end, so that how many trials ran at once is measured from the trials themselves."""
+    path = os.environ.get(SPAN_LOG_ENV)
+    if not path:
+        return
+    import ray
+    from ray import tune
+
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), "gpu_ids": list(ray.get_gpu_ids()),
+                       "trial": tune.get_context().get_trial_id()})
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def _log(message: str) -> None:

@@ -63,7 +63,7 @@ def test_changed_data_or_code_retrains_and_the_table_shows_the_new_runs_only(tmp
     code.mkdir()
     (code / "model.py").write_text("SCALE = 1\n")
     spec = write_ablation(tmp_path, "ident", TWO, seeds=(0,), epochs=2)
-    overrides = ["data.name=meld", f"data.path={data}"]
+    overrides = ["data.name=meld", f"data.path={data}", "stage1.allow_random_encoders=true"]  # a smoke test
     opts = SweepOptions(output=tmp_path / "runs", cache_dir=stage1_cache, code_dirs=[code])
     uri = tracking_uri_for(opts.output)
 

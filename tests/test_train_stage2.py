@@ -100,16 +100,17 @@ def test_resume_from_state_gives_identical_results():
     assert resumed.history == straight.history
 
 
-def test_nan_loss_raises_diverged_error_naming_epoch_and_step():
+def test_nan_loss_raises_diverged_error_naming_the_epoch():
+    # Finiteness is checked once per epoch (a per-step check would make the GPU wait every step).
     features = make_features()
     features.splits["train"].vectors["text"][:] = float("inf")
-    with pytest.raises(DivergedError, match=r"epoch 1, step 1"):
+    with pytest.raises(DivergedError, match=r"in epoch 1 "):
         train_stage2(tiny_cfg(), features)
     assert issubclass(DivergedError, RuntimeError)
 
 
 def test_huge_learning_rate_diverges():
-    with pytest.raises(DivergedError, match=r"epoch \d+, step \d+"):
+    with pytest.raises(DivergedError, match=r"in epoch \d+ "):
         train_stage2(tiny_cfg("train.lr=1e30", "train.warmup_ratio=0", "train.grad_clip=1e30", "train.epochs=3"),
                      make_features())
 
