@@ -152,9 +152,17 @@ def keep_mask(shape: tuple, p: float, device, dtype, generator: torch.Generator 
     `bernoulli_`, behind nn.Dropout, draws one number per element and was 18% of a width-128 training
     step (benchmarks/RESULTS.md); this mask costs about a third of that.
     """
-    n = math.prod(shape)
+    return keep_from_draws(uniform16(math.prod(shape), device, generator).view(shape), p, dtype)
+
+
+def uniform16(n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n int16 draws, uniform in -32768..32767, cut four from each 64-bit random word."""
     words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=generator)
-    draws = words.view(torch.int16)[:n].view(shape)                                    # uniform in -32768..32767
+    return words.view(torch.int16)[:n]
+
+
+def keep_from_draws(draws: torch.Tensor, p: float, dtype) -> torch.Tensor:
+    """`uniform16` draws -> 1 / (1 - p) where the draw is kept, else 0."""
     threshold = round(p * 65536) - 32768
     return (draws >= threshold).to(dtype).mul_(1.0 / (1.0 - p))
 

@@ -43,7 +43,7 @@ from torch.func import stack_module_state
 
 from core.config import ConfigError, FusionConfig, MAGTKDConfig
 from core.features import Stage1Features
-from model.fusion import PackedRows, build_fusion, count_parameters, keep_mask, stage2_loss
+from model.fusion import PackedRows, build_fusion, count_parameters, keep_from_draws, stage2_loss, uniform16
 from model.metrics import classification_scores
 from model.runtime import resolve_device, seed_everything
 from model.train import (EVAL_BATCH_FACTOR, SPLITS, DivergedError, PaddedSplit, Stage2Result, _check_features,
@@ -91,6 +91,9 @@ class SeedRows:
         self.index = index.view(-1)                                                     # (k * copies * Nmax,)
         self.dialogue = dialogue.view(-1)
         self.position = position                                                        # (k, Nmax)
+        self.valid_rows = torch.arange(self.n_max, device=device) < torch.tensor(self.counts, device=device)[:, None]
+        t_valid = torch.arange(self.t_max, device=device) < torch.tensor(self.lengths, device=device)[:, None]
+        self.valid_cells = t_valid[:, :, None] & t_valid[:, None, :]                    # (k, Tmax, Tmax)
         self._stacked: dict[int, SeedRows] = {}
 
     def stacked(self, copies: int) -> "SeedRows":
@@ -124,13 +127,21 @@ class SeedRows:
         flat = torch.cat([flat, flat.new_zeros((1, flat.shape[1]))])
         return flat.index_select(0, self.index).view(self.k, self.copies * self.n_max, -1)
 
+    def _masks(self, sizes: list[int], valid: torch.Tensor, shape: tuple, p: float, dtype,
+               generators: list[torch.Generator]) -> torch.Tensor:
+        """Dropout masks of `shape` (seed first): seed s draws its sizes[s] numbers from its own generator
+        (`keep_mask`'s draws, in its order) and they fill the cells where `valid` is True, row-major."""
+        device = valid.device
+        draws = torch.cat([uniform16(n, device, g) for n, g in zip(sizes, generators)])
+        return torch.zeros(shape, dtype=dtype, device=device).masked_scatter_(valid, keep_from_draws(draws, p, dtype))
+
     def drop_rows(self, x: torch.Tensor, p: float, generators: list[torch.Generator]) -> torch.Tensor:
         """Dropout on (k, blocks * Nmax, W) rows; seed s draws the (blocks * N_s, W) mask that its single run draws."""
         blocks, w = x.shape[1] // self.n_max, x.shape[2]
-        masks = [keep_mask((blocks * n, w), p, x.device, x.dtype, g).view(blocks, n, w)
-                 for n, g in zip(self.counts, generators)]
-        masks = [F.pad(m, (0, 0, 0, self.n_max - m.shape[1])) for m in masks]
-        return x * torch.stack(masks).view_as(x)
+        valid = self.valid_rows[:, None, :, None]                                       # (k, 1, Nmax, 1)
+        mask = self._masks([blocks * n * w for n in self.counts], valid, (self.k, blocks, self.n_max, w), p,
+                           x.dtype, generators)
+        return x * mask.view_as(x)
 
     def attend(self, q, k, v, key_grid: torch.Tensor, heads: int, p: Optional[float],
                generators: list[torch.Generator]) -> torch.Tensor:
@@ -147,10 +158,10 @@ class SeedRows:
         else:
             scores = (q @ k.transpose(-2, -1)) * (w // heads) ** -0.5                   # (kCB, H, Tmax, Tmax)
             probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-            shape = (self.copies * self.b, heads)
-            masks = [F.pad(keep_mask(shape + (t, t), p, q.device, q.dtype, g), (0, self.t_max - t, 0, self.t_max - t))
-                     for t, g in zip(self.lengths, generators)]
-            context = (probs * torch.cat(masks)) @ v
+            cb = self.copies * self.b
+            mask = self._masks([cb * heads * t * t for t in self.lengths], self.valid_cells[:, None, None],
+                               (self.k, cb, heads, self.t_max, self.t_max), p, q.dtype, generators)
+            context = (probs * mask.view_as(probs)) @ v
         context = self.to_rows(context.transpose(1, 2).reshape(-1, self.t_max, w))
         if bool(has_key.all()):
             return context
