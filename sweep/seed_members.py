@@ -50,17 +50,21 @@ def bundle_trials(pending: list[dict], size: int) -> list[dict]:
     if size <= 1:
         return list(pending)
     groups: dict[str, list[dict]] = {}
-    out = []
     for settings in pending:
-        if settings.get("base", {}).get("fusion", {}).get("mode", "anchor") != "anchor" or \
-                (settings.get("overrides") or {}).get("fusion.mode", "anchor") != "anchor":
-            out.append(settings)   # only the anchor model is bundled (model/seed_bundle.py: bundle_supported)
-            continue
-        groups.setdefault(settings["variant"], []).append(settings)
+        if settings.get("base", {}).get("fusion", {}).get("mode", "anchor") == "anchor" and \
+                (settings.get("overrides") or {}).get("fusion.mode", "anchor") == "anchor":
+            groups.setdefault(settings["variant"], []).append(settings)
+        # else: only the anchor model is bundled (model/seed_bundle.py: bundle_supported)
+    chunk_of: dict[int, list[dict]] = {}   # id(settings) -> its chunk
     for group in groups.values():
         for start in range(0, len(group), size):
             chunk = group[start:start + size]
-            out.append(chunk[0] if len(chunk) == 1 else _bundle(chunk))
+            chunk_of.update({id(s): chunk for s in chunk})
+    out = []
+    for settings in pending:   # launch order: a bundle where its first seed was
+        chunk = chunk_of.get(id(settings), [settings])
+        if chunk[0] is settings:
+            out.append(settings if len(chunk) == 1 else _bundle(chunk))
     return out
 
 

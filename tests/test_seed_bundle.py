@@ -109,3 +109,26 @@ def test_a_resumed_bundle_continues_as_if_never_stopped():
     resumed = train_stage2_bundle(cfgs, [features] * 3, resume_state=first_epoch)
     for seed in SEEDS:
         assert resumed.results[seed].history == whole.results[seed].history
+
+
+def test_seed_bundle_in_a_spec_is_validated_and_groups_the_seeds_of_each_variant(tmp_path):
+    from core.config import ConfigError
+    from sweep.ablation_spec import load_ablation
+    from sweep.seed_members import bundle_trials, members
+
+    def spec(bundle: str):
+        path = tmp_path / "b.yaml"
+        path.write_text("# python run_sweep.py ablate b.yaml\nname: b\nvariants:\n  full: {}\n  concat: {fusion.mode: concat}\n"
+                        f"seeds: [0, 1, 2]\nseed_bundle: {bundle}\n")
+        return load_ablation(path)
+
+    with pytest.raises(ConfigError, match=r"b\.yaml:7.*seed_bundle"):
+        spec("0")
+    assert spec("auto").seed_bundle == 3 and spec("2").seed_bundle == 2
+    pending = [{"variant": p.variant, "slug": f"{p.slug}-s{p.seed}", "seed": p.seed, "identity": f"id{i}",
+                "overrides": p.overrides, "base": spec("2").base.to_dict()} for i, p in enumerate(spec("2").trials())]
+    trials = bundle_trials(pending, 2)
+    # full: seeds 0+1 bundled, seed 2 alone; concat (not bundled: only the anchor model is) stays per seed
+    assert [[m["seed"] for m in t.get("members", [t])] for t in trials] == [[0, 1], [2], [0], [1], [2]]
+    ids = [member_id for member_id, _, _ in members("abc", {"trial": trials[0]})]
+    assert ids == ["abc-s0", "abc-s1"]
