@@ -64,7 +64,7 @@ def test_one_epoch_logits_and_loss_match_the_single_runs(overrides):
 
 
 def test_short_run_selects_the_same_epoch_with_the_same_metrics():
-    features = make_features(n_train=32)
+    features = make_features(n_train=24)
     cfgs = [tiny_cfg(f"seed={seed}", "train.epochs=4") for seed in SEEDS]
     result = train_stage2_bundle(cfgs, [features] * 3)
     assert result.failures == {} and sorted(result.results) == SEEDS
