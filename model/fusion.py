@@ -147,16 +147,25 @@ class PackedRows:
 
 # ---- dropout with a cheap random mask -------------------------------------------------------------
 
-def keep_mask(shape: tuple, p: float, device, dtype) -> torch.Tensor:
-    """A dropout mask of `shape`: 1 / (1 - p) with probability 1 - p, else 0.
+def keep_mask(shape: tuple, p: float, device, dtype, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A dropout mask of `shape`: 1 / (1 - p) with probability 1 - p, else 0 (drawn from `generator`, or
+    the device's global generator when None; model/seed_bundle.py gives each seed its own).
 
     Four 16-bit uniform draws are cut from each 64-bit random word (p exact to 1/65536): torch's CPU
     `bernoulli_`, behind nn.Dropout, draws one number per element and was 18% of a width-128 training
     step (benchmarks/RESULTS.md); this mask costs about a third of that.
     """
-    n = math.prod(shape)
-    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
-    draws = words.view(torch.int16)[:n].view(shape)                                    # uniform in -32768..32767
+    return keep_from_draws(uniform16(math.prod(shape), device, generator).view(shape), p, dtype)
+
+
+def uniform16(n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n int16 draws, uniform in -32768..32767, cut four from each 64-bit random word."""
+    words = torch.randint(-2 ** 63, 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device, generator=generator)
+    return words.view(torch.int16)[:n]
+
+
+def keep_from_draws(draws: torch.Tensor, p: float, dtype) -> torch.Tensor:
+    """`uniform16` draws -> 1 / (1 - p) where the draw is kept, else 0."""
     threshold = round(p * 65536) - 32768
     return (draws >= threshold).to(dtype).mul_(1.0 / (1.0 - p))
 

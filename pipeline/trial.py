@@ -19,6 +19,7 @@ from dialogue_data.features_import import cached_author_features
 from dialogue_data.registry import load_dataset
 from pipeline.media_loader import store_reader
 from model.stage1 import run_stage1
+from model.seed_bundle import BundleResult, train_stage2_bundle
 from model.train import train_stage2
 
 
@@ -55,11 +56,8 @@ def usable_config(cfg: MAGTKDConfig, features: Stage1Features) -> tuple[MAGTKDCo
     return cfg, masked
 
 
-def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
-              on_epoch: Optional[Callable[[dict, dict], None]] = None,
-              resume_state: Optional[dict] = None,
-              log: Callable[[str], None] = print,
-              checkpoint_due: Callable[[int], bool] = lambda epoch: True) -> TrialResult:
+def _inputs(cfg: MAGTKDConfig, cache_dir: str | Path, log: Callable[[str], None]):
+    """(fingerprint, stage-1 features, notes, utterance ids per split, the config stage 2 runs, masked modalities)."""
     if cfg.data.name == "features":  # the authors' released stage-1 output: no stage 1 to run
         fingerprint, features, notes = cached_author_features(cfg, cache_dir, log=log)
         ids = {s: positional_ids(features.splits[s].dialogue_lengths) for s in PREDICTION_SPLITS}
@@ -71,6 +69,15 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
     if masked:
         notes.append(f"modalities absent from the data and masked: {', '.join(masked)}")
         log(f"WARNING: {notes[-1]}")
+    return fingerprint, features, notes, ids, run_cfg, masked
+
+
+def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
+              on_epoch: Optional[Callable[[dict, dict], None]] = None,
+              resume_state: Optional[dict] = None,
+              log: Callable[[str], None] = print,
+              checkpoint_due: Callable[[int], bool] = lambda epoch: True) -> TrialResult:
+    fingerprint, features, notes, ids, run_cfg, masked = _inputs(cfg, cache_dir, log)
     history: list[dict] = []
 
     def record(metrics: dict, state: dict) -> None:
@@ -85,3 +92,25 @@ def run_trial(cfg: MAGTKDConfig, cache_dir: str | Path,
     return TrialResult(metrics=dict(history[-1]) if history else dict(result.metrics), history=history,
                        labels=list(features.labels), masked_modalities=masked,
                        dataset_fingerprint=fingerprint, notes=notes)
+
+
+def run_bundle_trial(cfgs: list[MAGTKDConfig], cache_dir: str | Path,
+                     on_epoch: Optional[Callable[[dict, dict], None]] = None,
+                     resume_state: Optional[dict] = None,
+                     log: Callable[[str], None] = print) -> BundleResult:
+    """run_trial for k seeds of one config trained as one bundle (model/seed_bundle.py).
+
+    on_epoch(per_seed, state): per_seed {seed: that epoch's metrics} for the seeds still training;
+    state is the bundle's resume state plus `predictions_csv` {seed: the selected epoch's predictions}."""
+    inputs = [_inputs(cfg, cache_dir, log) for cfg in cfgs]
+    features = [i[1] for i in inputs]
+    labels = list(features[0].labels)
+
+    def record(per_seed: dict, state: dict) -> None:
+        best = dict(zip([c.seed for c in cfgs], state["best"]))
+        ids = {c.seed: i[3] for c, i in zip(cfgs, inputs)}
+        state["predictions_csv"] = {seed: predictions_csv(best[seed], ids[seed], labels) for seed in per_seed}
+        if on_epoch is not None:
+            on_epoch(per_seed, state)
+
+    return train_stage2_bundle([i[4] for i in inputs], features, on_epoch=record, resume_state=resume_state)

@@ -16,6 +16,8 @@ An ablation file (see ablations/demo.yaml):
     max_concurrent: 2               # 0 = as many as the resources allow
     max_failures: 2                 # retries of a crashed trial, from its last checkpoint
     stage1_seed: per-seed           # or shared (+ stage1_shared_seed: N): every seed reuses one stage 1
+    seed_bundle: auto               # optional: train up to k seeds of a variant as one batched model (an int
+                                    # k >= 1, or auto = all its seeds, at most 8); each seed stays its own run
     expectations:                   # optional: what each row must show, written before the first run
       metric: test_wf1              # the metric they are about (default); the report checks them on it only
       equivalence_margin: 0.05      # for `equivalent` rows, in the metric's units (0.05 = 5 points), at most 0.2
@@ -39,10 +41,11 @@ from core.config import MAX_SEED, MAGTKDConfig, ConfigError, absolute_path_overr
 from sweep.spec_common import (Resources, base_config, check_int, check_override_keys, check_sweep_name,
                                check_variant_name, coerce_numbers, dataset_overrides, flatten_overrides,
                                parse_cli_overrides, replace_checked, resources_from, short_hash, slugify)
+from sweep.seed_members import bundle_size
 from sweep.yaml_lines import check_keys, load_yaml_mapping
 
 _ABLATION_KEYS = ("name", "description", "dataset", "base", "variants", "seeds", "resources", "max_concurrent",
-                  "max_failures", "stage1_seed", "stage1_shared_seed", "expectations")
+                  "max_failures", "stage1_seed", "stage1_shared_seed", "expectations", "seed_bundle")
 MUST = ("below", "equivalent")      # significantly below the baseline (Holm) | equivalent within +-margin (TOST, Holm)
 EXPECTATIONS_CHARS = 6000           # they travel as one MLflow tag (8000 characters at most)
 
@@ -89,6 +92,7 @@ class AblationSpec:
     # {"metric": key, "equivalence_margin": m, "rows": {variant: {"must": "below"|"equivalent", "why": text}}};
     # {} when none
     expectations: dict = field(default_factory=dict)
+    seed_bundle: int = 1               # seeds of a variant trained as one bundle (sweep/seed_members.py); 1 = off
 
     @property
     def baseline(self) -> str:
@@ -177,7 +181,8 @@ def load_ablation(path: str | Path, overrides: Iterable[str] | Mapping[str, Any]
         max_concurrent=check_int(data.get("max_concurrent", 0), "max_concurrent", lines.at("max_concurrent")),
         max_failures=check_int(data.get("max_failures", 2), "max_failures", lines.at("max_failures")),
         stage1_seed_mode=mode, stage1_shared_seed=shared_seed,
-        expectations=_expectations(data.get("expectations"), [v.name for v in variants], lines))
+        expectations=_expectations(data.get("expectations"), [v.name for v in variants], lines),
+        seed_bundle=_seed_bundle(data.get("seed_bundle", 1), len(seeds), lines.at("seed_bundle")))
     spec.trials()  # validates every variant x seed now, before anything starts
     return spec
 
@@ -205,6 +210,13 @@ def check_seeds(seeds: Any, variants: int, where: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: 'seeds' lists a seed twice: {seeds}")
     return seeds
+
+def _seed_bundle(value, seeds: int, where: str) -> int:
+    """`seed_bundle`: an int >= 1 or auto -> the bundle size (1 = every seed its own trial)."""
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{where}: 'seed_bundle' must be an integer >= 1 (seeds of a variant trained as one "
+                          f"batched model) or auto, got {value!r}")
+    return bundle_size(value, seeds)
 
 
 EXPECTATION_METRICS = ("test_wf1", "test_acc", "test_mf1", "dev_wf1", "dev_acc", "dev_mf1")

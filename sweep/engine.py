@@ -54,6 +54,7 @@ from sweep.plan import SweepPlan, ablation_plan, data_key, plan_runs, search_pla
 from sweep.preflight import check_cluster_devices, check_devices, check_finite, device_notes
 from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
+from sweep.seed_members import bundle_trials
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
 from sweep.tracking import SweepError
@@ -644,6 +645,8 @@ class _Run:
 
         if self.plan.kind != "ablate" or self.opts.stage1_barrier or restorable(self.exp_path):
             return None
+        if getattr(self.spec, "seed_bundle", 1) > 1:   # a bundle needs every seed's entry: stage 1 goes first
+            return None
         context = self.stage1_context()
         check_fits(context.resources)   # a task that never fits is bad input: exit 2 before anything runs
         return Stage1Gate(pending, context)
@@ -686,6 +689,8 @@ class _Run:
 
         plan, spec = self.plan, self.spec
         trainable = tune.with_resources(train_trial, plan.resources.as_ray())
+        if pending is not None:   # seeds of a variant as one trial each k (sweep/seed_members.py); 1: as they are
+            pending = bundle_trials(pending, getattr(spec, "seed_bundle", 1))
         total = len(pending) if pending is not None else spec.num_samples
         before = {t.trial_id for t in ray_trials(self.exp_path) if t.status}
         if restorable(self.exp_path):

@@ -39,6 +39,7 @@ from typing import Optional
 from ray import tune
 
 from sweep import tracking
+from sweep.seed_members import member_result, members
 from sweep.sync import error_reason
 from sweep.trainable import (FAILED, FAILURE_REASON, read_history, read_predictions_file, trial_config,
                              trial_settings)
@@ -82,10 +83,14 @@ class _TrialView:
     config: dict
     checkpoint: object
     last_result: dict
+    seed: Optional[int] = None         # a seed of a bundle trial (sweep/seed_members.py): its own record
 
     @classmethod
-    def of(cls, trial) -> "_TrialView":
-        return cls(trial.trial_id, dict(trial.config), getattr(trial, "checkpoint", None), dict(trial.last_result or {}))
+    def of(cls, trial) -> list["_TrialView"]:
+        """One view per seed the trial trains (one for a plain trial)."""
+        last = dict(trial.last_result or {})
+        return [cls(member_id, config, getattr(trial, "checkpoint", None), member_result(last, seed), seed)
+                for member_id, config, seed in members(trial.trial_id, dict(trial.config))]
 
 
 class MLflowSweepCallback(tune.Callback):
@@ -111,21 +116,27 @@ class MLflowSweepCallback(tune.Callback):
 
     # ---- Tune hooks: each queues its write and returns ------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._queue(self._open, _TrialView.of(trial))
+        for view in _TrialView.of(trial):
+            self._queue(self._open, view)
 
     def on_trial_restore(self, iteration, trials, trial, **info):
-        self._queue(self._open, _TrialView.of(trial))
+        for view in _TrialView.of(trial):
+            self._queue(self._open, view)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._queue(self._result, _TrialView.of(trial), dict(result))
+        for view in _TrialView.of(trial):
+            own = member_result(dict(result), view.seed)
+            if own:   # a bundle's seed that stopped (failed) has nothing more to report
+                self._queue(self._result, view, own)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        view = _TrialView.of(trial)
-        self._queue(self._close, view, view.last_result, None)
+        for view in _TrialView.of(trial):
+            self._queue(self._close, view, view.last_result, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        view = _TrialView.of(trial)
-        self._queue(self._close, view, view.last_result, error_reason(trial))
+        reason = error_reason(trial)
+        for view in _TrialView.of(trial):
+            self._queue(self._close, view, view.last_result, reason)
 
     def on_experiment_end(self, trials, **info):
         self.drain()
@@ -224,6 +235,6 @@ def _checkpoint_history(trial) -> dict:
         return {"epochs": [], FAILURE_REASON: None}
     try:
         with checkpoint.as_directory() as directory:
-            return {**read_history(directory), PREDICTIONS_KEY: read_predictions_file(directory)}
+            return {**read_history(directory, trial.seed), PREDICTIONS_KEY: read_predictions_file(directory, trial.seed)}
     except (OSError, ValueError):
         return {"epochs": [], FAILURE_REASON: None}

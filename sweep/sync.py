@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from sweep import tracking
 from sweep.identity import plan_of
+from sweep.seed_members import members
 from sweep.spec_common import check_sweep_name, within
 from sweep.trainable import FAILURE_REASON, read_history, read_predictions_file, trial_config, trial_settings
 
@@ -90,21 +91,25 @@ def ray_trials(experiment_path: Path) -> list[StoredTrial]:
         # train.checkpoint_interval_s and after the last epoch, so a finished trial's holds every epoch.
         reported = (trial.last_result or {}).get("epoch") is not None
         checkpoint = analysis.get_last_checkpoint(trial) if reported else None
-        history, predictions = {"epochs": [], FAILURE_REASON: None}, ""
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                history, predictions = read_history(directory), read_predictions_file(directory)
-        stored = StoredTrial(trial.path, trial.trial_id, dict(trial.config), list(history["epochs"]), None,
-                             predictions=predictions)
-        if trial.status == "ERROR":
-            stored.status, stored.reason = "FAILED", error_reason(trial)
-        elif trial.status == "TERMINATED":
-            stored.status, stored.reason = ("FAILED", history[FAILURE_REASON]) if history.get(FAILURE_REASON) \
-                else ("FINISHED", None)
-            last = int(stored.epochs[-1]["epoch"]) if stored.epochs else 0
-            stored.stopped_early = stored.status == "FINISHED" and last < trial_config(trial.config).train.epochs
-        out.append(stored)
+        for member_id, config, seed in members(trial.trial_id, dict(trial.config)):  # each seed of a bundle
+            out.append(_stored(trial, member_id, config, seed, checkpoint))
     return out
+
+
+def _stored(trial, trial_id: str, config: dict, seed, checkpoint) -> StoredTrial:
+    history, predictions = {"epochs": [], FAILURE_REASON: None}, ""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            history, predictions = read_history(directory, seed), read_predictions_file(directory, seed)
+    stored = StoredTrial(trial.path, trial_id, config, list(history["epochs"]), None, predictions=predictions)
+    if trial.status == "ERROR":
+        stored.status, stored.reason = "FAILED", error_reason(trial)
+    elif trial.status == "TERMINATED":
+        stored.status, stored.reason = ("FAILED", history[FAILURE_REASON]) if history.get(FAILURE_REASON) \
+            else ("FINISHED", None)
+        last = int(stored.epochs[-1]["epoch"]) if stored.epochs else 0
+        stored.stopped_early = stored.status == "FINISHED" and last < trial_config(config).train.epochs
+    return stored
 
 
 def error_reason(trial) -> str:

@@ -24,11 +24,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from core.config import ConfigError, MAGTKDConfig, from_dict
 from core.predictions import PREDICTIONS_FILE
 from core.schema import DataError
+from sweep.seed_members import MEMBERS, bundle_result, is_bundle, member_file
 
 HISTORY = "history.json"
 STATE = "state.pt"
@@ -76,22 +77,30 @@ class CheckpointCadence:
         self.last_save = self.clock()
 
 
-def read_history(checkpoint_dir: str | Path) -> dict:
-    path = Path(checkpoint_dir) / HISTORY
+def read_history(checkpoint_dir: str | Path, seed: Optional[int] = None) -> dict:
+    """{"epochs": [...], "failure_reason": ...} of the trial, or of seed `seed` of a bundle trial."""
+    path = Path(checkpoint_dir) / member_file(HISTORY, seed)
     if not path.exists():
         return {"epochs": [], FAILURE_REASON: None}
     return json.loads(path.read_text())
 
 
-def read_predictions_file(checkpoint_dir: str | Path) -> str:
-    """The checkpoint's predictions.csv text, '' when it has none."""
-    path = Path(checkpoint_dir) / PREDICTIONS_FILE
+def read_predictions_file(checkpoint_dir: str | Path, seed: Optional[int] = None) -> str:
+    """The checkpoint's predictions.csv text (of seed `seed` of a bundle trial), '' when it has none."""
+    path = Path(checkpoint_dir) / member_file(PREDICTIONS_FILE, seed)
     return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
 def _failure_reason(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}"
     return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def ray_share() -> float:
+    """The share of a GPU Ray gave this worker (0 without one)."""
+    import ray
+
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
 def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list, float]:
@@ -105,7 +114,7 @@ def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list
     from model.runtime import cap_gpu_memory, hide_gpus_unless_given, worker_device
 
     gpu_ids = list(ray.get_gpu_ids())
-    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    share = ray_share()
     device = worker_device(cfg.train.device, gpu_ids)
     hide_gpus_unless_given(gpu_ids)
     if device != cfg.train.device:
@@ -139,6 +148,9 @@ def train_trial(config: dict) -> None:
     from model.train import DivergedError
     from pipeline.trial import run_trial
 
+    if is_bundle(config):
+        _train_bundle(config)
+        return
     history: list[dict] = []
     resume_state = None
     checkpoint = tune.get_checkpoint()
@@ -189,8 +201,8 @@ def train_trial(config: dict) -> None:
         _report_failure(_failure_reason(err), history)
 
 
-def _write_history(directory: str, history: list[dict], failure: str | None) -> None:
-    with open(os.path.join(directory, HISTORY), "w") as f:
+def _write_history(directory: str, history: list[dict], failure: str | None, seed: Optional[int] = None) -> None:
+    with open(os.path.join(directory, member_file(HISTORY, seed)), "w") as f:
         json.dump({"epochs": history, FAILURE_REASON: failure}, f)
 
 
@@ -221,6 +233,85 @@ def _record_span(event: str) -> None:
                        "trial": tune.get_context().get_trial_id()})
     with open(path, "a") as f:
         f.write(line + "\n")
+
+def _train_bundle(config: dict) -> None:
+    """train_trial for a bundle of seeds (sweep/seed_members.py): one model, one checkpoint (state.pt for the
+    whole bundle, a history and predictions file per seed), one result per epoch with every seed's metrics."""
+    import torch
+    from ray import tune
+
+    from model.train import DivergedError
+    from pipeline.trial import run_bundle_trial
+
+    members = trial_settings(config)[MEMBERS]
+    seeds = [int(m["seed"]) for m in members]
+    histories: dict[int, list] = {seed: [] for seed in seeds}
+    predictions: dict[int, str] = {}
+    failures = {int(m["seed"]): f"stage 1 failed: {m[STAGE1_FAILURE]}" for m in members if m.get(STAGE1_FAILURE)}
+    reported: set[int] = set()
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            for seed in seeds:
+                record = read_history(ckpt_dir, seed)
+                histories[seed] = list(record["epochs"])
+                predictions[seed] = read_predictions_file(ckpt_dir, seed)
+                if record.get(FAILURE_REASON):
+                    failures[seed] = record[FAILURE_REASON]
+                    reported.add(seed)
+            if (Path(ckpt_dir) / STATE).exists():
+                resume_state = torch.load(Path(ckpt_dir) / STATE, map_location="cpu", weights_only=True)  # noqa: TID251 (weights_only)
+    training = [m for m in members if int(m["seed"]) not in failures or
+                (resume_state is not None and int(m["seed"]) in resume_state["seeds"])]
+
+    def save_and_report(epoch: int, result: dict, with_state: Optional[dict]) -> None:
+        with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+            if with_state is not None:
+                torch.save(with_state, os.path.join(tmp, STATE))
+            for seed in seeds:
+                _write_history(tmp, histories[seed], failures.get(seed), seed)
+                if predictions.get(seed):
+                    Path(tmp, member_file(PREDICTIONS_FILE, seed)).write_text(predictions[seed], encoding="utf-8")
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        reported.update(failures)
+
+    def on_epoch(per_seed: dict, state: dict) -> None:
+        epoch = int(state["epoch"])
+        failures.update({int(s): r for s, r in state["failures"].items()})
+        for seed, metrics in per_seed.items():
+            histories[seed].append(dict(metrics))
+        predictions.update(state.pop("predictions_csv", {}))
+        new = {s: r for s, r in failures.items() if s not in reported}
+        result = bundle_result(epoch, per_seed, new, _METRIC_KEYS)
+        if new or cadence.due(epoch):
+            save_and_report(epoch, result, state)
+            cadence.saved()
+        else:
+            tune.report(result)
+
+    # Each seed's config resolves its device from the GPUs Ray gave this worker, as a single trial's does.
+    cfgs = [place_on_ray_worker(trial_config({"trial": m}), _log if i == 0 else None)[0] for i, m in enumerate(training)]
+    share = ray_share() if cfgs else 0.0
+    epochs = cfgs[0].train.epochs if cfgs else 0
+    if not cfgs or all(seed in failures or (histories[seed] and int(histories[seed][-1]["epoch"]) >= epochs)
+                       for seed in seeds):
+        if failures.keys() - reported:   # nothing to train: every seed failed at stage 1
+            save_and_report(0, bundle_result(0, {}, {s: failures[s] for s in failures.keys() - reported}, ()), None)
+        return
+    cadence = CheckpointCadence(cfgs[0].train.checkpoint_interval_s, epochs)
+    try:
+        run_bundle_trial(cfgs, trial_settings(config)["cache_dir"], on_epoch=on_epoch, resume_state=resume_state,
+                         log=_log)
+    except DivergedError:
+        return  # every seed diverged: each one's failure was reported with its checkpoint
+    except (torch.OutOfMemoryError, FloatingPointError, ConfigError, DataError) as err:  # would recur on a retry
+        reason = (out_of_memory_reason(err, cfgs[0], share, "stage 2") if isinstance(err, torch.OutOfMemoryError)
+                  else _failure_reason(err))
+        failures.update({seed: reason for seed in seeds if seed not in failures})
+        new = {s: r for s, r in failures.items() if s not in reported}
+        save_and_report(int(max((h[-1]["epoch"] for h in histories.values() if h), default=0)),
+                        bundle_result(0, {}, new, ()), None)
 
 
 def _log(message: str) -> None:
