@@ -35,10 +35,11 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def variant_bars(table: Table, key: str) -> bytes:
-    """Mean of `key` per variant as horizontal bars (names on the y axis never overlap), error bars = sample
-    std, one dot per seed; the x axis is cut to the data so that a point's difference is visible."""
-    rows = table.rows
+def variant_bars(table: Table, key: str, rows=None) -> bytes:
+    """Mean of `key` per variant (or per row of `rows`) as horizontal bars (names on the y axis never overlap),
+    error bars = sample std, one dot per seed; the x axis is cut to the data so that a point's difference is
+    visible."""
+    rows = table.rows if rows is None else rows
     fig = Figure(figsize=(8.0, 0.34 * len(rows) + 1.3), layout="constrained")
     ax = fig.add_subplot()
     ys = list(range(len(rows)))

@@ -80,9 +80,11 @@ def _html(sweep: Sweep, table: Table, command: str, tune_table=None, mlflow_ui: 
     # A tune sweep is judged on dev (its objective): bars of test scores would invite picking on test.
     bar_key = "dev_wf1" if sweep.kind == "tune" else table.metric
     curve_rows = table.rows
-    if sweep.kind == "tune":   # the best trials by dev wF1: a legend of 1,000 trials helps nobody
+    if sweep.kind == "tune":   # the best trials by dev wF1: bars and a legend of 1,000 trials help nobody
         curve_rows = sorted((r for r in table.rows if r.cells["dev_wf1"].summary.n),
                             key=lambda r: -r.cells["dev_wf1"].summary.mean)[:CURVE_ROWS]
+    best_note = (f" The {len(curve_rows)} best trials by dev wF1 of {len(table.rows)}."
+                 if len(curve_rows) < len(table.rows) else "")
     wanted = [run_id for r in curve_rows for run_id in r.cells["dev_wf1"].run_ids]
     say(f"reading the per-epoch dev wF1 of {len(wanted)} trials")
     histories = metric_history(sweep.tracking_uri, wanted, "dev_wf1")
@@ -90,12 +92,10 @@ def _html(sweep: Sweep, table: Table, command: str, tune_table=None, mlflow_ui: 
     forest = plots.forest(table) if table.compares and any(table.metric in r.comparisons for r in table.rows) \
         else None
     base_note = f" the dark bar is the baseline {table.baseline};" if table.compares else ""
-    best_note = (f" The {len(curve_rows)} best trials by dev wF1 of {len(table.rows)}."
-                 if len(curve_rows) < len(table.rows) else "")
     figures = [
-        (f"Variants: {metric_label(bar_key)}", plots.variant_bars(table, bar_key),
+        (f"Variants: {metric_label(bar_key)}", plots.variant_bars(table, bar_key, rows=curve_rows),
          f"Mean over finished seeds with sample-std error bars, in percent; dots are single seeds;{base_note} the "
-         f"x axis starts near the lowest value, not at 0, so that differences of a point are visible."),
+         f"x axis starts near the lowest value, not at 0, so that differences of a point are visible.{best_note}"),
         ("Dev weighted F1 per epoch", plots.dev_curves(table, histories, rows=curve_rows),
          f"From the MLflow metric history of dev_wf1 (step = epoch; MLflow holds fractions, drawn here in percent): "
          f"one line per row, the mean over its seeds, and a band of ± one sample std.{best_note}"),

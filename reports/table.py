@@ -223,6 +223,7 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
         return out
 
     files: dict[str, str] = {}
+    parsed: dict[tuple[str, str], Predictions] = {}   # (run id, split): each file is read and parsed once
 
     def predictions(variant: str, key: str) -> dict[str, Predictions] | None:
         """Per seed, the finished trial's predictions on the metric's split; None when any trial has none."""
@@ -233,10 +234,12 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
             if trial is None:
                 continue
             if trial.run_id not in files:
-                files[trial.run_id] = trial_predictions(sweep.tracking_uri, trial.run_id)
+                files[trial.run_id] = trial_predictions(sweep.tracking_uri, trial.run_id, trial.artifact_uri)
             if not files[trial.run_id]:
                 return None
-            out[seed] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            if (trial.run_id, split) not in parsed:
+                parsed[(trial.run_id, split)] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            out[seed] = parsed[(trial.run_id, split)]
             if len(out[seed].gold) == 0:   # the file has no row of this split
                 return None
         return out

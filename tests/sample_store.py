@@ -243,3 +243,25 @@ def sample_demo_like(output: Path, name: str = "demo", *, expectations: dict | N
                   if "mlflow.parentRunId" not in r.data.tags][0]
         client.set_tag(parent.info.run_id, "expectations", json.dumps(expectations))
     return uri
+
+
+def compile_with_pdflatex(tex: Path, workdir: Path, packages: str = "booktabs") -> None:
+    """Compile `tex` (\\input into a minimal article with `packages`) with pdflatex; pytest.skip where there is
+    none (Debian: apt-get install texlive-latex-base texlive-latex-recommended); fails on a LaTeX error."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex not installed: structure checked, not compiled (apt-get install texlive-latex-base "
+                    "texlive-latex-recommended; tests/check_report_render.py)")
+    doc = workdir / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}"
+                   + "".join(f"\\usepackage{{{p}}}" for p in packages.split(","))
+                   + f"\\begin{{document}}\\input{{{tex.as_posix()}}}\\end{{document}}\n")
+    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=workdir,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (workdir / "doc.pdf").stat().st_size > 1000

@@ -13,15 +13,14 @@ import json
 import re
 import time
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from reports.cli import main as cli_main, print_table_after_sweep
 from reports.report import make_report
-from tests.sample_store import (ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, log_predictions, sample_ablation,
-                                sample_tune)
+from tests.sample_store import (ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, compile_with_pdflatex,
+                                log_predictions, sample_ablation, sample_tune)
 from reports.store import ReportError, load_sweep
 
 METRICS = ["dev_wf1", "dev_acc", "dev_mf1", "test_wf1", "test_acc", "test_mf1"]
@@ -223,16 +222,7 @@ def test_latex_has_booktabs_rules_balanced_environments_and_compiles(store, tmp_
             if line.endswith(r"\\") and "multicolumn" not in line:
                 assert _strip_tex_escapes(line).count("&") == len(spec) - 1, line
     assert r"no\_gate$^\dagger$" in tex and r"\textbf{" in tex and r"$\pm$" in tex
-    pdflatex = shutil.which("pdflatex")
-    if pdflatex is None:
-        pytest.skip("pdflatex not installed: structure checked, compilation not (tests/check_report_render.py)")
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}\\begin{document}"
-                   f"\\input{{{(tmp_path / 'demo' / 'table.tex').as_posix()}}}\\end{{document}}\n")
-    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    compile_with_pdflatex(tmp_path / "demo" / "table.tex", tmp_path)
 
 
 def _images(html: str) -> list[bytes]:
