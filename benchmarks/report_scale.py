@@ -23,6 +23,7 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import subprocess
 import sys
 import time
@@ -49,18 +50,24 @@ def make_store(store: Path, trials: int) -> float:
     return time.perf_counter() - started
 
 
-def time_report(name: str, output: Path, code: Path, label: str) -> float:
-    """One `run_sweep.py report NAME` from the checkout `code`, as a child process; its wall time."""
+def time_report(name: str, output: Path, code: Path, label: str) -> tuple[float, float]:
+    """One `run_sweep.py report NAME` from the checkout `code`, as a child process: (wall, CPU) seconds.
+
+    The report runs on one core, so its CPU time (user + system) is close to its wall time on an idle machine:
+    on a shared, loaded one, read the CPU time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "run_sweep.py", "report", name, "--output", str(output.resolve())],
                           cwd=code, capture_output=True, text=True, env={**os.environ})
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"report {name} ({label}) failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     progress = [line for line in proc.stderr.splitlines() if line.startswith("report:")]
-    print(f"  {name:7s} {label:6s} {seconds:6.1f} s" + (f"   ({len(progress)} progress lines)" if progress else ""),
-          flush=True)
-    return seconds
+    print(f"  {name:7s} {label:6s} wall {seconds:6.1f} s  CPU {cpu:6.1f} s"
+          + (f"   ({len(progress)} progress lines)" if progress else ""), flush=True)
+    return seconds, cpu
 
 
 def profile_report(name: str, output: Path) -> None:
@@ -94,18 +101,19 @@ def main() -> int:
     print(f"report timings, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start:")
     stores = [("search", store)] + ([("demo", args.demo)] if args.demo is not None else [])
     codes = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before is not None else [])
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):   # alternate, so that a change in the machine's load hits both alike
         for name, output in stores:
             for label, code in codes:
                 results.setdefault((name, label), []).append(time_report(name, output, code, label))
     for (name, label), times in results.items():
-        print(f"{name:7s} {label:6s} best {min(times):6.1f} s, median {sorted(times)[len(times) // 2]:6.1f} s "
-              f"over {len(times)} runs")
+        print(f"{name:7s} {label:6s} best wall {min(w for w, _ in times):6.1f} s, best CPU "
+              f"{min(c for _, c in times):6.1f} s over {len(times)} runs")
     if args.before is not None:
         for name, _ in stores:
-            ratio = min(results[(name, "before")]) / min(results[(name, "after")])
-            print(f"{name}: before / after (best of each) = {ratio:.1f}x")
+            wall = min(w for w, _ in results[(name, "before")]) / min(w for w, _ in results[(name, "after")])
+            cpu = min(c for _, c in results[(name, "before")]) / min(c for _, c in results[(name, "after")])
+            print(f"{name}: before / after (best of each): wall {wall:.1f}x, CPU {cpu:.1f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.profile:
         profile_report("search", store)
