@@ -1,7 +1,7 @@
 """How long `run_sweep.py report` takes, end to end as a user runs it, on a large search store and the demo's.
 
     .venv/bin/python benchmarks/report_scale.py [--trials 1000] [--store /tmp/report_scale] [--demo DIR]
-                                                [--before CHECKOUT] [--repeats 2] [--profile]
+                                                [--before CHECKOUT] [--repeats 2] [--profile] [--no-search]
 
 1. Writes (once; reused when it is already there) a tune sweep of --trials Optuna-style trials through the
    real MLflow client into a SQLite store under --store (tests/sample_store.py's `sample_tune`: the schema
@@ -92,14 +92,16 @@ def main() -> int:
     parser.add_argument("--before", type=Path, default=None, help="an older checkout to time side by side")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-search", action="store_true", help="time only the --demo store")
     args = parser.parse_args()
 
     store = args.store / f"t{args.trials}"
-    written = make_store(store, args.trials)
-    print(f"search store: {args.trials} trials in {store}" + (f" (written in {written:.0f} s)" if written else
-                                                              " (already there)"))
+    if not args.no_search:
+        written = make_store(store, args.trials)
+        print(f"search store: {args.trials} trials in {store}" + (f" (written in {written:.0f} s)" if written else
+                                                                  " (already there)"))
     print(f"report timings, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start:")
-    stores = [("search", store)] + ([("demo", args.demo)] if args.demo is not None else [])
+    stores = ([] if args.no_search else [("search", store)]) + ([("demo", args.demo)] if args.demo else [])
     codes = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before is not None else [])
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):   # alternate, so that a change in the machine's load hits both alike
@@ -115,7 +117,7 @@ def main() -> int:
             cpu = min(c for _, c in results[(name, "before")]) / min(c for _, c in results[(name, "after")])
             print(f"{name}: before / after (best of each): wall {wall:.1f}x, CPU {cpu:.1f}x")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    if args.profile:
+    if args.profile and not args.no_search:
         profile_report("search", store)
         if args.demo is not None:
             profile_report("demo", args.demo)

@@ -82,8 +82,7 @@ def forest(table: Table) -> bytes:
     ax = fig.add_subplot()
     margins = {r.expected.margin for r in rows if r.expected is not None and r.expected.must == "equivalent"}
     for margin in sorted(margins):
-        ax.axvspan(-100 * margin, 100 * margin, color="#d9d9d9", alpha=0.6, zorder=0,
-                   label=f"equivalence margin ±{100 * margin:.1f}")
+        ax.axvspan(-100 * margin, 100 * margin, color="#d9d9d9", alpha=0.6, zorder=0)
     ax.axvline(0.0, color="black", linewidth=1.0, zorder=1)
     for y, row in enumerate(rows):
         comp = row.comparisons[table.metric]
@@ -104,10 +103,10 @@ def forest(table: Table) -> bytes:
                   fontsize=9)
     ax.set_ylim(len(rows) - 0.5, -0.5)   # table order, top to bottom
     ax.set_xlabel(f"Δ {metric_label(table.metric)} against {table.baseline} (points; 95% CI)")
-    ax.set_title(f"{_label(table.sweep, 60)}: left of 0 = below {table.baseline}", fontsize=10)
+    band = ("; grey band: equivalence margin " + ", ".join(f"±{100 * m:.1f}" for m in sorted(margins))
+            if margins else "")   # said in the title: a legend box would cover the bottom row's interval
+    ax.set_title(f"{_label(table.sweep, 60)}: left of 0 = below {table.baseline}{band}", fontsize=10)
     ax.grid(axis="x", alpha=0.3, zorder=0)
-    if margins:
-        ax.legend(fontsize=8, loc="lower left")
     return _png(fig)
 
 
