@@ -214,7 +214,7 @@ def render_paper_html(paper: PaperTable, command: str) -> str:
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{escape(', '.join(paper.names))}: MAGTKD paper table</title>",
-        f"<style>{STYLE}span.sd {{ font-size: 0.85em; color: #555; }}</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         f"<h1>Ablations across sweeps: {escape(', '.join(paper.names))}</h1>",
         f'<p class="caption">{escape(paper.caption)}</p>',
         f'<div class="scroll"><table class="main"><thead>{head1}{head2}</thead><tbody>{"".join(body)}</tbody>'
