@@ -83,8 +83,9 @@ def _html(sweep: Sweep, table: Table, command: str, tune_table=None, mlflow_ui: 
     if sweep.kind == "tune":   # the best trials by dev wF1: bars and a legend of 1,000 trials help nobody
         curve_rows = sorted((r for r in table.rows if r.cells["dev_wf1"].summary.n),
                             key=lambda r: -r.cells["dev_wf1"].summary.mean)[:CURVE_ROWS]
-    best_note = (f" The {len(curve_rows)} best trials by dev wF1 of {len(table.rows)}."
-                 if len(curve_rows) < len(table.rows) else "")
+    scored = sum(1 for r in table.rows if r.cells["dev_wf1"].summary.n)
+    best_note = (f" The {len(curve_rows)} best trials by dev wF1 of the {scored} with a score."
+                 if len(curve_rows) < scored else "")
     wanted = [run_id for r in curve_rows for run_id in r.cells["dev_wf1"].run_ids]
     say(f"reading the per-epoch dev wF1 of {len(wanted)} trials")
     histories = metric_history(sweep.tracking_uri, wanted, "dev_wf1")
