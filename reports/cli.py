@@ -2,6 +2,7 @@
 
     python run_sweep.py report demo --format md,tex,csv,html --metric test_wf1 --baseline full --per-class
     python run_sweep.py report fusion --top 5       # a tune sweep: its 5 best trials with their values
+    python run_sweep.py report iemocap meld --layout paper --metrics test_acc,test_wf1   # the paper's table
     python run_sweep.py runs                 # every sweep in the store
     python run_sweep.py runs demo --best 3   # the best trials of one sweep, with their overrides
     python run_sweep.py ui --port 5000       # MLflow UI on 127.0.0.1
@@ -17,7 +18,9 @@ from pathlib import Path
 from core.config import ConfigError
 from core.environment import apply_defaults
 from reports import runs
-from reports.report import make_report, parse_formats
+from reports.html import DEFAULT_MLFLOW_UI
+from reports.paper import DEFAULT_METRICS, parse_metrics
+from reports.report import make_paper_report, make_report, parse_formats
 from reports.store import ReportError, tracking_uri_for
 from reports.ui import serve
 from sweep.tracking import SweepError
@@ -58,17 +61,34 @@ def _paths_text(paths: dict) -> str:
     return "\n".join(f"  {fmt:4s} {path}" for fmt, path in paths.items())
 
 
+def _safe_dir_name(names: list[str]) -> str:
+    return "+".join("".join(c if c.isalnum() or c in "._-" else "_" for c in n) for n in names)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     formats = parse_formats(args.format)
-    out_dir = report_dir(args.output, args.name)
-    result = make_report(args.name, _uri(args), out_dir, formats, metric=args.metric, baseline=args.baseline,
-                         per_class=args.per_class, output=args.output, top=args.top)
+    if args.layout == "paper":
+        metrics = parse_metrics(args.metrics)
+        out_dir = report_dir(args.output, _safe_dir_name(args.names))
+        markdown, paths = make_paper_report(args.names, _uri(args), out_dir, formats, metrics=metrics,
+                                            baseline=args.baseline, output=args.output, progress=True)
+        print(markdown)
+        print(f"paper table of sweeps {', '.join(args.names)}:\n{_paths_text(paths)}")
+        return 0
+    if len(args.names) > 1:
+        raise ReportError(f"{len(args.names)} sweeps named ({', '.join(args.names)}): several sweeps side by side "
+                          f"need --layout paper")
+    name = args.names[0]
+    out_dir = report_dir(args.output, name)
+    result = make_report(name, _uri(args), out_dir, formats, metric=args.metric, baseline=args.baseline,
+                         per_class=args.per_class, output=args.output, top=args.top, mlflow_ui=args.mlflow_ui,
+                         progress=True)
     print(result.markdown)
     if args.history:
         from reports.table import history_listing
 
         print(history_listing(result.sweep))
-    print(f"report files for sweep {args.name}:\n{_paths_text(result.paths)}")
+    print(f"report files for sweep {name}:\n{_paths_text(result.paths)}")
     return 0
 
 
@@ -93,7 +113,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("report", help="regenerate an ablation table (md, tex, csv, html) from MLflow",
                               description="Tables and plots of one sweep from what MLflow holds; no retraining.")
-    p.add_argument("name", metavar="NAME", help="sweep name (= MLflow experiment)")
+    p.add_argument("names", metavar="NAME", nargs="+",
+                   help="sweep name (= MLflow experiment); several with --layout paper")
+    p.add_argument("--layout", choices=("table", "paper"), default="table",
+                   help="table: one sweep's ablation table (default); paper: several sweeps side by side, rows "
+                        "matched by variant name, a column group per sweep (files under reports/A+B/)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help="--layout paper: the metrics of each column group (default test_acc,test_wf1)")
+    p.add_argument("--mlflow-ui", default=DEFAULT_MLFLOW_UI, metavar="URL",
+                   help="base address of the MLflow UI that the HTML report's run ids link to "
+                        f"(default {DEFAULT_MLFLOW_UI}, where `run_sweep.py ui` serves)")
     p.add_argument("--format", default="md,tex,csv,html", help="comma list of md, tex, csv, html (default all)")
     p.add_argument("--metric", default="test_wf1",
                    help="compared metric for the difference and paired test: "

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from reports.stats import format_p
 from reports.table import Table, metric_label
 
 BASE_COLOR = "#1f4e79"
@@ -34,71 +35,118 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def variant_bars(table: Table, key: str) -> bytes:
-    """Mean of `key` per variant, error bars = sample std, one dot per seed; the y axis is cut to the data."""
-    rows = table.rows
-    fig = Figure(figsize=(min(11.0, max(5.0, 1.2 * len(rows) + 2)), 4.2), layout="constrained")
+def variant_bars(table: Table, key: str, rows=None) -> bytes:
+    """Mean of `key` per variant (or per row of `rows`) as horizontal bars (names on the y axis never overlap),
+    error bars = sample std, one dot per seed; the x axis is cut to the data so that a point's difference is
+    visible."""
+    rows = table.rows if rows is None else rows
+    fig = Figure(figsize=(8.0, 0.34 * len(rows) + 1.3), layout="constrained")
     ax = fig.add_subplot()
-    xs = list(range(len(rows)))
+    ys = list(range(len(rows)))
     means = [100 * r.cells[key].summary.mean if r.cells[key].summary.n else 0.0 for r in rows]
     stds = [100 * r.cells[key].summary.std if r.cells[key].summary.n > 1 else 0.0 for r in rows]
     colors = [BASE_COLOR if r.variant == table.baseline else OTHER_COLOR for r in rows]
-    ax.bar(xs, means, yerr=stds, color=colors, capsize=5, edgecolor="black", linewidth=0.6, zorder=2)
-    for x, row in zip(xs, rows):
+    ax.barh(ys, means, xerr=stds, color=colors, capsize=3, edgecolor="black", linewidth=0.6, height=0.7, zorder=2)
+    for y, row in zip(ys, rows):
         values = row.cells[key].values
         for i, v in enumerate(values):  # fixed offsets instead of random jitter: the image is reproducible
-            offset = (i - (len(values) - 1) / 2) * 0.12
-            ax.plot(x + offset, 100 * v, "o", color="black", markersize=3.5, zorder=3)
-        if not values:  # at the bottom of the axes, whatever the y range (x in data, y in axes units)
-            ax.text(x, 0.02, "no finished run", ha="center", va="bottom", rotation=90, fontsize=8,
-                    transform=ax.get_xaxis_transform())
+            offset = (i - (len(values) - 1) / 2) * 0.15
+            ax.plot(100 * v, y + offset, "o", color="black", markersize=3, zorder=3)
+        if not values:  # at the left of the axes, whatever the x range (x in axes units, y in data)
+            ax.text(0.01, y, "no finished run", va="center", fontsize=8, transform=ax.get_yaxis_transform())
     finite = [100 * v for r in rows for v in r.cells[key].values]
     if finite:
         lo, hi = min(finite), max(finite)
         pad = max(1.0, 0.15 * (hi - lo))
-        ax.set_ylim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
-    labels = [_label(r.variant + (f" {r.marks}" if r.marks else "")) + f"\n(n={r.n})" for r in rows]
-    crowded = len(rows) > 6
-    ax.set_xticks(xs, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=9)
-    ax.set_ylabel(f"{metric_label(key)} (%)")
+        ax.set_xlim(max(0.0, lo - 3 * pad), min(100.0, hi + pad))
+    labels = [_label(r.variant + (f" {r.marks}" if r.marks else ""), 40) + f" (n={r.n})" for r in rows]
+    ax.set_yticks(ys, labels, fontsize=9)
+    ax.invert_yaxis()   # table order, top to bottom
+    ax.set_xlabel(f"{metric_label(key)} (percent)")
     dark = "; dark: baseline" if table.compares else ""
     ax.set_title(f"{_label(table.sweep, 60)}: {metric_label(key)}, mean ± std over seeds (dots: seeds{dark})",
                  fontsize=10)
-    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.grid(axis="x", alpha=0.3, zorder=0)
     return _png(fig)
 
 
-def dev_curves(table: Table, histories: dict[str, list[tuple[int, float]]], key: str = "dev_wf1") -> bytes:
-    """Per-epoch dev weighted F1: thin lines per seed, a thick line for the mean over seeds per variant."""
-    fig = Figure(figsize=(8.0, 4.4), layout="constrained")
+MET_COLOR, NOT_MET_COLOR = "#1e7b34", "#b03a2e"
+
+
+def forest(table: Table) -> bytes:
+    """Every compared row's Δ against the baseline with its 95% CI (the picture an ablation is read from):
+    the zero line, the equivalence margin when the spec states one, and each row's Δ, CI and Holm p as text.
+    Colour: green = the spec's expectation met, red = not met, blue = no expectation."""
+    rows = [r for r in table.rows if table.metric in r.comparisons]
+    fig = Figure(figsize=(9.0, 0.36 * max(1, len(rows)) + 1.5), layout="constrained")
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["tab10" if len(table.rows) <= 10 else "tab20"]
+    margins = {r.expected.margin for r in rows if r.expected is not None and r.expected.must == "equivalent"}
+    for margin in sorted(margins):
+        ax.axvspan(-100 * margin, 100 * margin, color="#d9d9d9", alpha=0.6, zorder=0)
+    ax.axvline(0.0, color="black", linewidth=1.0, zorder=1)
+    for y, row in enumerate(rows):
+        comp = row.comparisons[table.metric]
+        low, high = comp.test.ci
+        color = BASE_COLOR if row.expected is None or row.expected.met is None else (
+            MET_COLOR if row.expected.met else NOT_MET_COLOR)
+        if not math.isnan(low):
+            ax.plot([100 * low, 100 * high], [y, y], color=color, linewidth=2.0, zorder=2)
+        if not math.isnan(comp.delta):
+            ax.plot(100 * comp.delta, y, "s", color=color, markersize=6, zorder=3)
+        holm = comp.test.p_adjusted
+        p_text = "" if math.isnan(holm) else f"  Holm p={format_p(holm)}"
+        # Right of the axes (x in axes units, y in data): every row's numbers in one column.
+        ax.text(1.02, y, f"{100 * comp.delta:+.2f}" + ("" if math.isnan(low) else
+                                                       f" [{100 * low:+.2f}, {100 * high:+.2f}]") + p_text,
+                transform=ax.get_yaxis_transform(), va="center", fontsize=8, family="monospace")
+    ax.set_yticks(range(len(rows)), [_label(r.variant + (f" {r.marks}" if r.marks else ""), 40) for r in rows],
+                  fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)   # table order, top to bottom
+    ax.set_xlabel(f"Δ {metric_label(table.metric)} against {table.baseline} (points; 95% CI)")
+    band = ("; grey band: equivalence margin " + ", ".join(f"±{100 * m:.1f}" for m in sorted(margins))
+            if margins else "")   # said in the title: a legend box would cover the bottom row's interval
+    ax.set_title(f"{_label(table.sweep, 60)}: left of 0 = below {table.baseline}{band}", fontsize=10)
+    ax.grid(axis="x", alpha=0.3, zorder=0)
+    return _png(fig)
+
+
+def dev_curves(table: Table, histories: dict[str, list[tuple[int, float]]], key: str = "dev_wf1",
+               rows=None) -> bytes:
+    """Per-epoch dev weighted F1: one line per variant (the mean over its seeds) with a band of ± one sample
+    std where two or more seeds reached that epoch; the legend sits beside the axes, outside the curves."""
+    rows = table.rows if rows is None else rows
+    fig = Figure(figsize=(10.0, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
     drawn = 0
-    for i, row in enumerate(table.rows):
+    for i, row in enumerate(rows):
         color = cmap(i % cmap.N)
         run_ids = row.cells[table.metric].run_ids or row.cells["dev_wf1"].run_ids
         curves = [histories.get(r, []) for r in run_ids]
         curves = [c for c in curves if c]
         if not curves:
             continue
-        for curve in curves:
-            ax.plot([s for s, _ in curve], [100 * v for _, v in curve], color=color, alpha=0.3, linewidth=0.8)
         steps = sorted({s for c in curves for s, _ in c})
-        mean = []
+        mean, low, high = [], [], []
         for step in steps:
-            vals = [v for c in curves for s, v in c if s == step]
-            mean.append(100 * math.fsum(vals) / len(vals))
-        ax.plot(steps, mean, color=color, linewidth=2.0, label=f"{_label(row.variant, 40)} (n={len(curves)})")
+            vals = [100 * v for c in curves for s, v in c if s == step]
+            m = math.fsum(vals) / len(vals)
+            sd = math.sqrt(math.fsum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            mean.append(m)
+            low.append(m - sd)
+            high.append(m + sd)
+        ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+        ax.plot(steps, mean, color=color, linewidth=1.8, label=f"{_label(row.variant, 30)} (n={len(curves)})")
         drawn += 1
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric_label(key)} (%)")
-    ax.set_title(f"{_label(table.sweep, 60)}: {metric_label(key)} per epoch (thin: seeds, thick: mean)", fontsize=10)
+    ax.set_ylabel(f"{metric_label(key)} (percent)")
+    ax.set_title(f"{_label(table.sweep, 60)}: {metric_label(key)} per epoch (line: mean over seeds; band: ± std)",
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    if 0 < drawn <= 12:
-        ax.legend(fontsize=8, loc="lower right", ncol=1 if drawn <= 8 else 2)
-    elif drawn:  # a legend of 40 tune trials would hide the curves
-        ax.text(0.99, 0.02, f"{drawn} rows; legend omitted", transform=ax.transAxes, ha="right", fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if drawn <= 16 else 2,
+                  frameon=False)
     else:
         ax.text(0.5, 0.5, "no per-epoch history in MLflow", transform=ax.transAxes, ha="center")
     return _png(fig)

@@ -89,10 +89,13 @@ def _md_table(table: Table, columns: Columns, compare: bool) -> list[str]:
 
 
 def render_markdown(table: Table) -> str:
-    lines = [f"**Table: sweep {_md(table.sweep)}.** " + " ".join(_md(c) for c in table.caption)]
+    """The table first under a short reading guide; the full caption (method, stage 1, sources) and the
+    footnotes after it."""
+    lines = [f"**Table: sweep {_md(table.sweep)}.** {_md(table.summary)}".rstrip()]
     if table.warning:
         lines += ["", f"> **{_md(table.warning)}**"]
     lines += [""] + _md_table(table, table.columns, table.compares) + [""]
+    lines += ["Details: " + " ".join(_md(c) for c in table.caption), ""]
     # Two trailing spaces: a Markdown line break, so each footnote keeps its own line.
     lines += [_md(note) + "  " for note in table.footnotes[:-1]] + [_md(n) for n in table.footnotes[-1:]]
     if table.class_columns:

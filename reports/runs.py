@@ -2,7 +2,8 @@
 
 Without NAME: one line per sweep. With NAME: one line per trial. With --best K: the K best finished
 trials by a metric (dev weighted F1 by default: picking configs on test would leak) and, for each,
-the parameters that make it differ from the others, as dotted overrides ready for the command line.
+what makes it differ from the sweep's baseline variant (an ablation) or the values it chose (a search), as
+dotted overrides ready for the command line. Scores are printed in percent; MLflow holds them as 0-1.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from datetime import datetime, timezone
 from reports.stats import pct
 from reports.store import STATES, ReportError, Sweep, Trial, list_sweeps, load_sweep
 
-NOT_KEY = {"seed"}
+# Bookkeeping, not a setting a user chose: the seed is its own column; a shared stage-1 seed is the sweep's.
+NOT_KEY = {"seed", "stage1.shared_seed"}
 
 
 def text_table(head: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
@@ -59,7 +61,8 @@ def sweeps_listing(tracking_uri: str, key: str = "dev_wf1") -> str:
         test_text = "—" if best is None else pct(_metric(best, "test_wf1"))
         rows.append([s.name, s.kind, s.tags.get("dataset", "?"), _when(s.start_time), _states(s), best_text,
                      test_text])
-    return text_table(["sweep", "kind", "dataset", "started", "trials", f"best {key}", "its test_wf1"], rows)
+    return ("scores in percent (MLflow holds them as 0-1)\n"
+            + text_table(["sweep", "kind", "dataset", "started", "trials", f"best {key}", "its test_wf1"], rows))
 
 
 def key_params(trials: list[Trial]) -> list[str]:
@@ -86,6 +89,18 @@ def trials_listing(name: str, tracking_uri: str) -> str:
     return title + "\n" + text_table(head, rows, right=set(range(first, first + 5)))
 
 
+def differing_keys(trial: Trial, reference: Trial) -> list[str]:
+    """The settings (MLflow params) in which `trial` differs from `reference`, bookkeeping keys aside."""
+    keys = sorted((set(trial.params) | set(reference.params)) - NOT_KEY)
+    return [k for k in keys if trial.params.get(k) != reference.params.get(k)]
+
+
+def _baseline_trial(sweep: Sweep, seed: str) -> Trial | None:
+    """The baseline variant's finished trial of the same seed, else of any seed (their settings are the same)."""
+    finished = [t for t in sweep.trials if t.variant == sweep.baseline and t.status == "FINISHED"]
+    return next((t for t in finished if t.seed == seed), finished[0] if finished else None)
+
+
 def best_listing(name: str, tracking_uri: str, k: int, key: str = "dev_wf1") -> str:
     if k < 1:
         raise ReportError("--best K needs K >= 1")
@@ -95,12 +110,20 @@ def best_listing(name: str, tracking_uri: str, k: int, key: str = "dev_wf1") -> 
         return f"sweep {name}: no finished trial with selected_{key}"
     ranked = sorted(done, key=lambda t: (-_metric(t, key), t.start_time, t.run_id))[:k]
     keys = key_params(sweep.trials)
-    lines = [f"sweep {name}: the {len(ranked)} best of {len(done)} finished trials by selected_{key}"]
+    lines = [f"sweep {name}: the {len(ranked)} best of {len(done)} finished trials by selected_{key} "
+             f"(scores in percent; MLflow holds them as 0-1)"]
     for rank, t in enumerate(ranked, start=1):
         lines.append(f"\n#{rank}  {t.variant}  seed {t.seed}  {key} {pct(_metric(t, key))}  "
                      f"test_wf1 {pct(_metric(t, 'test_wf1'))}  run {t.run_id}")
-        overrides = " ".join(f"{k}={t.params[k]}" for k in keys if k in t.params)
-        lines.append(f"    differs from the other trials in: {overrides or '(nothing: the common config)'}")
+        reference = _baseline_trial(sweep, t.seed) if sweep.kind != "tune" else None
+        if reference is not None:
+            differs = differing_keys(t, reference)
+            overrides = " ".join(f"{k}={t.params.get(k, '(unset)')}" for k in differs)
+            lines.append(f"    differs from the baseline {sweep.baseline} in: "
+                         f"{overrides or '(nothing: this is the baseline config)'}")
+        else:
+            overrides = " ".join(f"{k}={t.params[k]}" for k in keys if k in t.params)
+            lines.append(f"    differs from the other trials in: {overrides or '(nothing: the common config)'}")
         if t.tags.get("overrides") not in (None, "", "{}"):
             lines.append(f"    variant overrides (tag): {t.tags['overrides']}")
         if t.artifact_uri:

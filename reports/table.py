@@ -99,6 +99,8 @@ class Table:
     footnotes: list[str]                              # plain text, the first characters may be a mark
     trials: list[Trial]                               # every child run, for traceability in HTML/CSV
     labels: list[str]
+    summary: str = ""                                 # two or three sentences: how to read a row (before the table)
+    experiment_id: str = ""                           # MLflow experiment, for links to runs in the HTML
 
     @property
     def compares(self) -> bool:
@@ -221,6 +223,7 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
         return out
 
     files: dict[str, str] = {}
+    parsed: dict[tuple[str, str], Predictions] = {}   # (run id, split): each file is read and parsed once
 
     def predictions(variant: str, key: str) -> dict[str, Predictions] | None:
         """Per seed, the finished trial's predictions on the metric's split; None when any trial has none."""
@@ -231,10 +234,12 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
             if trial is None:
                 continue
             if trial.run_id not in files:
-                files[trial.run_id] = trial_predictions(sweep.tracking_uri, trial.run_id)
+                files[trial.run_id] = trial_predictions(sweep.tracking_uri, trial.run_id, trial.artifact_uri)
             if not files[trial.run_id]:
                 return None
-            out[seed] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            if (trial.run_id, split) not in parsed:
+                parsed[(trial.run_id, split)] = _parse_predictions(files[trial.run_id], split, labels, trial)
+            out[seed] = parsed[(trial.run_id, split)]
             if len(out[seed].gold) == 0:   # the file has no row of this split
                 return None
         return out
@@ -299,7 +304,27 @@ def build_table(sweep: Sweep, metric: str = "test_wf1", baseline: str | None = N
     return Table(sweep=sweep.name, kind=sweep.kind, dataset=sweep.tags.get("dataset", "?"), metric=metric,
                  baseline=baseline, columns=main, class_columns=per_class_columns, rows=rows,
                  caption=caption, warning=warning,
-                 footnotes=footnotes, trials=list(sweep.trials), labels=labels)
+                 footnotes=footnotes, trials=list(sweep.trials), labels=labels,
+                 summary=_summary(sweep, rows, metric, baseline), experiment_id=sweep.experiment_id)
+
+
+def _summary(sweep: Sweep, rows: list[Row], metric: str, baseline: str) -> str:
+    """How to read a row, in a few sentences that come before the table; the full caption follows it."""
+    on_test, _ = _select_on_test(sweep)
+    seeds = ", ".join(sweep.seeds) if sweep.seeds else "none"
+    text = (f"Scores in percent (MLflow holds them as fractions 0-1) at the epoch chosen on "
+            f"{'TEST (optimistic)' if on_test else 'dev'}, mean ± std over seeds {seeds}; n = finished seeds; "
+            f"bold = best per column.")
+    if baseline:
+        text += (f" Δ = variant minus {baseline} on {metric_label(metric)}, in points, with its {LEVEL:.0%} CI: "
+                 f"negative means the variant scores lower, so the part it removes or changes helps; p is "
+                 f"two-sided, Holm-corrected across the rows.")
+    if any(r.understated for r in rows):
+        text += (f" {SHARED_STAGE1_MARK}: the row changes stage 1 while seeds share one stage 1, so its p and CI "
+                 f"understate the uncertainty.")
+    if any(r.expected is not None for r in rows):
+        text += " expected: what the sweep's spec wrote, before the run, that the row must show; met or not."
+    return text
 
 
 def _parse_predictions(text: str, split: str, labels: list[str], trial: Trial) -> Predictions:
@@ -546,13 +571,16 @@ def _encoder_caption(sweep: Sweep) -> str:
 def _stage1_caption(sweep: Sweep) -> str:
     """The stage-1 scores behind each row: dev (and, where logged, test) wF1 of the text teacher and the
     audio/video students at their kept epoch (mean over the row's stage-1 runs when seeds train their own),
-    and the stage-1 time."""
-    parts = []
+    and the stage-1 time. Rows that use the same stage-1 runs share one entry (an ablation of stage 2 alone
+    would otherwise repeat the same figures for every row)."""
+    groups: dict[tuple[str, ...], list[str]] = {}     # stage-1 run ids -> the rows that use them, table order
     for variant in sweep.variants:
-        ids = sorted({t.tags.get("stage1_run_id", "") for t in sweep.trials if t.variant == variant} - {""})
+        ids = tuple(sorted({t.tags.get("stage1_run_id", "") for t in sweep.trials if t.variant == variant} - {""}))
+        if any(i in sweep.stage1_runs for i in ids):
+            groups.setdefault(ids, []).append(variant)
+    parts = []
+    for ids, variants in groups.items():
         runs = [sweep.stage1_runs[i] for i in ids if i in sweep.stage1_runs]
-        if not runs:
-            continue
         scores = []
         for modality in ("text", "audio", "video"):
             values = [r.metrics[f"selected_{modality}_dev_wf1"] for r in runs if f"selected_{modality}_dev_wf1" in r.metrics]
@@ -563,12 +591,12 @@ def _stage1_caption(sweep: Sweep) -> str:
         failed = sum(r.status == "FAILED" for r in runs)
         seconds = sum(r.metrics.get("stage1_seconds", 0.0) for r in runs)
         runs_text = ", ".join(r.run_id[:8] for r in runs)
-        parts.append(f"{variant}: {', '.join(scores) or 'no dev scores'}"
+        parts.append(f"{', '.join(variants)}: {', '.join(scores) or 'no dev scores'}"
                      f"{f' ({failed} failed)' if failed else ''} (run {runs_text}, {seconds:.0f} s)")
     if not parts:
         return ""
-    return ("Stage 1 behind each row (dev / test wF1 at the epoch kept on dev; test omitted for runs that did not "
-            "log it; MLflow stage-1 runs): " + "; ".join(parts) + ".")
+    return ("Stage 1 behind each row (dev / test wF1 in percent at the epoch kept on dev; test omitted for runs "
+            "that did not log it; MLflow stage-1 runs): " + "; ".join(parts) + ".")
 
 
 def _footnotes(sweep: Sweep, rows: list[Row], duplicates: list[Trial]) -> list[str]:

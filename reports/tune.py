@@ -26,6 +26,11 @@ from reports.store import Sweep, Trial
 # Optuna is imported inside the functions that rebuild a study: it costs seconds to import.
 
 OBJECTIVE = "selected_dev_wf1"
+# fANOVA's cost grows with the trees' leaves: on a search of 900 complete trials Optuna's default forest took 150 s
+# on a loaded 2-core machine, 64 trees of depth 8 took 17 s with the same ranking, 32 of depth 8 about 10 s
+# (benchmarks/report_scale.py; RESULTS.md, issue 29).
+LARGE_STUDY = 200
+LARGE_FOREST = {"n_trees": 16, "max_depth": 8}
 NOT_SEARCHED = {"seed"}
 _STOPPED = re.compile(r"after epoch (\d+) of (\d+)")
 
@@ -129,7 +134,8 @@ def tune_view(sweep: Sweep, objective: str | None = None) -> TuneView:
     launched = sorted(sweep.trials, key=lambda t: (t.start_time, t.run_id))
     finished = [t for t in launched if scored(t, objective)]
     complete = [t for t in finished if stopped_at(t) is None]
-    view = TuneView(objective, [(i, t.metrics[objective]) for i, t in enumerate(launched) if t in finished],
+    finished_ids = {t.run_id for t in finished}   # not `t in finished`: comparing dataclasses is quadratic
+    view = TuneView(objective, [(i, t.metrics[objective]) for i, t in enumerate(launched) if t.run_id in finished_ids],
                     direction, [t.run_id for t in complete], [])
     if len(complete) < 2:
         view.note = f"{len(complete)} trial(s) ran their whole budget: no importances"
@@ -154,8 +160,13 @@ def tune_view(sweep: Sweep, objective: str | None = None) -> TuneView:
             params=params, distributions={k: dists[k] for k in params}, value=t.metrics[objective], state=state,
             user_attrs={"mlflow_run_id": t.run_id, "trial_id": t.tags.get("trial_id", "")}))
     view.study = study
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    view.evaluator = "Optuna fANOVA, seed 0"
+    if len(complete) <= LARGE_STUDY:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        view.evaluator = "Optuna fANOVA, seed 0"
+    else:   # Optuna's default forest (64 trees of depth 64) took 150 s on 900 trials: a smaller one
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0, **LARGE_FOREST)
+        view.evaluator = (f"Optuna fANOVA, seed 0, {LARGE_FOREST['n_trees']} trees of depth "
+                          f"{LARGE_FOREST['max_depth']} (over {LARGE_STUDY} complete trials)")
     try:
         view.importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
     except (ValueError, RuntimeError) as err:  # e.g. no parameter that every complete trial has

@@ -64,6 +64,16 @@ class Stage1Entry:
     failure: str = ""
     source: str = ""                 # computed | cache
 
+    def rows(self) -> list[str]:
+        """The table rows (variants) whose trials use this entry: run names 'VARIANT sSEED' without the seed."""
+        return list(dict.fromkeys(re.sub(r" s\d+$", "", user) for user in self.users))
+
+    def run_name(self) -> str:
+        """Its MLflow run's name, after the rows that use it (the UI lists stage-1 runs beside the sweep's)."""
+        rows = self.rows()
+        shown = ", ".join(rows[:3]) + (f" +{len(rows) - 3} rows" if len(rows) > 3 else "")
+        return f"stage 1 for {shown or 'trials'} ({self.key[-8:]})"
+
 
 @dataclass
 class Stage1Context:
@@ -380,11 +390,11 @@ def _record(ctx: Stage1Context, entry: Stage1Entry, result: dict) -> str:
             "precision": info.get("precision", ""), "gpu_ids": str(result.get("gpu_ids", "")),
             "gpu_share": f"{result.get('gpu_share', 0.0):g}",
             **{f"encoder.{m}": info.get(f"{m}_encoder_id", "") for m in MODALITIES},
-            "used_by": ", ".join(entry.users)[:5000]}
+            "used_by": ", ".join(entry.users)[:5000], "rows": ", ".join(entry.rows())[:5000]}
     if entry.failure:
         tags["failure_reason"] = entry.failure
     run = tracking.retrying(ctx.client.create_run, ctx.experiment_id, start_time=int(result["started"] * 1000),
-                            tags=tags, run_name=f"stage 1 {entry.key[-12:]} ({entry.users[0]})")
+                            tags=tags, run_name=entry.run_name())
     run_id = run.info.run_id
     params = [Param(k, str(v)[:6000]) for k, v in cfg.flat().items() if k.startswith(("stage1.", "data."))]
     params.append(Param("stage1_seed", str(cfg.stage1_seed)))

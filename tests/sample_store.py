@@ -181,3 +181,87 @@ def sample_tune(output: Path, name: str = "fusion", *, trials: int = 10, epochs:
                    failure_reason="DivergedError: loss is inf at epoch 1" if status == "FAILED" else "")
     client.set_terminated(parent.info.run_id, status="FINISHED", end_time=start + 60_000)
     return uri
+
+
+# The demo's rows (ablations/demo.yaml) with planted test wF1 levels like a demo run's: a report shaped like the
+# demo's (13 rows, the § marks of a shared stage 1, the `expected` column) without running the demo.
+DEMO_LIKE = {
+    "full": ({}, 0.556), "w/o prompt": ({"stage1.prompt": False}, 0.571),
+    "w/o stage-1 KD": ({"stage1.kd": False}, 0.555),
+    "w/o stage-2 KD": ({"fusion.kd_audio_weight": 0.0, "fusion.kd_video_weight": 0.0}, 0.563),
+    "w/o any KD": ({"stage1.kd": False, "fusion.kd_audio_weight": 0.0, "fusion.kd_video_weight": 0.0}, 0.549),
+    "w/o anchor gating": ({"fusion.anchor_gating": False}, 0.565),
+    "w/o speaker embeddings": ({"fusion.speaker_embeddings": False}, 0.545),
+    "T": ({"fusion.modalities": ["text"]}, 0.524), "A": ({"fusion.modalities": ["audio"]}, 0.477),
+    "V": ({"fusion.modalities": ["video"]}, 0.448), "T+A": ({"fusion.modalities": ["text", "audio"]}, 0.555),
+    "T+V": ({"fusion.modalities": ["text", "video"]}, 0.537), "A+V": ({"fusion.modalities": ["audio", "video"]}, 0.472),
+}
+
+
+def log_predictions(uri: str, name: str, skill: dict[str, float], dialogues: int = 30, labels=None,
+                    seed: int | None = None) -> dict[tuple[str, str], str]:
+    """Give every child run of sweep `name` a predictions.csv (test split) in which a variant gets a share
+    `skill[variant]` of the utterances right, so the report runs its paired bootstrap test on them; returns
+    {(variant, seed): the file's text}."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    labels = labels or MELD_LABELS
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(zlib.crc32(name.encode()) if seed is None else seed)
+    files = {}
+    lengths = rng.integers(4, 10, size=dialogues)
+    gold = rng.integers(len(labels), size=int(lengths.sum()))
+    for run in client.search_runs([client.get_experiment_by_name(name).experiment_id]):
+        variant = run.data.tags.get("variant")
+        if variant is None or variant not in skill:
+            continue
+        right = rng.random(len(gold)) < skill[variant]
+        pred = np.where(right, gold, (gold + 1) % len(labels))
+        lines = ["split,dialogue_id,utterance_id,gold,predicted"]
+        u = 0
+        for d, n in enumerate(lengths):
+            for i in range(n):
+                lines.append(f"test,test{d},test{d}_u{i},{labels[gold[u]]},{labels[pred[u]]}")
+                u += 1
+        files[(variant, run.data.tags["seed"])] = "\n".join(lines) + "\n"
+        client.log_text(run.info.run_id, files[(variant, run.data.tags["seed"])], "predictions.csv")
+    return files
+
+
+def sample_demo_like(output: Path, name: str = "demo", *, expectations: dict | None = None) -> str:
+    """An ablation shaped like the demo's: its 13 rows x 3 seeds, stage 1 shared, predictions for the bootstrap
+    test, and `expectations` (the spec's block, e.g. ablations/demo.yaml's) on the parent; returns the URI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = sample_ablation(output, name, variants=DEMO_LIKE, failed=(), killed=(), stage1_seed_mode="shared",
+                          labels=MELD_LABELS[:6])
+    log_predictions(uri, name, {v: 0.2 + level for v, (_, level) in DEMO_LIKE.items()}, labels=MELD_LABELS[:6])
+    if expectations:
+        client = MlflowClient(uri)
+        parent = [r for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
+                  if "mlflow.parentRunId" not in r.data.tags][0]
+        client.set_tag(parent.info.run_id, "expectations", json.dumps(expectations))
+    return uri
+
+
+def compile_with_pdflatex(tex: Path, workdir: Path, packages: str = "booktabs") -> None:
+    """Compile `tex` (\\input into a minimal article with `packages`) with pdflatex; pytest.skip where there is
+    none (Debian: apt-get install texlive-latex-base texlive-latex-recommended); fails on a LaTeX error."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex not installed: structure checked, not compiled (apt-get install texlive-latex-base "
+                    "texlive-latex-recommended; tests/check_report_render.py)")
+    doc = workdir / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}"
+                   + "".join(f"\\usepackage{{{p}}}" for p in packages.split(","))
+                   + f"\\begin{{document}}\\input{{{tex.as_posix()}}}\\end{{document}}\n")
+    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=workdir,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (workdir / "doc.pdf").stat().st_size > 1000

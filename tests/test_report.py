@@ -13,14 +13,14 @@ import json
 import re
 import time
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from reports.cli import main as cli_main, print_table_after_sweep
 from reports.report import make_report
-from tests.sample_store import ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, sample_ablation, sample_tune
+from tests.sample_store import (ABLATION, BASE_TIME, MELD_LABELS, _flat, _log_trial, compile_with_pdflatex,
+                                log_predictions, sample_ablation, sample_tune)
 from reports.store import ReportError, load_sweep
 
 METRICS = ["dev_wf1", "dev_acc", "dev_mf1", "test_wf1", "test_acc", "test_mf1"]
@@ -222,16 +222,7 @@ def test_latex_has_booktabs_rules_balanced_environments_and_compiles(store, tmp_
             if line.endswith(r"\\") and "multicolumn" not in line:
                 assert _strip_tex_escapes(line).count("&") == len(spec) - 1, line
     assert r"no\_gate$^\dagger$" in tex and r"\textbf{" in tex and r"$\pm$" in tex
-    pdflatex = shutil.which("pdflatex")
-    if pdflatex is None:
-        pytest.skip("pdflatex not installed: structure checked, compilation not (tests/check_report_render.py)")
-    doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{booktabs}\\begin{document}"
-                   f"\\input{{{(tmp_path / 'demo' / 'table.tex').as_posix()}}}\\end{{document}}\n")
-    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    compile_with_pdflatex(tmp_path / "demo" / "table.tex", tmp_path)
 
 
 def _images(html: str) -> list[bytes]:
@@ -240,15 +231,19 @@ def _images(html: str) -> list[bytes]:
 
 def test_html_is_self_contained_with_plots(store, tmp_path):
     html = _report(store, "demo", tmp_path).paths["html"].read_text(encoding="utf-8")
-    assert "http://" not in html and "https://" not in html
+    # Nothing is loaded from elsewhere; the only links are to runs in the MLflow UI (README: Reading a report).
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
-    assert not re.findall(r"""(?:src|href)\s*=\s*["'](?!data:)""", html)
-    images = _images(html)
-    assert len(images) == 2  # variant bars + dev curves
-    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
-    assert "Dev weighted F1 per epoch" in html and "Variants: test wF1" in html
+    assert not re.findall(r"""src\s*=\s*["'](?!data:)""", html)
+    links = re.findall(r"""href\s*=\s*["']([^"']*)["']""", html)
     sweep = load_sweep("demo", store["uri"])
-    assert all(t.run_id in html for t in sweep.trials)  # every trial, failed ones too, is listed
+    assert sorted(links) == sorted(f"http://127.0.0.1:5000/#/experiments/{sweep.experiment_id}/runs/{t.run_id}"
+                                   for t in sweep.trials)   # every trial, failed ones too, links to its run
+    images = _images(html)
+    assert len(images) == 3  # forest plot + variant bars + dev curves
+    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
+    assert "Dev weighted F1 per epoch" in html and "Variants: test wF1" in html and 'id="forest"' in html
+    # The table comes before the folded caption and the figures.
+    assert html.index('<table class="main">') < html.index("<details>") < html.index('id="forest"')
 
 
 def test_tune_report_has_history_and_importances(store, tmp_path):
@@ -356,31 +351,9 @@ def test_print_table_after_sweep(store, tmp_path, capsys):
 
 def _store_with_predictions(tmp_path):
     """A 3-variant sweep whose trials carry predictions.csv: full 75% right, no_kd 74%, text_only 55%."""
-    import numpy as np
-    from mlflow.tracking import MlflowClient
-
     variants = {k: ABLATION[k] for k in ("full", "no_kd", "text_only")}
     uri = sample_ablation(tmp_path / "runs", "boot", variants=variants, failed=(), killed=())
-    client = MlflowClient(uri)
-    rng = np.random.default_rng(3)
-    lengths = rng.integers(4, 10, size=30)
-    gold = rng.integers(len(MELD_LABELS), size=int(lengths.sum()))
-    skill = {"full": 0.75, "no_kd": 0.74, "text_only": 0.55}
-    files = {}
-    for run in client.search_runs([client.get_experiment_by_name("boot").experiment_id]):
-        variant = run.data.tags.get("variant")
-        if variant is None:
-            continue
-        right = rng.random(len(gold)) < skill[variant]
-        pred = np.where(right, gold, (gold + 1) % len(MELD_LABELS))
-        lines = ["split,dialogue_id,utterance_id,gold,predicted"]
-        u = 0
-        for d, n in enumerate(lengths):
-            for i in range(n):
-                lines.append(f"test,test{d},test{d}_u{i},{MELD_LABELS[gold[u]]},{MELD_LABELS[pred[u]]}")
-                u += 1
-        files[(variant, run.data.tags["seed"])] = "\n".join(lines) + "\n"
-        client.log_text(run.info.run_id, files[(variant, run.data.tags["seed"])], "predictions.csv")
+    files = log_predictions(uri, "boot", {"full": 0.75, "no_kd": 0.74, "text_only": 0.55}, seed=3)
     return uri, files
 
 

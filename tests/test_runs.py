@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reports.cli import main as cli_main
-from tests.sample_store import sample_ablation, sample_tune
+from tests.sample_store import ABLATION, _flat, sample_ablation, sample_tune
 from reports.ui import is_loopback, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +24,7 @@ def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     uri = sample_ablation(out, "demo")
     sample_tune(out, "fusion")
+    sample_ablation(out, "shared", stage1_seed_mode="shared", failed=(), killed=())
     return {"out": out, "uri": uri}
 
 
@@ -71,6 +72,24 @@ def test_runs_best_k_gives_the_top_trials_with_overrides(store, capsys):
     assert f"train.lr={first['params.train.lr']}" in out and f"fusion.mode={first['params.fusion.mode']}" in out
     assert "config.yaml" in out
     assert cli_main(["runs", "fusion", "--best", "0", "--output", str(store["out"])]) == 2
+
+
+def test_runs_best_in_an_ablation_names_what_differs_from_the_baseline_variant(store, capsys):
+    """Each of the best trials says what its variant changes against the baseline (`full`), nothing else: not the
+    seed, not the sweep's shared stage-1 seed; scores are said to be percent."""
+    assert cli_main(["runs", "shared", "--best", "15", "--output", str(store["out"])]) == 0
+    out = capsys.readouterr().out
+    assert "(scores in percent; MLflow holds them as 0-1)" in out.splitlines()[0]
+    base = _flat({})
+    said = {}
+    for rank, differs in zip(*[iter([ln for ln in out.splitlines() if ln.startswith(("#", "    differs"))])] * 2):
+        said[rank.split()[1]] = differs.split(" in: ", 1)[1]
+    assert set(said) == set(ABLATION)
+    for variant, (overrides, _) in ABLATION.items():
+        changed = {k: v for k, v in _flat(overrides).items() if base.get(k) != v}
+        assert said[variant] == (" ".join(f"{k}={v}" for k, v in sorted(changed.items()))
+                                 or "(nothing: this is the baseline config)"), variant
+    assert "stage1.shared_seed" not in out and " seed=" not in out and "differs from the baseline full in" in out
 
 
 def test_runs_unknown_sweep_lists_known_ones(store, capsys):

@@ -81,11 +81,14 @@ def test_two_variants_share_an_entry_one_has_its_own_each_computed_once_before_i
 
     caption = " ".join(build_table(load_sweep("plan", f"sqlite:///{opts.output.resolve() / 'mlflow.db'}")).caption)
     assert "Stage 1 behind each row" in caption
-    for variant, run_id in links.items():
-        assert f"{variant}: text " in caption and run_id[:8] in caption
+    for run_id in set(links.values()):   # rows that share an entry share one entry of the caption
+        rows = [v for v in variants if links[v] == run_id]
         run = by_id[run_id]   # dev / test wF1 of the teacher at its kept epoch, as percentages
         dev, test = (100 * run.data.metrics[f"selected_text_{split}_wf1"] for split in ("dev", "test"))
-        assert f"{variant}: text {dev:.2f} / {test:.2f}" in caption
+        assert f"{', '.join(rows)}: text {dev:.2f} / {test:.2f}" in caption and run_id[:8] in caption
+        # In the MLflow UI the stage-1 run is named after the rows that use it.
+        assert run.data.tags["rows"] == ", ".join(rows)
+        assert run.data.tags["mlflow.runName"].startswith(f"stage 1 for {', '.join(rows)} (")
 
     # Resume/extend: a second seed needs the same two entries: both reused from the cache, no new
     # stage-1 run, the new trials link to the runs that computed them.
