@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_ablation, write_search
+from conftest import HAS_MELD, MELD_DIR, MELD_SKIP_REASON, write_ablation, write_search
 
 ROOT = Path(__file__).resolve().parents[1]
-MELD = ROOT.parent / "shared" / "data" / "meld"
+MELD = MELD_DIR
 
 
 def _cli(*args, cwd=ROOT):
@@ -99,7 +99,7 @@ def test_random_encoders_on_a_real_dataset_are_refused_unless_allowed(tmp_path):
     assert meld.content_hash() == meld.replace({"stage1.allow_random_encoders": True}).content_hash()
 
 
-@pytest.mark.skipif(not (MELD / "train_sent_emo.csv").exists(), reason="MELD transcripts not in ../shared/data/meld")
+@pytest.mark.skipif(not HAS_MELD, reason=MELD_SKIP_REASON)
 def test_meld_text_with_the_bundled_minilm_still_plans_and_tiny_text_is_refused(tmp_path):
     ok, _ = _cli("ablate", "ablations/meld_text.yaml", f"data.path={MELD}", "--dry-run", "--output", str(tmp_path / "a"))
     assert ok.returncode == 0, ok.stderr
