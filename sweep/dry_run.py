@@ -80,6 +80,8 @@ def describe_plan(plan: SweepPlan, opts: SweepOptions) -> str:
             n = counts.get("utterances", 0)
             media = ", ".join(f"{m} {counts.get(m, 0)}/{n}" for m in ("text", "audio", "video"))
             lines.append(f"      {split:5s} {n} utterances; {media}")
+        if info.get("media_scan"):
+            lines.append(f"      {info['media_scan']}")
     asked = sorted({m for c in cfgs for m in c.fusion.modalities})
     missing = [m for m in asked if all(m not in info["available"] for info in plan.data_info.values())]
     if missing:

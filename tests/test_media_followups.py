@@ -33,3 +33,47 @@ def test_video_evaluation_batches_hold_at_most_the_frame_pixel_cap():
     assert max(sizes) == limit and all(size * per_clip <= stage1_module.MAX_EVAL_VIDEO_FRAME_PIXELS for size in sizes)
     assert features.splits["train"].present["video"].all()
 
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")} if root.exists() else {}
+
+
+def test_dry_run_over_meld_clips_decodes_and_writes_nothing_and_reports_coverage(tmp_path, capsys):
+    import yaml
+
+    import run_sweep
+    from core.config import load_config
+    from dialogue_data.registry import load_dataset
+    from tests.test_media import meld_layout
+
+    data, media = meld_layout(tmp_path, utterances=2, seconds=1.0, noise=3, size=(64, 48))
+    spec = tmp_path / "meld_dry.yaml"
+    base = {"stage1.tiny_hidden": 8, "stage1.width": 8, "stage1.allow_random_encoders": True, "data.frames": 2,
+            "data.frame_size": 16, "data.sample_rate": 8000}
+    spec.write_text(f"# python run_sweep.py ablate {spec} --dry-run\n" + yaml.safe_dump(
+        {"name": "melddry", "dataset": {"name": "meld", "path": str(data), "media_dir": str(media)},
+         "base": base, "variants": {"full": {}}, "seeds": [0], "resources": {"cpu": 1}}, sort_keys=False))
+    output, store = tmp_path / "runs", tmp_path / "store"
+    media_before = _snapshot(media)
+
+    # Nothing decoded yet: every clip is to decode; neither the output (with its cache) nor the store appears.
+    assert run_sweep.main(["ablate", str(spec), f"data.media_store={store}", "--output", str(output),
+                           "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert not output.exists() and not store.exists() and _snapshot(media) == media_before
+    assert f"media store (scanned read-only) {store}: 0 of 12 clip(s) held; 12 to decode from 6 file(s)" in printed
+    train = next(line for line in printed.splitlines() if line.strip().startswith("train "))
+    assert "audio 2/2, video 2/2" in train, printed
+
+    # After a real load the dry run finds every clip in the store, changes nothing there, and gives the
+    # fingerprint the launch will use.
+    cfg = load_config(None, {"data.name": "meld", "data.path": str(data), "data.media_dir": str(media),
+                             "data.media_store": str(store), "data.media_workers": 1, **base})
+    fingerprint = load_dataset(cfg.data).fingerprint()
+    store_before = _snapshot(store)
+    assert run_sweep.main(["ablate", str(spec), f"data.media_store={store}", "--output", str(output),
+                           "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert not output.exists() and _snapshot(store) == store_before
+    assert f"{store}: 12 of 12 clip(s) held; 0 to decode from 0 file(s)" in printed
+    assert f"fingerprint {fingerprint}" in printed
