@@ -78,8 +78,11 @@ def media_store_of(data_cfg, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) / "media" if cache_dir else default_store()
 
 
-def media_workers(data_cfg) -> int:
-    return data_cfg.media_workers or min(os.cpu_count() or 1, 8)
+def media_workers(data_cfg, cpus: float | None = None) -> int:
+    """Processes that decode clips and DataLoader workers of stage 1: `data.media_workers`, or one per CPU
+    (at most 8); with `cpus` (what Ray gave a task or trial) no more than those CPUs, and at least one."""
+    wanted = data_cfg.media_workers or min(os.cpu_count() or 1, 8)
+    return wanted if cpus is None else max(1, min(wanted, int(cpus)))
 
 
 def _truncate(dataset: DialogueDataset, max_dialogues: int) -> DialogueDataset:

@@ -98,14 +98,20 @@ def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list
     """This Ray worker's device for `cfg`, from the GPUs Ray gave it: (cfg with train.device resolved, the
     GPU ids, the GPU share). `auto` with no GPU given is the CPU (and CUDA_VISIBLE_DEVICES is emptied:
     Ray 2.60 leaves the node's GPUs visible there); `cuda:N` is refused; a fraction of a GPU caps this
-    process's share of its memory. Trials and stage-1 tasks both call this."""
+    process's share of its memory. `data.media_workers` (decode processes, stage 1's DataLoader workers)
+    is capped at the CPUs Ray gave this worker. Trials and stage-1 tasks both call this."""
     import ray
     import torch
 
+    from dialogue_data.registry import media_workers
     from model.runtime import cap_gpu_memory, hide_gpus_unless_given, worker_device
 
     gpu_ids = list(ray.get_gpu_ids())
-    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    share = float(assigned.get("GPU", 0.0))
+    workers = media_workers(cfg.data, float(assigned.get("CPU", 0.0)))
+    if workers != cfg.data.media_workers:
+        cfg = cfg.replace({"data.media_workers": workers})
     device = worker_device(cfg.train.device, gpu_ids)
     hide_gpus_unless_given(gpu_ids)
     if device != cfg.train.device:
@@ -113,7 +119,8 @@ def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list
     capped = cap_gpu_memory(torch.device(device), share)
     if log is not None:
         log(f"device {device} (Ray gave GPU ids {gpu_ids or 'none'}, share {share:g}"
-            f"{f', memory capped at {capped:.0%}' if capped else ''})")
+            f"{f', memory capped at {capped:.0%}' if capped else ''}); {workers} media worker(s) for "
+            f"{float(assigned.get('CPU', 0.0)):g} CPU(s)")
     return cfg, gpu_ids, share
 
 

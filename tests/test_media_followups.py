@@ -77,3 +77,45 @@ def test_dry_run_over_meld_clips_decodes_and_writes_nothing_and_reports_coverage
     assert not output.exists() and _snapshot(store) == store_before
     assert f"{store}: 12 of 12 clip(s) held; 0 to decode from 0 file(s)" in printed
     assert f"fingerprint {fingerprint}" in printed
+
+
+def test_a_relative_media_store_is_made_absolute_when_the_spec_is_loaded(tmp_path, monkeypatch):
+    from sweep.ablation_spec import load_ablation
+
+    spec = tmp_path / "rel.yaml"
+    spec.write_text("# python run_sweep.py ablate rel.yaml\nname: rel\ndataset: synthetic\n"
+                    "base: {data.media_store: stores/media}\n"
+                    "variants: {full: {}, other_store: {data.media_store: ../elsewhere}}\nseeds: [0]\n")
+    monkeypatch.chdir(tmp_path)
+    stores = {p.variant: p.cfg.data.media_store for p in load_ablation(spec).trials()}
+    assert stores == {"full": str(tmp_path / "stores" / "media"), "other_store": str(tmp_path.parent / "elsewhere")}
+    from_cli = load_ablation(spec, ["data.media_store=cli_store"]).trials()[0].cfg.data.media_store
+    assert from_cli == str(tmp_path / "cli_store")
+    assert not (tmp_path / "stores").exists()            # made absolute, not created (the first load creates it)
+
+
+def _media_workers_in_task(wanted: int):
+    from pipeline.media_loader import store_reader
+    from sweep.trainable import place_on_ray_worker
+    from core.config import default_config
+
+    cfg, _, _ = place_on_ray_worker(default_config().replace({"data.media_workers": wanted}))
+    return cfg.data.media_workers, store_reader(cfg).keywords["workers"]
+
+
+def test_stage1_dataloader_workers_stay_within_the_cpus_ray_gave_the_task(ray_local):
+    import sys
+
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this test module
+    try:
+        in_task = ray.remote(num_cpus=1)(_media_workers_in_task)
+        assert ray.get(in_task.remote(8), timeout=300) == (1, 1)          # 8 asked, 1 CPU given
+        assert ray.get(in_task.remote(0), timeout=300) == (1, 1)          # 0 = one per CPU: the task's one
+        if ray.cluster_resources().get("CPU", 0) >= 2:
+            two = ray.remote(num_cpus=2)(_media_workers_in_task)
+            assert ray.get(two.remote(8), timeout=300) == (2, 2)
+            assert ray.get(two.remote(1), timeout=300) == (1, 1)          # fewer asked than given: as asked
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
