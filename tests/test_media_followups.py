@@ -19,13 +19,14 @@ class RecordingReader(DirectReader):
 
 
 def test_video_evaluation_batches_hold_at_most_the_frame_pixel_cap():
-    # 8 frames of 112 x 112: the cap (32 frames of 224 x 224) admits 16 such clips per batch, although the
-    # evaluation batch size (8 x stage1.batch_size = 128) would take every row of a split at once.
-    dataset = make_dataset(train=8, dev=2, test=2, frames=8, size=112, audio=False)
+    # 32 frames of 56 x 56 (cheap for the tiny encoder: 49 patches a frame): the cap (32 frames of 224 x 224)
+    # admits 16 such clips per batch, although the evaluation batch size (8 x stage1.batch_size = 128) would
+    # take every row of a split at once.
+    dataset = make_dataset(train=4, dev=1, test=1, frames=32, size=56, audio=False)   # 18 training clips
     cfg = tiny_cfg(**{"stage1.epochs": 0, "stage1.kd": False, "stage1.tiny_hidden": 8, "stage1.width": 8})
     RecordingReader.batch_sizes = []
     features = run_stage1(cfg, dataset, log=lambda m: None, media_reader=RecordingReader)
-    per_clip = 8 * 112 * 112
+    per_clip = 32 * 56 * 56
     limit = stage1_module.MAX_EVAL_VIDEO_FRAME_PIXELS // per_clip
     assert limit == 16
     sizes = RecordingReader.batch_sizes
