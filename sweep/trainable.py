@@ -128,7 +128,8 @@ def out_of_memory_reason(err: BaseException, cfg: MAGTKDConfig, share: float, st
     """An out-of-memory as a failure that names what to lower (a retry would fail at the same point)."""
     if stage == "stage 1":
         what = (f"lower stage1.batch_size (now {cfg.stage1.batch_size}; evaluation batches are "
-                f"{cfg.stage1.batch_size}x8, audio at most 160 s of padded waveform), use stage1.precision=bf16, or "
+                f"{cfg.stage1.batch_size}x8, audio at most 160 s of padded waveform, video at most 32 frames of "
+                f"224x224), use stage1.precision=bf16, or "
                 f"give stage-1 tasks a whole GPU (resources.stage1.gpu)")
     else:
         what = (f"lower train.batch_size (now {cfg.train.batch_size}), use train.precision=bf16, or give each "
