@@ -120,3 +120,20 @@ def test_stage1_dataloader_workers_stay_within_the_cpus_ray_gave_the_task(ray_lo
             assert ray.get(two.remote(1), timeout=300) == (1, 1)          # fewer asked than given: as asked
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_scan_finds_a_clip_without_audio_track_from_its_header_and_writes_nothing(tmp_path):
+    import pytest
+
+    from core.schema import DataError
+    from dialogue_data.clipgen import write_clip
+    from dialogue_data.meld import read_meld
+    from tests.test_media import meld_layout
+
+    data, media = meld_layout(tmp_path, utterances=1, seconds=1.0)
+    write_clip(media / "dev_splits_complete" / "dia0_utt0.mp4", seconds=1.0, audio=False)
+    store = tmp_path / "store"
+    with pytest.raises(DataError) as err:
+        read_meld(data, media_dir=media, frames=2, frame_size=16, media_store=store, scan_only=True)
+    assert "dev_sent_emo.csv: line 2" in str(err.value) and "dev_splits_complete/dia0_utt0.mp4" in str(err.value)
+    assert "no audio track" in str(err.value) and not store.exists()
