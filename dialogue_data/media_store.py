@@ -41,6 +41,7 @@ from dialogue_data.decode import CLIP_SUFFIXES, open_clip
 
 FORMAT = "magtkd-media-v1"
 MANIFEST = "manifest.jsonl"
+TO_DECODE = "to-decode:"   # opens the identity of a scan's placeholder MediaRef (a clip not decoded yet)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class MediaStore:
             size, mtime = file_identity(Path(source))
             for request in pending:
                 shape = (request.frames, 3, request.frame_size, request.frame_size) if request.modality == "video" else (0,)
-                refs[request] = MediaRef("", "to-decode:" + item_key(f"{source}:{size}:{mtime}", request), shape)
+                refs[request] = MediaRef("", TO_DECODE + item_key(f"{source}:{size}:{mtime}", request), shape)
         return refs, {"held": held, "to_decode": len(refs) - held, "files": len(todo)}
 
     def build(self, requests: list[MediaRequest], workers: int = 0) -> dict[MediaRequest, MediaRef]:

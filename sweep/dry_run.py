@@ -75,7 +75,8 @@ def describe_plan(plan: SweepPlan, opts: SweepOptions) -> str:
     lines.append("  data:")
     for info in plan.data_info.values():
         lines.append(f"    {info['name']} from {info['source'] or '(generated)'}; labels {', '.join(info['labels'])}; "
-                     f"fingerprint {info['fingerprint']}")
+                     f"fingerprint {info['fingerprint']}"
+                     f"{' (provisional: clips still to decode count by file path, size and mtime)' if info.get('fingerprint_provisional') else ''}")
         for split, counts in (info.get("coverage") or {}).items():
             n = counts.get("utterances", 0)
             media = ", ".join(f"{m} {counts.get(m, 0)}/{n}" for m in ("text", "audio", "video"))

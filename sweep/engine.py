@@ -47,6 +47,7 @@ from core.config import ConfigError, absolute_path_overrides, random_encoder_pro
 from core.schema import DataError
 from core.environment import worker_env
 from dialogue_data.media import SCAN_NOTE
+from dialogue_data.media_store import TO_DECODE
 from dialogue_data.registry import load_dataset
 from sweep import tracking
 from sweep.ablation_spec import load_ablation
@@ -179,6 +180,9 @@ def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None, sca
                     "coverage": {split: dataset.coverage(split) for split in dataset.splits}}
         if scan_only:
             out[key]["media_scan"] = next((n for n in dataset.notes if n.startswith(SCAN_NOTE)), "")
+            out[key]["fingerprint_provisional"] = any(
+                ref is not None and ref.identity.startswith(TO_DECODE) for split in dataset.splits
+                for u in dataset.utterances(split) for ref in (u.audio_ref, u.video_ref))
     return out
 
 

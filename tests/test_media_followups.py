@@ -65,6 +65,7 @@ def test_dry_run_over_meld_clips_decodes_and_writes_nothing_and_reports_coverage
     assert f"media store (scanned read-only) {store}: 0 of 12 clip(s) held; 12 to decode from 6 file(s)" in printed
     train = next(line for line in printed.splitlines() if line.strip().startswith("train "))
     assert "audio 2/2, video 2/2" in train, printed
+    assert "(provisional: clips still to decode" in printed
 
     # After a real load the dry run finds every clip in the store, changes nothing there, and gives the
     # fingerprint the launch will use.
@@ -77,7 +78,7 @@ def test_dry_run_over_meld_clips_decodes_and_writes_nothing_and_reports_coverage
     printed = capsys.readouterr().out
     assert not output.exists() and _snapshot(store) == store_before
     assert f"{store}: 12 of 12 clip(s) held; 0 to decode from 0 file(s)" in printed
-    assert f"fingerprint {fingerprint}" in printed
+    assert f"fingerprint {fingerprint}\n" in printed        # the launch's own, not marked provisional
 
 
 def test_a_relative_media_store_is_made_absolute_when_the_spec_is_loaded(tmp_path, monkeypatch):
