@@ -1,6 +1,7 @@
 """MELD-sized media: today's path (before issue 26) against the media store, side by side in one run.
 
     .venv/bin/python benchmarks/media_scale.py --n 100 300 [--old-sample 20] [--work /tmp/media_scale]
+    .venv/bin/python benchmarks/media_scale.py --n 30 100 --stage1-only     # a stage-1 task's memory
 
 For each N it writes N MELD-like clips (1280x720, 3.6 s, 24 fps, H.264 + AAC stereo 48 kHz, a little
 noise so the bit rate is not trivial) in MELD's layout (80% train, 10% dev, 10% test), then measures,
@@ -153,6 +154,10 @@ def run_child(kind: str, args: list[str]) -> None:
     elif kind == "new":
         result = new_load(paths[0], paths[1], paths[2], int(args[3]))
     else:
+        if args[5:] == ["uncapped"]:   # stage 1 as before the video cap: one evaluation batch of 8 x batch_size
+            from model import stage1
+
+            stage1.MAX_EVAL_VIDEO_FRAME_PIXELS = 1 << 62
         result = trial(paths[0], paths[1], paths[2], paths[3], int(args[4]))
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     result["peak_rss_mb"] = me.ru_maxrss / 1024
@@ -180,6 +185,33 @@ def measure(work: Path, n: int, old_sample: int, old_all_max: int) -> dict:
     row["trial_miss"] = child("trial", str(data), str(media), str(store2), str(cache), "2")
     row["trial_hit"] = child("trial", str(data), str(media), str(store2), str(cache), "2")
     return row
+
+
+def measure_stage1(work: Path, n: int) -> dict:
+    """Peak RSS of a stage-1 task (a trial on a stage-1 cache miss: tiny encoders at 224 px, epochs 0, so
+    stage 1 is the encoding of every split) with the video evaluation batches capped by
+    model.stage1.MAX_EVAL_VIDEO_FRAME_PIXELS and, side by side, uncapped (the batch before the cap)."""
+    root = work / f"n{n}"
+    data, media = make_corpus(root, n)
+    store = root / "store2"
+    row = {"n": n, "load": child("new", str(data), str(media), str(store), "2")}   # decodes only what is missing
+    for variant in ("uncapped", "capped"):
+        cache = root / f"cache_stage1_{variant}"
+        shutil.rmtree(cache, ignore_errors=True)
+        row[variant] = child("trial", str(data), str(media), str(store), str(cache), "2", variant)
+    return row
+
+
+def report_stage1(rows: list[dict]) -> str:
+    lines = ["| N | stage-1 task peak RSS MB, uncapped (64 clips per evaluation batch) | capped (4 clips of 8 x 224 x 224) "
+             "| ratio | DataLoader workers' peak RSS MB (uncapped / capped) | stage 1 + one stage-2 epoch s (uncapped / capped) |",
+             "|" + "---|" * 6]
+    for r in rows:
+        u, c = r["uncapped"], r["capped"]
+        lines.append(f"| {r['n']} | {u['peak_rss_mb']:.0f} | {c['peak_rss_mb']:.0f} | "
+                     f"{u['peak_rss_mb'] / c['peak_rss_mb']:.1f}x | {u['children_peak_rss_mb']:.0f} / "
+                     f"{c['children_peak_rss_mb']:.0f} | {u['ready_s'] + u['epoch_s']:.1f} / {c['ready_s'] + c['epoch_s']:.1f} |")
+    return "\n".join(lines)
 
 
 def report(rows: list[dict]) -> str:
@@ -216,12 +248,21 @@ def main() -> None:
                         help="run today's path over every clip only up to this N (it holds them all in RAM)")
     parser.add_argument("--work", default="/tmp/media_scale")
     parser.add_argument("--rows", nargs="*", default=[], help="earlier rows (JSON lines files) to print with these")
+    parser.add_argument("--stage1-only", action="store_true",
+                        help="only the stage-1 task's peak RSS, video evaluation batches capped and uncapped")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child[0], args.child[1:])
         return
     rows = [json.loads(line) for f in args.rows for line in Path(f).read_text().splitlines() if line.startswith("{")]
+    if args.stage1_only:
+        rows = [measure_stage1(Path(args.work), n) for n in args.n]
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        print(f"\nmachine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(report_stage1(rows))
+        return
     for n in args.n:
         row = measure(Path(args.work), n, args.old_sample, args.old_all_max)
         rows.append(row)

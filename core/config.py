@@ -41,8 +41,8 @@ class DataConfig:
     path: str = ""               # dataset directory or file (all but synthetic)
     mapping: str = ""            # YAML column/label mapping for name=csv
     media_dir: str = ""          # optional wav/mp4/frames directory; missing clips mask that modality
-    media_store: str = ""        # absolute dir clips are decoded to, once ("" = <cache dir>/media: <output>/cache/media)
-    media_workers: int = 0       # processes that decode clips and read them in stage 1 (0 = one per CPU, at most 8)
+    media_store: str = ""        # dir clips are decoded to, once (made absolute; "" = <cache dir>/media: <output>/cache/media)
+    media_workers: int = 0       # decode processes and stage-1 DataLoader workers (0 = one per CPU, at most 8; never more than a Ray task's CPUs)
     max_dialogues: int = 0       # keep only the first N dialogues of each split (0 = all); quick runs
     # --- synthetic generator (the embedded default) ---
     synthetic_dialogues: int = 120   # training dialogues; dev and test get a quarter each
@@ -362,19 +362,21 @@ def random_encoder_problem(cfg: MAGTKDConfig, modalities: Iterable[str] = MODALI
 NAMED_ENCODERS = ("tiny", "minilm", "features")   # stage1.*_encoder values that are not paths
 PATH_KEYS = ("data.path", "data.mapping", "data.media_dir",
              "stage1.text_encoder", "stage1.audio_encoder", "stage1.video_encoder")
+CREATED_PATH_KEYS = ("data.media_store",)   # made absolute like PATH_KEYS, but created when missing
 
 
 def absolute_path_overrides(overrides: Mapping[str, Any], base: str | Path = ".",
                             must_exist: bool = True) -> dict[str, str]:
     """The file-path entries of a {dotted key: value} mapping, made absolute against `base` and (unless
-    must_exist=False, as when a spec file is only loaded and validated) checked to exist."""
+    must_exist=False, as when a spec file is only loaded and validated) checked to exist; the media store
+    (CREATED_PATH_KEYS) is made absolute only: it is created by the first load."""
     out = {}
-    for key in PATH_KEYS:
+    for key in PATH_KEYS + CREATED_PATH_KEYS:
         value = overrides.get(key)
         if not value or not isinstance(value, str) or value in NAMED_ENCODERS:
             continue
         path = (Path(base) / Path(value).expanduser()).resolve()
-        if must_exist and not path.exists():
+        if must_exist and key in PATH_KEYS and not path.exists():
             raise ConfigError(f"key '{key}': {value} does not exist (resolved to {path})")
         out[key] = str(path)
     return out

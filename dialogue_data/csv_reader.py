@@ -71,9 +71,10 @@ class _Row:
 
 def read_csv_dataset(path: str | Path, spec: CsvSpec, media_dir: str | Path = "", sample_rate: int = 16000,
                      frames: int = 8, frame_size: int = 32, media_store: str | Path = "",
-                     media_workers: int = 0) -> DialogueDataset:
+                     media_workers: int = 0, scan_only: bool = False) -> DialogueDataset:
     """Read the three splits under `path` (a directory, or one file with a split column); clips under
-    `media_dir` are decoded once into `media_store` (see dialogue_data.media_store)."""
+    `media_dir` are decoded once into `media_store` (see dialogue_data.media_store), or with `scan_only`
+    only checked, nothing decoded or written (dialogue_data.media.attach_media)."""
     path = Path(path)
     notes: list[str] = []
     rows_by_split = {s: [] for s in SPLITS}            # split -> [(file, _Row)]
@@ -94,7 +95,7 @@ def read_csv_dataset(path: str | Path, spec: CsvSpec, media_dir: str | Path = ""
             raise DataError(f"{media_dir}: data.media_dir is not a directory")
         locate = _media_locator(spec, media_dir, media_refs)
         notes += attach_media(splits, locate, sample_rate, frames, frame_size, f"{spec.name} media in {media_dir}",
-                              media_store, media_workers)
+                              media_store, media_workers, scan_only)
     else:
         notes.append("no data.media_dir: audio and video absent (text only)")
     return DialogueDataset(name=spec.name, labels=list(spec.labels), splits=splits, sample_rate=sample_rate,

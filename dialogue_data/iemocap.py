@@ -43,5 +43,5 @@ SPEC = CsvSpec(
 
 
 def read_iemocap(path: str | Path, media_dir: str | Path = "", sample_rate: int = 16000, frames: int = 8,
-                 frame_size: int = 32, media_store: str | Path = "", media_workers: int = 0) -> DialogueDataset:
-    return read_csv_dataset(path, SPEC, media_dir, sample_rate, frames, frame_size, media_store, media_workers)
+                 frame_size: int = 32, media_store: str | Path = "", media_workers: int = 0, scan_only: bool = False) -> DialogueDataset:
+    return read_csv_dataset(path, SPEC, media_dir, sample_rate, frames, frame_size, media_store, media_workers, scan_only)

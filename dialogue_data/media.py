@@ -36,6 +36,7 @@ from dialogue_data.media_store import MediaRequest, MediaStore
 # scipy, PIL and PyAV are imported inside the readers that use them: a text-only dataset needs none of them.
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SCAN_NOTE = "media store (scanned read-only)"   # opens attach_media's note on a scan_only load
 
 
 class MediaWarning(UserWarning):
@@ -167,11 +168,14 @@ def media_requests(place: ClipPlace, sample_rate: int, frames: int, frame_size: 
 
 
 def attach_media(splits: dict[str, list[Dialogue]], locate: Callable, sample_rate: int, frames: int,
-                 frame_size: int, source: str, store: str | Path = "", workers: int = 0) -> list[str]:
+                 frame_size: int, source: str, store: str | Path = "", workers: int = 0,
+                 scan_only: bool = False) -> list[str]:
     """Decode each utterance's clips into the media store (once) and give the utterance references.
 
     `locate(split, dialogue, utterance)` -> ClipPlace. Returns the notes (one line per split and
-    modality with missing clips) and warns once.
+    modality with missing clips) and warns once. With `scan_only` (`--dry-run`) nothing is decoded or
+    written: MediaStore.scan checks the files' headers, clips not yet decoded get placeholder references,
+    and the first note (starting with SCAN_NOTE) says what the store holds and what a load would decode.
     """
     notes: list[str] = []
     wanted: list[tuple[Utterance, Optional[MediaRequest], Optional[MediaRequest]]] = []
@@ -189,11 +193,18 @@ def attach_media(splits: dict[str, list[Dialogue]], locate: Callable, sample_rat
             if count:
                 notes.append(f"{modality} missing for {count}/{total} {split} utterances: masked")
     requests = [r for _, a, v in wanted for r in (a, v) if r is not None]
-    if requests:
+    scanned = ""
+    if requests and scan_only:
+        media_store = MediaStore(store or default_store())
+        refs, counts = media_store.scan(requests)
+        scanned = (f"{SCAN_NOTE} {media_store.root}: {counts['held']} of {len(requests)} clip(s) held; "
+                   f"{counts['to_decode']} to decode from {counts['files']} file(s) (headers checked, nothing decoded)")
+    elif requests:
         refs = MediaStore(store or default_store()).build(requests, workers)
+    if requests:
         for utt, audio_request, video_request in wanted:
             utt.audio_ref = refs[audio_request] if audio_request is not None else None
             utt.video_ref = refs[video_request] if video_request is not None else None
     if notes:
         warnings.warn(f"{source}: " + "; ".join(notes), MediaWarning, stacklevel=3)
-    return notes
+    return [scanned] + notes if scanned else notes

@@ -41,6 +41,7 @@ from dialogue_data.decode import CLIP_SUFFIXES, open_clip
 
 FORMAT = "magtkd-media-v1"
 MANIFEST = "manifest.jsonl"
+TO_DECODE = "to-decode:"   # opens the identity of a scan's placeholder MediaRef (a clip not decoded yet)
 
 
 @dataclass(frozen=True)
@@ -152,16 +153,29 @@ def decode_source(root: str, source: str, sha256: str, requests: list[MediaReque
 
 def check_ranges(todo: dict[str, list[MediaRequest]]) -> None:
     """Every time range against its file's length, before any decoding (one header read per file)."""
+    check_sources({source: [r for r in requests if r.start is not None or r.end is not None]
+                   for source, requests in todo.items()}, tracks=False)
+
+
+def check_sources(todo: dict[str, list[MediaRequest]], tracks: bool = True) -> None:
+    """Open each video file's container header (no decoding): with `tracks`, the audio or video track each
+    request reads must be there; every time range must lie within the file. Other sources (wav, frames)
+    were found on disk when the requests were made."""
     for source, requests in todo.items():
-        ranged = [r for r in requests if r.start is not None or r.end is not None]
-        if not ranged:
+        if not requests:
             continue
         if Path(source).suffix.lower() not in CLIP_SUFFIXES:
-            raise DataError(f"{ranged[0].where}: {source}: a time range needs a video file")
-        with open_clip(Path(source), ranged[0].where) as clip:
-            for request in ranged:
+            ranged = [r for r in requests if r.start is not None or r.end is not None]
+            if ranged:
+                raise DataError(f"{ranged[0].where}: {source}: a time range needs a video file")
+            continue
+        with open_clip(Path(source), requests[0].where) as clip:
+            for request in requests:
                 clip.set_where(request.where)
-                clip.check_range(request.start, request.end)
+                if tracks and not getattr(clip.container.streams, request.modality):
+                    raise clip.fail(f"the file has no {request.modality} track")
+                if request.start is not None or request.end is not None:
+                    clip.check_range(request.start, request.end)
 
 
 # ---- the store --------------------------------------------------------------------------------------
@@ -203,9 +217,8 @@ class MediaStore:
         path = self.root / record["array"]
         return MediaRef(str(path), key, tuple(record["shape"])) if path.is_file() else None
 
-    def build(self, requests: list[MediaRequest], workers: int = 0) -> dict[MediaRequest, MediaRef]:
-        """A MediaRef for every request, decoding (in `workers` processes; 0 = one per CPU) only what
-        the store does not hold yet."""
+    def _held(self, requests: list[MediaRequest]):
+        """(refs of the requests the store holds, {source: requests still to decode}, {source: known sha256})."""
         files, items = self.read_manifest()
         refs: dict[MediaRequest, MediaRef] = {}
         todo: dict[str, list[MediaRequest]] = {}
@@ -221,6 +234,30 @@ class MediaStore:
                     refs[request] = ref
                     continue
             todo.setdefault(request.source, []).append(request)
+        return refs, todo, known
+
+    def scan(self, requests: list[MediaRequest]) -> tuple[dict[MediaRequest, MediaRef], dict]:
+        """Read-only (`--dry-run`): what build() would do, without decoding or writing anything.
+
+        Returns (refs, counts). A request the store holds gets its MediaRef; for the others each source
+        file is checked as build() would before decoding (a clip's container header: the track is there
+        and the time range lies within the file) and the request gets a placeholder MediaRef (no array,
+        an identity from the file's path, size and mtime: the content is not hashed). counts: {"held",
+        "to_decode", "files"}: clips the store holds, clips a real load would decode, and their files."""
+        refs, todo, _ = self._held(requests)
+        held = len(refs)
+        check_sources(todo)
+        for source, pending in todo.items():
+            size, mtime = file_identity(Path(source))
+            for request in pending:
+                shape = (request.frames, 3, request.frame_size, request.frame_size) if request.modality == "video" else (0,)
+                refs[request] = MediaRef("", TO_DECODE + item_key(f"{source}:{size}:{mtime}", request), shape)
+        return refs, {"held": held, "to_decode": len(refs) - held, "files": len(todo)}
+
+    def build(self, requests: list[MediaRequest], workers: int = 0) -> dict[MediaRequest, MediaRef]:
+        """A MediaRef for every request, decoding (in `workers` processes; 0 = one per CPU) only what
+        the store does not hold yet."""
+        refs, todo, known = self._held(requests)
         if todo:
             check_ranges(todo)
             self._decode_missing(todo, known, workers)

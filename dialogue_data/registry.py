@@ -34,11 +34,13 @@ _MEMO: "OrderedDict[str, DialogueDataset]" = OrderedDict()
 _MEMO_SIZE = 2
 
 
-def load_dataset(data_cfg, cache_dir: str | Path | None = None) -> DialogueDataset:
+def load_dataset(data_cfg, cache_dir: str | Path | None = None, scan_only: bool = False) -> DialogueDataset:
     """The dataset named by `data_cfg.name` (a `core.config.DataConfig`), max_dialogues applied.
 
     Clips are decoded once into the media store: `data.media_store`, else `<cache_dir>/media` (a
-    sweep's stage-1 cache directory), else the user's cache (dialogue_data.media.default_store)."""
+    sweep's stage-1 cache directory), else the user's cache (dialogue_data.media.default_store).
+    `scan_only` (`--dry-run`): the store is only read and the clips' headers checked; nothing is decoded
+    or written, and clips not decoded yet get placeholder references (dialogue_data.media.attach_media)."""
     name = data_cfg.name
     if name == "synthetic":
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
@@ -51,7 +53,7 @@ def load_dataset(data_cfg, cache_dir: str | Path | None = None) -> DialogueDatas
         return dataclasses.replace(shared, splits=dict(shared.splits), notes=list(shared.notes))
     common = dict(media_dir=data_cfg.media_dir, sample_rate=data_cfg.sample_rate, frames=data_cfg.frames,
                   frame_size=data_cfg.frame_size, media_store=media_store_of(data_cfg, cache_dir),
-                  media_workers=media_workers(data_cfg))
+                  media_workers=media_workers(data_cfg), scan_only=scan_only)
     if name == "meld":
         dataset = read_meld(data_cfg.path, **common)
     elif name == "iemocap":
@@ -76,8 +78,11 @@ def media_store_of(data_cfg, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) / "media" if cache_dir else default_store()
 
 
-def media_workers(data_cfg) -> int:
-    return data_cfg.media_workers or min(os.cpu_count() or 1, 8)
+def media_workers(data_cfg, cpus: float | None = None) -> int:
+    """Processes that decode clips and DataLoader workers of stage 1: `data.media_workers`, or one per CPU
+    (at most 8); with `cpus` (what Ray gave a task or trial) no more than those CPUs, and at least one."""
+    wanted = data_cfg.media_workers or min(os.cpu_count() or 1, 8)
+    return wanted if cpus is None else max(1, min(wanted, int(cpus)))
 
 
 def _truncate(dataset: DialogueDataset, max_dialogues: int) -> DialogueDataset:

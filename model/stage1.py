@@ -41,6 +41,10 @@ MIN_EVAL_BATCH = 32
 # An audio evaluation batch holds at most this many seconds of padded waveform (rows sorted by length first):
 # data2vec's first convolution alone needs about 8.6 GB for 32 clips of 40 s; 160 s costs about 1 GB.
 MAX_EVAL_AUDIO_SECONDS = 160.0
+# A video evaluation batch holds at most this many frames x pixels as the encoder sees them (after fit_clip):
+# 32 frames of 224 x 224, i.e. four 8-frame clips. The tiny test encoder (patch 8: 784 tokens per frame) needs
+# about 160 MB per such clip in inference, so 64 clips at once (8 x batch_size) took a stage-1 task to 10.7 GB.
+MAX_EVAL_VIDEO_FRAME_PIXELS = 32 * 224 * 224
 
 
 def seed_for(seed: int, part: str) -> int:
@@ -452,12 +456,20 @@ def build_media_encoder(modality: str, s1, num_classes: int, sample) -> nn.Modul
     return build_video_encoder(s1, num_classes, frames=frames.shape[0], size=frames.shape[2], channels=frames.shape[1])
 
 
-def media_eval_order(modality: str, encoder_name: str, tables: dict[str, SplitTable], field, sample_rate: int):
-    """Evaluation order of a media split: ({split: row -> waveform length}, the padded-samples cap) for audio
-    waveforms, so a batch holds clips of similar length and at most MAX_EVAL_AUDIO_SECONDS of padded audio;
-    (no key, no cap) for frames and pre-extracted vectors, whose rows all have one size."""
-    if modality != "audio" or encoder_name == "features":
+def media_eval_order(modality: str, encoder_name: str, tables: dict[str, SplitTable], field, sample_rate: int,
+                     encoder: Optional[nn.Module] = None):
+    """Evaluation order of a media split: ({split: row -> size}, the cap on rows x size per batch) for
+    eval_batches. Audio: size = waveform length, cap MAX_EVAL_AUDIO_SECONDS of padded audio, rows sorted so a
+    batch holds clips of similar length. Video: size = frames x pixels of the clip the encoder sees (one size
+    for every row), cap MAX_EVAL_VIDEO_FRAME_PIXELS. Pre-extracted vectors: (no key, no cap)."""
+    if encoder_name == "features":
         return {split: None for split in tables}, None
+    if modality == "video":
+        if not isinstance(encoder, VideoEncoder):
+            raise TypeError("the video evaluation order needs the VideoEncoder (its frame count and size)")
+        frame_pixels = encoder.num_frames * encoder.size[0] * encoder.size[1]
+        return {split: (lambda i: frame_pixels) for split in tables}, MAX_EVAL_VIDEO_FRAME_PIXELS
+
     def samples(clip) -> int:   # an in-memory waveform or a MediaRef into the media store: both know their shape
         return 0 if clip is None else int(clip.shape[0])
 
@@ -499,7 +511,7 @@ def run_media(modality: str, cfg: MAGTKDConfig, dataset: DialogueDataset, tables
     label = f"{modality} {'student (KD from text)' if distil else 'encoder'}"
     log(f"stage1 {label}: {name}, {len(train_rows)} training utterances")
     own_lr = s1.audio_lr if modality == "audio" and s1.audio_lr > 0 else s1.lr   # authors' IEMOCAP audio: 5e-6
-    keys, max_padded = media_eval_order(modality, name, tables, field, dataset.sample_rate)
+    keys, max_padded = media_eval_order(modality, name, tables, field, dataset.sample_rate, encoder)
     result = fit(label, encoder, dataclasses.replace(s1, lr=own_lr), (batchers["train"], train_rows, tables["train"].labels),
                  (batchers["dev"], present["dev"].nonzero().flatten().tolist(), tables["dev"].labels),
                  len(dataset.labels), device, generator, log, teacher=teacher() if distil else None,

@@ -75,11 +75,14 @@ def describe_plan(plan: SweepPlan, opts: SweepOptions) -> str:
     lines.append("  data:")
     for info in plan.data_info.values():
         lines.append(f"    {info['name']} from {info['source'] or '(generated)'}; labels {', '.join(info['labels'])}; "
-                     f"fingerprint {info['fingerprint']}")
+                     f"fingerprint {info['fingerprint']}"
+                     f"{' (provisional: clips still to decode count by file path, size and mtime)' if info.get('fingerprint_provisional') else ''}")
         for split, counts in (info.get("coverage") or {}).items():
             n = counts.get("utterances", 0)
             media = ", ".join(f"{m} {counts.get(m, 0)}/{n}" for m in ("text", "audio", "video"))
             lines.append(f"      {split:5s} {n} utterances; {media}")
+        if info.get("media_scan"):
+            lines.append(f"      {info['media_scan']}")
     asked = sorted({m for c in cfgs for m in c.fusion.modalities})
     missing = [m for m in asked if all(m not in info["available"] for info in plan.data_info.values())]
     if missing:

@@ -46,6 +46,8 @@ from filelock import FileLock, Timeout
 from core.config import ConfigError, absolute_path_overrides, random_encoder_problem, stable_hash
 from core.schema import DataError
 from core.environment import worker_env
+from dialogue_data.media import SCAN_NOTE
+from dialogue_data.media_store import TO_DECODE
 from dialogue_data.registry import load_dataset
 from sweep import tracking
 from sweep.ablation_spec import load_ablation
@@ -152,18 +154,21 @@ def spec_configs(kind: str, spec) -> list:
     return [t.cfg for t in spec.trials()] if kind == "ablate" else [spec.base]
 
 
-def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> dict[str, dict]:
+def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None, scan_only: bool = False) -> dict[str, dict]:
     """Load each distinct dataset once (errors here name the file and line, before Ray starts) and keep
     what the trials' MLflow tags need: name, fingerprint, label order and the modalities the data carry.
     Clips are decoded here, once, into the media store under `cache_dir` (dialogue_data.media_store);
-    trials then find them there. A label without training examples is a warning, or an error with --strict."""
+    trials then find them there. With `scan_only` (--dry-run) nothing is decoded or written: "media_scan"
+    says what the store holds and what a launch would decode, and a fingerprint over clips still to
+    decode is provisional (their content is not hashed). A label without training examples is a
+    warning, or an error with --strict."""
 
     out: dict[str, dict] = {}
     for cfg in cfgs:
         key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
         if key in out:
             continue
-        dataset = load_dataset(cfg.data, cache_dir)
+        dataset = load_dataset(cfg.data, cache_dir, scan_only=scan_only)
         for warning in dataset.label_warnings():
             if strict:
                 raise ConfigError(f"{warning} (--strict)")
@@ -174,6 +179,11 @@ def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None) -> 
                     "name": dataset.name, "source": dataset.source,
                     "media_coverage": media_coverage(dataset) if cfg.data.media_dir else "",
                     "coverage": {split: dataset.coverage(split) for split in dataset.splits}}
+        if scan_only:
+            out[key]["media_scan"] = next((n for n in dataset.notes if n.startswith(SCAN_NOTE)), "")
+            out[key]["fingerprint_provisional"] = any(
+                ref is not None and ref.identity.startswith(TO_DECODE) for split in dataset.splits
+                for u in dataset.utterances(split) for ref in (u.audio_ref, u.video_ref))
     return out
 
 
@@ -431,7 +441,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         problems.run(within, output, "ray", spec.name)  # the name was checked; this is the belt to its braces
     if cluster_address(opts.address):
         problems.run(probe, cluster_address(opts.address))  # a cluster that is not there: seconds, nothing written
-    data = problems.run(_data_info, data_given, opts.strict, cache_dir) if paths_ok and len(data_given) == len(cfgs) else None
+    data = problems.run(_data_info, data_given, opts.strict, cache_dir, opts.dry_run) if paths_ok and len(data_given) == len(cfgs) else None
     for cfg in cfgs:
         problems.run(_check_random_encoders, cfg, data)
     if problems.errors:

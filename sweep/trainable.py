@@ -107,14 +107,20 @@ def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list
     """This Ray worker's device for `cfg`, from the GPUs Ray gave it: (cfg with train.device resolved, the
     GPU ids, the GPU share). `auto` with no GPU given is the CPU (and CUDA_VISIBLE_DEVICES is emptied:
     Ray 2.60 leaves the node's GPUs visible there); `cuda:N` is refused; a fraction of a GPU caps this
-    process's share of its memory. Trials and stage-1 tasks both call this."""
+    process's share of its memory. `data.media_workers` (decode processes, stage 1's DataLoader workers)
+    is capped at the CPUs Ray gave this worker. Trials and stage-1 tasks both call this."""
     import ray
     import torch
 
+    from dialogue_data.registry import media_workers
     from model.runtime import cap_gpu_memory, hide_gpus_unless_given, worker_device
 
     gpu_ids = list(ray.get_gpu_ids())
+    assigned = ray.get_runtime_context().get_assigned_resources()
     share = ray_share()
+    workers = media_workers(cfg.data, float(assigned.get("CPU", 0.0)))
+    if workers != cfg.data.media_workers:
+        cfg = cfg.replace({"data.media_workers": workers})
     device = worker_device(cfg.train.device, gpu_ids)
     hide_gpus_unless_given(gpu_ids)
     if device != cfg.train.device:
@@ -122,7 +128,8 @@ def place_on_ray_worker(cfg: MAGTKDConfig, log=None) -> tuple[MAGTKDConfig, list
     capped = cap_gpu_memory(torch.device(device), share)
     if log is not None:
         log(f"device {device} (Ray gave GPU ids {gpu_ids or 'none'}, share {share:g}"
-            f"{f', memory capped at {capped:.0%}' if capped else ''})")
+            f"{f', memory capped at {capped:.0%}' if capped else ''}); {workers} media worker(s) for "
+            f"{float(assigned.get('CPU', 0.0)):g} CPU(s)")
     return cfg, gpu_ids, share
 
 
@@ -130,7 +137,8 @@ def out_of_memory_reason(err: BaseException, cfg: MAGTKDConfig, share: float, st
     """An out-of-memory as a failure that names what to lower (a retry would fail at the same point)."""
     if stage == "stage 1":
         what = (f"lower stage1.batch_size (now {cfg.stage1.batch_size}; evaluation batches are "
-                f"{cfg.stage1.batch_size}x8, audio at most 160 s of padded waveform), use stage1.precision=bf16, or "
+                f"{cfg.stage1.batch_size}x8, audio at most 160 s of padded waveform, video at most 32 frames of "
+                f"224x224), use stage1.precision=bf16, or "
                 f"give stage-1 tasks a whole GPU (resources.stage1.gpu)")
     else:
         what = (f"lower train.batch_size (now {cfg.train.batch_size}), use train.precision=bf16, or give each "

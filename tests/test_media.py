@@ -205,7 +205,9 @@ def test_sweep_over_meld_layout_clips_has_every_modality_and_says_so_in_the_capt
 
     data, media = meld_layout(tmp_path, utterances=3, dialogues=2, seconds=1.0, noise=4, size=(64, 48))
     spec = tmp_path / "meld_media.yaml"
-    base = {**TINY_BASE, "stage1.epochs": 1, "stage1.allow_random_encoders": True, "stage1.batch_size": 2, "train.epochs": 2, "data.frames": 2,
+    # tiny random encoders on MELD are refused unless asked for (issue 28): this is a deliberate smoke test
+    base = {**TINY_BASE, "stage1.allow_random_encoders": True, "stage1.epochs": 1, "stage1.batch_size": 2,
+            "train.epochs": 2, "data.frames": 2,
             "data.frame_size": 16, "data.sample_rate": 8000, "data.media_workers": 2}
     spec.write_text(f"# python run_sweep.py ablate {spec}\n" + yaml.safe_dump(
         {"name": "meldmedia", "dataset": {"name": "meld", "path": str(data), "media_dir": str(media)},
