@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(VPY) run_sweep.py ablate ablations/demo.yaml
 
 test: $(STAMP)
-	$(VPY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(VPY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 test-quick: $(STAMP)
 	$(VPY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(QUICK)
