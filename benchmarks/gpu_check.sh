@@ -25,11 +25,11 @@ if [[ $MODE == gpu ]]; then
         exit 1
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    DEVICE=cuda; QUICK=""; DEMO_ARGS=(--gpus-per-trial 0.25)
+    DEVICE=cuda; QUICK=""; DEMO_OVERRIDES=(); DEMO_ARGS=(--gpus-per-trial 0.25)
 else
     DEVICE=cpu; QUICK="--quick"
     # No GPU: the demo is only planned, on logical GPUs (Ray schedules by the count; trials use the CPU).
-    DEMO_ARGS=(--gpus-per-trial 0.25 --num-gpus 1 --dry-run train.device=cpu)
+    DEMO_OVERRIDES=(train.device=cpu); DEMO_ARGS=(--gpus-per-trial 0.25 --num-gpus 1 --dry-run)
 fi
 date -u +"%Y-%m-%d %H:%M UTC, $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
@@ -41,5 +41,6 @@ echo "== 2. stage-1 fine-tuning throughput of the bundled MiniLM, fp32 vs bf16"
 
 echo "== 3. the demo at 0.25 GPU per trial (resources.stage1 stays the demo's; output $OUT)"
 start=$(date +%s)
-"$PYTHON" run_sweep.py ablate ablations/demo.yaml --output "$OUT" --max-concurrent 0 "${DEMO_ARGS[@]}" | tail -n 25
+"$PYTHON" run_sweep.py ablate ablations/demo.yaml "${DEMO_OVERRIDES[@]}" --output "$OUT" --max-concurrent 0 \
+    "${DEMO_ARGS[@]}" | tail -n 25
 echo "demo wall: $(( $(date +%s) - start )) s"

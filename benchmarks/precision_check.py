@@ -5,8 +5,9 @@
     PYTHONPATH=$PWD .venv/bin/python benchmarks/precision_check.py minilm --device cuda  # bundled MiniLM fine-tuning
     (add --quick for a seconds-long smoke run: tests/test_gpu_check.py runs every part that way on the CPU)
 
-`case`: stage 1 (tiny encoders, the synthetic dataset) then stage 2, once in fp32 and once with
-stage1.precision=bf16 and train.precision=bf16; prints each stage's seconds and scores and the differences.
+`case`: the fixed small cases of tests/test_precision.py (stage 1: tiny text, audio and video encoders with
+KD on a hand-built dataset; stage 2: class-centred vectors), in fp32 and in bf16; prints each stage's
+seconds and scores and the differences.
 `stage2`: training throughput of the fusion model (utterances/s, forward + loss + backward + clip +
 AdamW) on random 768-d inputs in batches of 16 dialogues of 4-20 turns. `minilm`: fine-tuning throughput
 of the bundled all-MiniLM-L6-v2 text encoder (sequences/s, batch 8, 128 tokens). Each throughput
@@ -111,35 +112,42 @@ def minilm_throughput(device: torch.device, steps: int, repeats: int, tokens: in
     return {p: batch * steps / statistics.median(t) for p, t in times.items()}
 
 
-def end_to_end_case(quick: bool) -> None:
-    """Stage 1 then stage 2 on one small synthetic case, fp32 and bf16 side by side."""
-    from dialogue_data.registry import load_dataset
+def end_to_end_case(quick: bool, repeats: int = 1) -> None:
+    """The fixed small cases of tests/test_precision.py, fp32 and bf16 side by side: stage 1 on the hand-built
+    dataset of tests/test_stage1.py (tiny text, audio and video encoders, KD on), stage 2 on the class-centred
+    vectors of tests/test_train_stage2.py. Seconds are the median over `repeats`, fp32 and bf16 alternating."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_stage1 import make_dataset
+    from test_stage1 import tiny_cfg as stage1_cfg
+    from test_train_stage2 import make_features, tiny_cfg
+
     from model.stage1 import run_stage1
     from model.train import train_stage2
 
-    common = ["data.synthetic_dialogues=24" if quick else "data.synthetic_dialogues=32", "data.audio_seconds=0.5",
-              "data.sample_rate=8000", "data.frames=4", "data.frame_size=16", "stage1.tiny_hidden=32",
-              "stage1.tiny_layers=1", "stage1.width=32", "stage1.max_tokens=64", "stage1.batch_size=16",
-              "stage1.lr=1e-3", f"stage1.epochs={1 if quick else 3}", "fusion.width=64", "fusion.heads=4",
-              f"train.epochs={2 if quick else 8}", "train.batch_size=8", "train.lr=1e-3", "train.device=cpu"]
-    rows = {}
+    dataset = make_dataset(train=10, dev=4, test=4)
+    features = make_features(n_train=48)
+    seconds: dict[str, dict[str, list[float]]] = {p: {"stage1_s": [], "stage2_s": []} for p in PRECISIONS}
+    rows: dict[str, dict[str, float]] = {}
+    for _ in range(repeats):
+        for precision in PRECISIONS:
+            start = time.perf_counter()
+            stage1 = run_stage1(stage1_cfg(**{"stage1.epochs": 1 if quick else 3, "stage1.precision": precision}),
+                                dataset, log=lambda m: None)
+            seconds[precision]["stage1_s"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            stage2 = train_stage2(tiny_cfg("train.epochs=2" if quick else "train.epochs=6",
+                                           f"train.precision={precision}"), features)
+            seconds[precision]["stage2_s"].append(time.perf_counter() - start)
+            rows[precision] = {**{f"stage1 {m} dev wF1": float(stage1.info[f"{m}_dev_wf1"]) for m in ("text", "audio", "video")},
+                               "stage2 dev wF1": stage2.metrics["selected_dev_wf1"],
+                               "stage2 test wF1": stage2.metrics["selected_test_wf1"],
+                               "stage2 final train loss": stage2.history[-1]["train_loss"]}
     for precision in PRECISIONS:
-        cfg = load_config(None, common + [f"stage1.precision={precision}", f"train.precision={precision}"])
-        dataset = load_dataset(cfg.data)
-        start = time.perf_counter()
-        features = run_stage1(cfg, dataset, log=lambda m: None)
-        stage1_s = time.perf_counter() - start
-        start = time.perf_counter()
-        result = train_stage2(cfg, features)
-        stage2_s = time.perf_counter() - start
-        rows[precision] = {"stage1_s": stage1_s, "stage2_s": stage2_s,
-                           **{f"stage1 {m} dev wF1": float(features.info[f"{m}_dev_wf1"]) for m in ("text", "audio", "video")},
-                           "stage2 dev wF1": result.metrics["selected_dev_wf1"],
-                           "stage2 test wF1": result.metrics["selected_test_wf1"]}
+        rows[precision].update({k: statistics.median(v) for k, v in seconds[precision].items()})
     print(f"{'':24s} {'fp32':>9s} {'bf16':>9s} {'bf16-fp32':>10s}")
     for key in rows["fp32"]:
         a, b = rows["fp32"][key], rows["bf16"][key]
-        ratio = f"  x{b / a:.2f}" if key.endswith("_s") else ""
+        ratio = f"  bf16/fp32 x{b / a:.2f}" if key.endswith("_s") else ""
         print(f"{key:24s} {a:9.4f} {b:9.4f} {b - a:+10.4f}{ratio}")
 
 
@@ -157,7 +165,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
     if args.part == "case":
-        end_to_end_case(args.quick)
+        end_to_end_case(args.quick, repeats)
         return
     if args.part == "stage2":
         width = 32 if args.quick else args.width
