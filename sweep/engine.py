@@ -3,8 +3,9 @@
     outcome = run_sweep("ablate", "ablations/demo.yaml", ["train.epochs=2"], SweepOptions(output=Path("runs")))
 
 validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finish:
- 1. validate (bad input costs a second and leaves nothing behind): output directory writable, tracking
-    store reachable, the spec and every trial's config, every dataset loadable, resources possible.
+ 1. validate (bad input costs a second and leaves nothing behind): output and cache directories writable,
+    tracking URI usable and its store reachable and intact, the spec and every trial's config (seeds in
+    torch's range), every dataset loadable, resources and devices possible (`sweep/preflight.py`).
     Each trial gets its identity (sweep.identity: config, data, code and stage-1 key); an ablation's
     plan is the ordered list of them, and the plan names the Ray experiment.
  2. lock this output directory's sweep; open the MLflow experiment and this output's parent run, whose
@@ -18,7 +19,8 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
     starts each trial once its entry is ready; a search or a resumed experiment computes them first.
     Either way no trial slot waits on stage 1.
  5. fit: the same plan's Ray experiment present -> `Tuner.restore` (trials that failed stay failed),
-    else a fresh one.
+    else a fresh one. One that Ray cannot restore (a driver killed after tuner.pkl, before the first
+    snapshot: `sync.restorable`) is set aside under ray/NAME/.unrestorable and started afresh.
  6. record: how each trial ended comes from Ray's results (`sync.ray_trials`) into MLflow; an
     unfinished plan is "interrupted" (rerun the same command to resume).
  7. finish: duplicates closed, the parent FINISHED, the table; exit code 0, or FAILURES_EXIT when
