@@ -176,8 +176,20 @@ def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_r
         return 0
     check_port_free(host, port)
     child = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+
+    def stop(signum, _frame):
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    # Installed before anything is printed: a SIGTERM sent as soon as the address appears must stop the server
+    # (its own session) through this handler, not kill `ui` and leave the server behind.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     problem = wait_until_serving(child, address(host, port))
     if problem:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         _stop_group(child)
         print(f"error: the MLflow UI did not come up at {address(host, port)}: {problem}", file=err, flush=True)
         return 1
@@ -187,13 +199,6 @@ def serve(tracking_uri: str, host: str, port: int, artifacts: Path | None, dry_r
     if urls:
         print("runs of each sweep:\n" + "\n".join(urls), file=out, flush=True)
 
-    def stop(signum, _frame):
-        try:
-            os.killpg(child.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             code = child.wait()

@@ -82,7 +82,8 @@ def test_unknown_labels_are_listed_as_the_mapping_spells_them(tmp_path):
 
 def test_the_mapping_name_is_the_dataset_name_in_mlflow_reports_and_runs(tmp_path, capsys, stage1_cache):
     spec = tmp_path / "named.yaml"
-    base = {**TINY_BASE, "train.epochs": 1, "stage1.shared_seed": 0}
+    # tiny random encoders on a real (csv) dataset must be asked for: a deliberate smoke test
+    base = {**TINY_BASE, "train.epochs": 1, "stage1.shared_seed": 0, "stage1.allow_random_encoders": True}
     spec.write_text("# python run_sweep.py ablate named.yaml\n" + json.dumps({
         "name": "named", "dataset": {"name": "csv", "path": str(SAMPLE), "mapping": str(MAPPING)},
         "base": base, "variants": {"full": {}}, "seeds": [0], "resources": {"cpu": 1}}))

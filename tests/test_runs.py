@@ -145,8 +145,13 @@ def test_ui_binds_loopback_answers_health_and_stops_on_sigterm(store):
     proc = subprocess.Popen([sys.executable, "-m", "reports.cli", "ui", "--output", str(store["out"]), "--port",
                              str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        first = proc.stdout.readline()
-        assert f"at http://127.0.0.1:{port}" in first, first
+        # `ui` prints its line once /health answers; the server's own start-up lines may come first.
+        seen = []
+        while not any(f"at http://127.0.0.1:{port}" in line for line in seen[-1:]):
+            line = proc.stdout.readline()
+            assert line, "ui ended without saying where it serves:\n" + "".join(seen)
+            seen.append(line)
+        first = seen[-1]
         server_pid = int(first.split("server pid ")[1].split(";")[0])
         deadline, body = time.monotonic() + 90, None
         while time.monotonic() < deadline and body is None:

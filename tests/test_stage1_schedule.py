@@ -139,7 +139,7 @@ def test_resources_stage1_is_read_and_checked_like_trial_resources(tmp_path):
     assert (resources.cpu, resources.stage1.cpu, resources.stage1.gpu) == (1.0, 2.0, 0.0)
     assert load_ablation(write_ablation(tmp_path, "res", {"full": {}})).resources.stage1 is None
     bad = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "stage1": {"cpu": -1}})
-    with pytest.raises(ConfigError, match=r"res.yaml:\d+: resources.stage1.cpu must be a number >= 0"):
+    with pytest.raises(ConfigError, match=r"res.yaml:\d+: resources.stage1.cpu must be a finite number >= 0"):
         load_ablation(bad)
     typo = write_ablation(tmp_path, "res", {"full": {}}, resources={"cpu": 1, "stage1": {"gpus": 1}})
     with pytest.raises(ConfigError, match=r"unknown key 'gpus' in resources.stage1.*Did you mean 'gpu'"):
