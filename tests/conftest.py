@@ -208,3 +208,12 @@ HEAVY_FIRST = [
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept within a rank
+
+
+def run_cli(argv, capsys):
+    """run_sweep.main(argv) in this process: (exit code, everything it printed)."""
+    import run_sweep
+
+    code = run_sweep.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 from conftest import write_ablation, write_search
 
-import run_sweep
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(argv, capsys):
-    code = run_sweep.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+_run = run_cli
 
 
 @pytest.fixture

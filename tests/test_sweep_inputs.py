@@ -9,12 +9,10 @@ import pytest
 from conftest import write_ablation, write_search
 
 import run_sweep
+from conftest import run_cli
 
 
-def _run(argv, capsys):
-    code = run_sweep.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+_run = run_cli
 
 
 @pytest.fixture
