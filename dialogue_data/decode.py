@@ -110,8 +110,10 @@ class Clip:
         resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks, first_time = [], None
         try:
-            if lo > 0:
-                self.container.seek(int(lo / stream.time_base), stream=stream, backward=True)
+            # Always seek, also to 0: frames() (or an earlier request on this clip) may have moved the demuxer
+            # past the range, and decoding from there gave only the tail of the track.
+            self.container.seek(int(lo / stream.time_base), stream=stream, backward=True)
+            stream.codec_context.flush_buffers()   # a decoder drained by an earlier read keeps its end state
             for frame in self.container.decode(stream):
                 if first_time is None:
                     first_time = float(frame.time or 0.0)

@@ -39,6 +39,7 @@ class Trial:
     params: dict[str, str]
     tags: dict[str, str]
     artifact_uri: str = ""
+    seed_runs: list["Trial"] = field(default_factory=list)   # a search trial of several seeds: one run each
 
     @property
     def masked_modalities(self) -> list[str]:

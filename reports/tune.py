@@ -8,6 +8,11 @@ floats -> FloatDistribution, log scale when they span two decades, anything else
 CategoricalDistribution). The objective is the sweep's objective (parent tags `objective`/`metric` and
 `mode`; default the selected dev weighted F1, maximised; never test: tuning on test would leak).
 
+A trial of `tune --seeds k` trained k seeds as one bundle, each seed its own MLflow run (tag
+`bundle_trial` names the bundle): `search_trials` makes them one trial again, whose metrics are the
+means over its finished seeds, with `_std` (sample std) and the mean -/+ one std beside them, as the
+sweep's own Optuna study saw them.
+
 Trials that ran their whole budget are COMPLETE; trials the scheduler stopped early (tag `stopped_early`)
 are PRUNED with their truncated score, as the sweep tells its own Optuna study (sweep/optuna_search.py).
 Importances and Optuna's plots use the COMPLETE trials only, like Optuna's own functions; importances come
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reports.store import Sweep, Trial
+from sweep.seed_members import seed_groups, seed_summary
 
 # Optuna is imported inside the functions that rebuild a study: it costs seconds to import.
 
@@ -65,7 +71,7 @@ def searched_keys(sweep: Sweep) -> list[str]:
         listed = []
     if listed:
         return [k for k in listed if k not in NOT_SEARCHED]
-    finished = [t for t in sweep.trials if t.status == "FINISHED"]
+    finished = [t for t in sweep.trials if t.status == "FINISHED"]   # per run: the seeds share their params
     keys = sorted({k for t in finished for k in t.params} - NOT_SEARCHED)
     return [k for k in keys if len({t.params.get(k) for t in finished}) > 1]
 
@@ -79,6 +85,24 @@ def chosen_values(trial: Trial, keys: list[str]) -> dict[str, Any]:
     if isinstance(overrides, dict):
         return {k: overrides[k] for k in keys if k in overrides}
     return {k: _parse(trial.params[k]) for k in keys if k in trial.params}
+
+
+def search_trials(sweep: Sweep) -> list[Trial]:
+    """The sweep's trials as Optuna saw them: the seeds of a bundle merged into one trial (`seed_runs`)."""
+    return [group[0] if len(group) == 1 else _merged(group) for group in seed_groups(sweep.trials, lambda t: t.tags)]
+
+
+def _merged(seeds: list[Trial]) -> Trial:
+    finished = [t for t in seeds if t.status == "FINISHED"]
+    metrics: dict[str, float] = {}
+    for key in sorted({k for t in finished for k in t.metrics}):
+        metrics.update(seed_summary(key, [t.metrics.get(key, math.nan) for t in finished]))
+    first = seeds[0]
+    tags = {**first.tags, "trial_id": first.tags.get("bundle_trial") or first.tags.get("trial_id", "")}
+    return Trial(run_id=first.run_id, variant=first.variant, seed=",".join(t.seed for t in seeds),
+                 status="FINISHED" if finished else first.status, start_time=min(t.start_time for t in seeds),
+                 end_time=max(t.end_time for t in seeds), metrics=metrics, params=dict(first.params), tags=tags,
+                 artifact_uri=first.artifact_uri, seed_runs=list(seeds))
 
 
 def stopped_at(trial: Trial) -> tuple[int, int] | None:
@@ -131,7 +155,7 @@ def tune_view(sweep: Sweep, objective: str | None = None) -> TuneView:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tagged, direction = objective_of(sweep)
     objective = objective or tagged
-    launched = sorted(sweep.trials, key=lambda t: (t.start_time, t.run_id))
+    launched = sorted(search_trials(sweep), key=lambda t: (t.start_time, t.run_id))
     finished = [t for t in launched if scored(t, objective)]
     complete = [t for t in finished if stopped_at(t) is None]
     finished_ids = {t.run_id for t in finished}   # not `t in finished`: comparing dataclasses is quadratic
@@ -158,7 +182,8 @@ def tune_view(sweep: Sweep, objective: str | None = None) -> TuneView:
         state = TrialState.COMPLETE if stopped_at(t) is None else TrialState.PRUNED
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: dists[k] for k in params}, value=t.metrics[objective], state=state,
-            user_attrs={"mlflow_run_id": t.run_id, "trial_id": t.tags.get("trial_id", "")}))
+            user_attrs={"mlflow_run_id": t.run_id, "trial_id": t.tags.get("trial_id", ""),
+                        "seed_run_ids": [r.run_id for r in t.seed_runs]}))
     view.study = study
     if len(complete) <= LARGE_STUDY:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)

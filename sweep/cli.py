@@ -94,6 +94,7 @@ def _options(args: argparse.Namespace):
                         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                         gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
                         num_samples=getattr(args, "num_samples", None), time_budget=getattr(args, "time_budget", None),
+                        seeds=getattr(args, "seeds", None), seed_objective=getattr(args, "seed_objective", None),
                         from_tune=getattr(args, "from_tune", None),
                         cache_dir=Path(args.cache_dir) if args.cache_dir else None, verbose=args.verbose,
                         strict=args.strict, num_gpus=args.num_gpus, dry_run=args.dry_run)
@@ -155,6 +156,13 @@ def add_commands(subparsers, after_ablate: Optional[Callable] = None) -> None:
     p.add_argument("--num-samples", type=int, default=None, metavar="N", help="trials in all (default: the spec's)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="start no new trial after this many seconds (default: the spec's time_budget_s)")
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="train every trial's config with K seeds (the spec's seed and the next K-1) as one seed "
+                        "bundle; Optuna and ASHA see the mean over the seeds, each seed is its own MLflow run "
+                        "(default: the spec's seeds, 1)")
+    p.add_argument("--seed-objective", choices=("mean", "mean-std"), default=None,
+                   help="with --seeds: optimise the mean over seeds (default) or the mean minus one sample std "
+                        "(plus, for a minimised metric): a config that scores well only on some seeds ranks lower")
     p.set_defaults(func=_guard(cmd_tune))
 
     p = subparsers.add_parser("sync", help="write into MLflow what Ray's storage holds for a sweep and MLflow lacks",

@@ -58,7 +58,7 @@ from sweep.plan import SweepPlan, ablation_plan, data_key, plan_runs, search_pla
 from sweep.preflight import check_cluster_devices, check_devices, check_finite, device_notes
 from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
-from sweep.seed_members import bundle_trials
+from sweep.seed_members import bundle_trials, seed_groups, seed_summary
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
 from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
 from sweep.tracking import SweepError
@@ -86,6 +86,8 @@ class SweepOptions:
     max_failures: Optional[int] = None
     num_samples: Optional[int] = None      # tune only
     time_budget: Optional[float] = None    # tune only, seconds
+    seeds: Optional[int] = None            # tune only: seeds per trial, trained as one bundle
+    seed_objective: Optional[str] = None   # tune only: mean | mean-std over a trial's seeds
     from_tune: Optional[str] = None        # ablate only: start from the best config of this tune sweep
     cache_dir: Optional[Path] = None       # stage-1 feature cache (default <output>/cache)
     num_cpus: Optional[int] = None         # CPUs of a local Ray (default: all)
@@ -279,15 +281,39 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
     if not parents or parents[-1].data.tags.get("sweep_kind") != "tune":
         raise ConfigError(f"--from-tune {name}: no tune sweep called '{name}' in {tracking_uri}")
     tags = parents[-1].data.tags
-    metric, mode = tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
-    runs = [r for r in tracking.child_runs(client, exp.experiment_id, parents[-1].info.run_id)
-            if r.info.status == "FINISHED" and metric in r.data.metrics and "overrides" in r.data.tags]
-    if not runs:
+    metric, mode = tags.get("objective") or tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
+    runs = [r for r in tracking.child_runs(client, exp.experiment_id, parents[-1].info.run_id) if "overrides" in r.data.tags]
+    best = best_search_trial(runs, metric, mode)
+    if best is None:
         raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
-    best = (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
-    overrides = json.loads(best.data.tags["overrides"])
-    return overrides, (f"best trial of tune sweep '{name}': trial {best.data.tags.get('trial_id', '?')}, run "
-                       f"{best.info.run_id}, {metric} {best.data.metrics[metric]:.4f}, {overrides}")
+    score, group = best
+    overrides = json.loads(group[0].data.tags["overrides"])
+    seeds = f" over seeds {','.join(r.data.tags.get('seed', '?') for r in group)}" if len(group) > 1 else ""
+    return overrides, (f"best trial of tune sweep '{name}': trial {_trial_name(group)}, run "
+                       f"{group[0].info.run_id}, {metric} {score:.4f}{seeds}, {overrides}")
+
+
+def _trial_name(group: list) -> str:
+    tags = group[0].data.tags
+    return tags.get("bundle_trial") or tags.get("trial_id", "?")
+
+
+def best_search_trial(runs: list, metric: str, mode: str) -> Optional[tuple[float, list]]:
+    """(score, its runs) of a search's best trial: a trial of several seeds (tag `bundle_trial`) scores the
+    mean over its FINISHED seeds (with `_std`, `_mean_minus_std`, `_mean_plus_std` as the sweep optimised them);
+    None when no trial has the metric."""
+    base = metric
+    for end in ("_mean_minus_std", "_mean_plus_std"):   # the pessimistic objective of `tune --seed-objective`
+        base = base[:-len(end)] if base.endswith(end) else base
+    scored = []
+    for group in seed_groups(runs, lambda r: r.data.tags):
+        finished = [r for r in group if r.info.status == "FINISHED" and base in r.data.metrics]
+        value = seed_summary(base, [r.data.metrics[base] for r in finished]).get(metric, math.nan)
+        if math.isfinite(value):
+            scored.append((value, sorted(finished, key=lambda r: int(r.data.tags.get("seed", 0)))))
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda item: item[0])
 
 
 class Problems:
@@ -464,7 +490,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
                             "media_coverage": _media_coverage(data),
                             "from_tune_source": note})  # the ablation report's caption names the trial
     else:
-        parent_tags = search_plan(spec, opts.num_samples, opts.time_budget)
+        parent_tags = search_plan(spec, opts.num_samples, opts.time_budget, opts.seeds, opts.seed_objective)
         settings = []
         parent_tags["device_type"] = device_type(spec.base, resources)
         plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri,
@@ -585,7 +611,7 @@ class _Run:
                 started_ray = _ray_init(self.opts)
             self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
             _check_cluster(self.plan.resources, spec_configs(self.plan.kind, self.spec))
-            constants = _tune_constants(self.plan) if self.plan.kind == "tune" else {}
+            constants = _tune_constants(self.plan) if self.plan.kind == "tune" else []
             gate = self.stage1_gate(pending)
             if gate is None and not self.schedule_stage1(pending, constants):
                 return self.outcome
@@ -663,7 +689,7 @@ class _Run:
         check_fits(context.resources)   # a task that never fits is bad input: exit 2 before anything runs
         return Stage1Gate(pending, context)
 
-    def schedule_stage1(self, pending: Optional[list[dict]], tune_constants: dict) -> bool:
+    def schedule_stage1(self, pending: Optional[list[dict]], tune_constants: list[dict]) -> bool:
         """Stage 1 before any trial, as Ray tasks of its own (sweep/stage1_plan.py): each distinct entry is
         computed once with resources.stage1, recorded in MLflow, and linked from the trials' settings, so
         every trial finds its entry in the cache and no slot waits. False when interrupted meanwhile
@@ -674,7 +700,7 @@ class _Run:
         if plan.kind == "ablate":
             settings = pending
         elif fixed_stage1(self.spec.searched_keys, self.spec.base.stage1.shared_seed):
-            settings = [tune_constants]
+            settings = tune_constants   # one per seed of a trial (seeds sharing a stage 1 share its entry)
         else:
             self.say(f"sweep '{self.sweep}' searches stage-1 keys: each stage-1 entry is computed by the first "
                      f"trial that needs it")
@@ -692,7 +718,7 @@ class _Run:
                 signal.signal(signal.SIGTERM, previous)
         return True
 
-    def fit(self, pending: Optional[list[dict]], tune_constants: dict, gate=None) -> SweepOutcome:
+    def fit(self, pending: Optional[list[dict]], tune_constants: list[dict], gate=None) -> SweepOutcome:
         from ray import tune
 
         # These two import Ray at module level: only a sweep that trains pays for it.
@@ -853,14 +879,16 @@ def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
 
-def _tune_constants(plan: SweepPlan) -> dict:
-    """The settings every trial of a tune sweep shares (Optuna adds the sampled overrides)."""
+def _tune_constants(plan: SweepPlan) -> list[dict]:
+    """The settings every trial of a tune sweep shares (Optuna adds the sampled overrides), one dict per seed a
+    trial trains (`tune --seeds k`: k, trained as one bundle)."""
     spec: SearchSpec = plan.spec
-    return {"sweep": spec.name, "variant": "tune", "slug": "trial", "seed": spec.seed,
-            "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
-            "data": plan.data_info[data_key(spec.base)], "code_fingerprint": plan.code,
-            "plan_key": plan.plan_key, "device_type": plan.parent_tags["device_type"],
-            "encoders": describe_encoders(spec.base.stage1)}
+    shared = {"sweep": spec.name, "variant": "tune", "slug": "trial",
+              "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
+              "data": plan.data_info[data_key(spec.base)], "code_fingerprint": plan.code,
+              "plan_key": plan.plan_key, "device_type": plan.parent_tags["device_type"],
+              "encoders": describe_encoders(spec.base.stage1)}
+    return [{**shared, "seed": seed} for seed in spec.trial_seeds]
 
 
 def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions, constants: dict):
@@ -875,7 +903,7 @@ def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions
     optuna_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
     searcher = PruningAwareOptunaSearch(  # ASHA-stopped trials reach the study as PRUNED (sweep/optuna_search.py)
-        space=spec.define_by_run(constants), metric=spec.metric, mode=spec.mode,
+        space=spec.define_by_run(constants), metric=spec.objective, mode=spec.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage, study_name=plan.exp_name,
         intermediate_metric=intermediate_metric(spec.metric, spec.mode, spec.asha.metric),
         budget_epochs=spec.base.train.epochs, max_t=spec.asha.max_t)
@@ -891,11 +919,11 @@ def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions
 
 def _print_best(plan: SweepPlan, runs) -> None:
     spec: SearchSpec = plan.spec
-    scored = [r for r in runs if r.info.status == "FINISHED" and spec.metric in r.data.metrics
-              and math.isfinite(r.data.metrics[spec.metric])]
-    if not scored:
+    best = best_search_trial(runs, spec.objective, spec.mode)
+    if best is None:
         return
-    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r.data.metrics[spec.metric])
-    print(f"best trial: {best.data.tags.get('trial_id')} {spec.metric} {best.data.metrics[spec.metric]:.4f} "
-          f"with {best.data.tags.get('overrides')}\n"
+    score, group = best
+    seeds = f" (mean over seeds {','.join(r.data.tags.get('seed', '?') for r in group)})" if len(group) > 1 else ""
+    print(f"best trial: {_trial_name(group)} {spec.objective} {score:.4f}{seeds} with "
+          f"{group[0].data.tags.get('overrides')}\n"
           f"ablate from it: python run_sweep.py ablate ablations/FILE.yaml --from-tune {spec.name}", flush=True)

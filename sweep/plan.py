@@ -19,7 +19,7 @@ from core.config import ConfigError
 from sweep import tracking
 from sweep.identity import plan_tags, trial_identity
 from sweep.ablation_spec import AblationSpec
-from sweep.search_space import SearchSpec
+from sweep.search_space import SearchSpec, check_seeds
 from sweep.trainable import trial_config
 
 
@@ -96,8 +96,16 @@ def ablation_plan(spec: AblationSpec, data: dict, common: dict,
     return settings, identities, tags
 
 
-def search_plan(spec: SearchSpec, num_samples: Optional[int], time_budget: Optional[float]) -> dict[str, str]:
+def search_plan(spec: SearchSpec, num_samples: Optional[int], time_budget: Optional[float],
+                seeds: Optional[int] = None, seed_objective: Optional[str] = None) -> dict[str, str]:
     """Parent tags of an Optuna search (its trials are proposed while it runs; the plan is its spec)."""
+    if seeds is not None:
+        if seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+        spec.seeds = seeds
+    if seed_objective is not None:
+        spec.seed_objective = seed_objective
+    check_seeds(spec)
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
@@ -110,7 +118,8 @@ def search_plan(spec: SearchSpec, num_samples: Optional[int], time_budget: Optio
     if bad:
         raise ConfigError(f"{spec.path}: a search space may not search data.* keys ({', '.join(bad)}): "
                           f"the dataset is fixed for a search")
-    return {"dataset": spec.base.data.name, "variants": json.dumps([]), "seeds": json.dumps([spec.seed]),
+    return {"dataset": spec.base.data.name, "variants": json.dumps([]), "seeds": json.dumps(spec.trial_seeds),
+            "seeds_per_trial": str(spec.seeds), "seed_objective": spec.seed_objective, "objective": spec.objective,
             "baseline": "", "metric": spec.metric, "mode": spec.mode, "selection_rule": spec.base.train.select_on,
             "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
             "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}

@@ -6,7 +6,7 @@ function handed to OptunaSearch.
 
 A search-space file (see search_spaces/fusion.yaml) has name, dataset, base, seed, metric, mode,
 num_samples, max_concurrent, max_failures, time_budget_s, resources, sampler_seed,
-asha {metric, grace_period, reduction_factor, max_t} and params, each
+seeds, seed_objective, asha {metric, grace_period, reduction_factor, max_t} and params, each
     train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}      # int likewise (step optional)
     fusion.anchor_gating: {type: categorical, choices: [true, false]}
     fusion.layers: {type: int, low: 1, high: 2, when: {fusion.anchor_gating: true}}   # conditional
@@ -31,6 +31,7 @@ from core.config import ConfigError, MAGTKDConfig, parse_value, suggest
 from sweep.spec_common import (Resources, base_config, check_int, check_number, check_override_keys,
                                check_sweep_name, coerce_numbers, dataset_overrides, flatten_overrides,
                                parse_cli_overrides, replace_checked, resources_from, short_hash)
+from sweep.seed_members import BUNDLE_LIMIT, MEMBERS, robust_key
 from sweep.yaml_lines import YamlLines, check_keys, load_yaml_mapping
 
 # The per-epoch report (README: What MLflow holds): what a tune metric or an ASHA metric may name.
@@ -41,7 +42,9 @@ SELECTED_METRICS = ("selected_epoch", "selected_dev_wf1", "selected_dev_acc", "s
 TUNABLE_METRICS = tuple(m for m in EPOCH_METRICS + SELECTED_METRICS if "test" not in m and m != "selected_epoch")
 
 _SEARCH_KEYS = ("name", "description", "dataset", "base", "seed", "metric", "mode", "num_samples",
-                "max_concurrent", "max_failures", "time_budget_s", "resources", "sampler_seed", "asha", "params")
+                "max_concurrent", "max_failures", "time_budget_s", "resources", "sampler_seed", "seeds",
+                "seed_objective", "asha", "params")
+SEED_OBJECTIVES = ("mean", "mean-std")
 _PARAM_KEYS = ("type", "key", "low", "high", "log", "step", "choices", "when")
 _ASHA_KEYS = ("metric", "grace_period", "reduction_factor", "max_t")
 
@@ -84,18 +87,22 @@ def _current(key: str, chosen: Mapping[str, Any], base_flat: Mapping[str, Any]) 
     return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
-def define_by_run(trial, params: tuple, base_flat: dict, constants: dict) -> dict:
+def define_by_run(trial, params: tuple, base_flat: dict, constants: tuple) -> dict:
     """The define-by-run space handed to OptunaSearch (module level + functools.partial: it pickles).
 
     Parameters are asked in file order; one with `when` is asked only if the keys it names already
     hold those values (from earlier parameters or the base config). Returns the trial's settings
     under "trial" (the same shape as an ablation trial's): the constants plus `overrides`, the config
-    keys this trial sets."""
+    keys this trial sets. `constants` holds one settings dict per seed: with several (`seeds: k`), the
+    trial is a seed bundle (sweep/seed_members.py) whose members share the sampled overrides."""
     chosen: dict[str, Any] = {}
     for param in params:
         if param.active(chosen, base_flat):
             chosen.update(param.suggest(trial))
-    return {"trial": {**constants, "overrides": chosen}}
+    per_seed = [{**c, "overrides": dict(chosen)} for c in constants]
+    if len(per_seed) == 1:
+        return {"trial": per_seed[0]}
+    return {"trial": {**per_seed[0], MEMBERS: per_seed}}
 
 
 @dataclass
@@ -126,10 +133,23 @@ class SearchSpec:
     asha: AshaSettings
     params: tuple[Param, ...]
     kind: str = "tune"
+    seeds: int = 1                     # seeds per trial, trained as one bundle; the objective is over them
+    seed_objective: str = "mean"       # mean | mean-std (mean - std for max, mean + std for min)
 
     @property
     def seed(self) -> int:
         return self.base.seed
+
+    @property
+    def trial_seeds(self) -> list[int]:
+        """The seeds every trial trains: the spec's seed and the next seeds-1."""
+        return [self.seed + i for i in range(self.seeds)]
+
+    @property
+    def objective(self) -> str:
+        """The result key Optuna optimises: the metric (a bundle reports its mean over the seeds), or its
+        pessimistic side with `seed_objective: mean-std`."""
+        return robust_key(self.metric, self.mode) if self.seed_objective == "mean-std" else self.metric
 
     @property
     def searched_keys(self) -> list[str]:
@@ -140,14 +160,17 @@ class SearchSpec:
                     keys.append(k)
         return keys
 
-    def define_by_run(self, constants: dict) -> functools.partial:
+    def define_by_run(self, constants: Mapping | list[Mapping]) -> functools.partial:
+        """`constants`: the settings every trial shares, or a list of them, one per seed of `trial_seeds`."""
+        per_seed = [constants] if isinstance(constants, Mapping) else list(constants)
         return functools.partial(define_by_run, params=self.params, base_flat=self.base.flat(),
-                                 constants=dict(constants))
+                                 constants=tuple(dict(c) for c in per_seed))
 
     def plan_key(self) -> str:
+        seeds = {"seeds": self.seeds, "seed_objective": self.seed_objective} if self.seeds > 1 else {}
         return short_hash({"base": self.base.flat(), "params": [dataclasses.asdict(p) for p in self.params],
                       "metric": self.metric, "mode": self.mode, "num_samples": self.num_samples,
-                      "sampler_seed": self.sampler_seed, "asha": dataclasses.asdict(self.asha)})
+                      "sampler_seed": self.sampler_seed, "asha": dataclasses.asdict(self.asha), **seeds})
 
     def config_for(self, overrides: Mapping[str, Any]) -> MAGTKDConfig:
         return replace_checked(self.base, overrides, f"{self.path}: sampled parameters {dict(overrides)}")
@@ -266,7 +289,7 @@ def _check_space(spec: SearchSpec, lines: YamlLines) -> None:
     valid config; the error names the parameter and the values."""
     base_flat = spec.base.flat()
     for trial in _probe_trials(spec.params):
-        over = define_by_run(trial, spec.params, base_flat, {})["trial"]["overrides"]
+        over = define_by_run(trial, spec.params, base_flat, ({},))["trial"]["overrides"]
         try:
             spec.base.replace(over, source="x")
         except ConfigError as err:
@@ -338,6 +361,25 @@ def load_search_space(path: str | Path, overrides: Iterable[str] | Mapping[str, 
         max_failures=check_int(data.get("max_failures", 2), "max_failures", lines.at("max_failures")),
         time_budget_s=float(budget), resources=resources_from(data.get("resources"), "", lines),
         sampler_seed=check_int(data.get("sampler_seed", 0), "sampler_seed", lines.at("sampler_seed")),
-        asha=asha, params=params)
+        asha=asha, params=params,
+        seeds=check_int(data.get("seeds", 1), "seeds", lines.at("seeds"), 1),
+        seed_objective=str(data.get("seed_objective", "mean")))
+    check_seeds(spec, lines.at("seeds"), lines.at("seed_objective"))
     _check_space(spec, lines)
     return spec
+
+
+def check_seeds(spec: SearchSpec, where_seeds: str = "--seeds", where_objective: str = "--seed-objective") -> None:
+    """Seeds per trial: 1 to BUNDLE_LIMIT, trained as one bundle, which only the anchor model has."""
+    if spec.seeds > BUNDLE_LIMIT:
+        raise ConfigError(f"{where_seeds}: 'seeds' is at most {BUNDLE_LIMIT} per trial (one bundle; the range "
+                          f"benchmarks/seed_bundle.py measured), got {spec.seeds}")
+    if spec.seed_objective not in SEED_OBJECTIVES:
+        raise ConfigError(f"{where_objective}: 'seed_objective' must be one of {', '.join(SEED_OBJECTIVES)}, "
+                          f"got {spec.seed_objective!r}")
+    if spec.seed_objective == "mean-std" and spec.seeds < 2:
+        raise ConfigError(f"{where_objective}: 'seed_objective: mean-std' needs seeds >= 2 (one seed has no spread)")
+    if spec.seeds > 1 and (spec.base.fusion.mode != "anchor" or "fusion.mode" in spec.searched_keys):
+        raise ConfigError(f"{where_seeds}: seeds > 1 trains each trial's seeds as one bundle, which only "
+                          f"fusion.mode=anchor has (model/seed_bundle.py); this search uses or searches another "
+                          f"fusion.mode")

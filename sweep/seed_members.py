@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 
 MEMBERS = "members"
 FAILED_KEY = "failed"
+BUNDLE_ID = "bundle_trial_id"   # in a member's settings: its bundle's Ray trial id (MLflow tag `bundle_trial`)
 BUNDLE_LIMIT = 8          # `auto` bundles every seed of a variant, at most this many (the benchmarked range)
 
 
@@ -85,7 +86,8 @@ def members(trial_id: str, config: dict) -> list[tuple[str, dict, Optional[int]]
     """(member trial id, Ray config of that member alone, seed or None) for each seed a trial trains."""
     if not is_bundle(config):
         return [(trial_id, config, None)]
-    return [(f"{trial_id}-s{m['seed']}", {**config, "trial": m}, int(m["seed"])) for m in config["trial"][MEMBERS]]
+    return [(f"{trial_id}-s{m['seed']}", {**config, "trial": {**m, BUNDLE_ID: trial_id}}, int(m["seed"]))
+            for m in config["trial"][MEMBERS]]
 
 
 def member_result(result: dict, seed: Optional[int]) -> dict:
@@ -99,10 +101,35 @@ def member_result(result: dict, seed: Optional[int]) -> dict:
     return own
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for a single value: one seed shows no spread)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def robust_key(metric: str, mode: str) -> str:
+    """The result key of a search's pessimistic seed objective: mean - std for a maximised metric, mean + std
+    for a minimised one (`tune --seed-objective mean-std`)."""
+    return f"{metric}_mean_minus_std" if mode == "max" else f"{metric}_mean_plus_std"
+
+
+def seed_summary(key: str, values: list[float]) -> dict[str, float]:
+    """{key: mean, key_std, key_mean_minus_std, key_mean_plus_std} over the seeds' finite values ({} if none)."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return {}
+    mean, std = mean_std(values)
+    return {key: mean, f"{key}_std": std, robust_key(key, "max"): mean - std, robust_key(key, "min"): mean + std}
+
+
 def bundle_result(epoch: int, per_seed: dict[int, dict], failures: dict[int, str],
                   metric_keys: Iterable[str]) -> dict:
-    """The result a bundle reports: every seed's metrics under s<seed>/, their mean under the plain keys,
-    and a failed seed's failure (once, in the epoch it failed)."""
+    """The result a bundle reports: every seed's metrics under s<seed>/; under the plain keys their mean over
+    the seeds still training, with `_std` (sample std) and the mean -/+ one std beside it (what a search's
+    objective, a scheduler and the progress line read); a failed seed's failure (once, in the epoch it
+    failed); `failed` itself once no seed is left training."""
     result: dict = {"epoch": float(epoch)}
     for seed, metrics in per_seed.items():
         result.update({member_prefix(seed) + k: v for k, v in metrics.items()})
@@ -110,9 +137,19 @@ def bundle_result(epoch: int, per_seed: dict[int, dict], failures: dict[int, str
         result.update({member_prefix(seed) + FAILED_KEY: 1.0, member_prefix(seed) + "failure_reason": reason,
                        member_prefix(seed) + "epoch": float(epoch)})
     for key in metric_keys:
-        values = [m[key] for m in per_seed.values() if isinstance(m.get(key), float) and math.isfinite(m[key])]
-        if values:
-            result[key] = sum(values) / len(values)
+        result.update(seed_summary(key, [m.get(key) for m in per_seed.values()]))
     if per_seed:
         result["seeds_training"] = float(len(per_seed))
+    elif failures:   # every seed has failed: the bundle as a whole (a search tells Optuna FAIL)
+        result[FAILED_KEY] = 1.0
+        result["failure_reason"] = "; ".join(f"seed {s}: {r}" for s, r in sorted(failures.items()))[:2000]
     return result
+
+
+def seed_groups(runs: list, tags_of) -> list[list]:
+    """Runs grouped by the bundle that trained them (tag `bundle_trial`), in first-seen order; a run of
+    no bundle is a group of one. `tags_of(run)` gives a run's tags."""
+    groups: dict[str, list] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(tags_of(run).get("bundle_trial") or f"\0{i}", []).append(run)
+    return list(groups.values())

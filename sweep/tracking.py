@@ -339,6 +339,7 @@ def child_tags(trial_config: dict, cfg, trial_id: str, git: str) -> dict[str, st
         "selection_rule": cfg.train.select_on,
         "masked_modalities": ",".join(masked),
         "trial_id": trial_id,
+        "bundle_trial": trial_config.get("bundle_trial_id", ""),   # the Ray trial that trained this seed with others
         "stage1_run_id": trial_config.get("stage1_run_id", ""),   # the MLflow run of its stage-1 entry
         "overrides": json.dumps(trial_config.get("overrides") or {}, sort_keys=True, default=str),
         "mlflow.runName": trial_config.get("run_name") or trial_id,

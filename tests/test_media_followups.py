@@ -138,3 +138,27 @@ def test_a_scan_finds_a_clip_without_audio_track_from_its_header_and_writes_noth
         read_meld(data, media_dir=media, frames=2, frame_size=16, media_store=store, scan_only=True)
     assert "dev_sent_emo.csv: line 2" in str(err.value) and "dev_splits_complete/dia0_utt0.mp4" in str(err.value)
     assert "no audio track" in str(err.value) and not store.exists()
+
+
+def test_audio_read_after_frames_on_one_clip_is_the_whole_track(tmp_path):
+    """One open clip serves several requests (an IEMOCAP session: every utterance's audio and frames). Audio read
+    after the frames, from the start of the file, came back as the last 40 ms of the track (2,048 of 57,600
+    samples at 16 kHz for a 3.6 s clip): the demuxer was left where frames() stopped. Audio must not depend on
+    what was read before it."""
+    import numpy as np
+
+    from dialogue_data.clipgen import write_clip
+    from dialogue_data.decode import open_clip
+
+    path = write_clip(tmp_path / "clip.mp4", seconds=2.0)
+    with open_clip(path) as clip:
+        alone = clip.audio(16000)
+    with open_clip(path) as clip:
+        clip.frames(4, 32)
+        after_frames = clip.audio(16000)
+        clip.frames(4, 32, start=1.0, end=2.0)
+        ranged_after = clip.audio(16000, start=0.0, end=1.0)
+    assert len(alone) == 32000 and np.array_equal(after_frames, alone)
+    # After a seek back to 0 the AAC decoder restarts without the packets before it: its first ~15 ms differ a
+    # little (as for any range not at the start); the rest of the range is the same samples.
+    assert len(ranged_after) == 16000 and np.allclose(ranged_after[320:], alone[320:16000], rtol=0, atol=1e-6)
