@@ -34,11 +34,19 @@ DEFAULTS = {
     # A tracking server that is down should cost seconds, not MLflow's minutes of retries.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # glibc's malloc raises its mmap threshold each time a large block is freed, after which blocks of a clip's
+    # size (1.2 MB of frames) come from the heap and fragment it: a stage-1 task's peak RSS grew by 0.3 MB per
+    # clip over 1,000 clips (1.17 -> 1.47 GB, its DataLoader workers 0.40 -> 0.68 GB). A fixed threshold keeps
+    # such blocks in their own mappings, returned on free (1.21 GB and 0.35 GB at 1,000 clips:
+    # benchmarks/RESULTS.md, issue 26). Read by glibc when a process starts: set for the processes we start.
+    "MALLOC_MMAP_THRESHOLD_": "131072",
 }
 
 # What every trial worker gets (also on a cluster joined with --address, whose workers did not run
 # an entry point of ours).
-WORKER_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY")
+WORKER_KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY",
+               "MALLOC_MMAP_THRESHOLD_")
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter (malloc.h)
 
 
 def apply_defaults(environ: MutableMapping[str, str] | None = None, force: bool = False) -> None:
@@ -58,3 +66,18 @@ def worker_env() -> dict[str, str]:
     if os.environ.get("MAGTKD_SPAN_LOG"):
         env["MAGTKD_SPAN_LOG"] = os.environ["MAGTKD_SPAN_LOG"]
     return env
+
+
+def fix_mmap_threshold(environ: MutableMapping[str, str] | None = None) -> bool:
+    """The same fixed mmap threshold for this process, already running (a process started without the variable,
+    e.g. stage 1 called from a user's own script): glibc's mallopt through ctypes. False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    environ = os.environ if environ is None else environ
+    try:
+        threshold = int(environ.get("MALLOC_MMAP_THRESHOLD_", DEFAULTS["MALLOC_MMAP_THRESHOLD_"]))
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError, ValueError):
+        return False

@@ -24,6 +24,7 @@ from torch import nn
 
 from core.schema import SPLITS, DataError, DialogueDataset, MediaRef, Utterance
 from core.config import MAGTKDConfig
+from core.environment import fix_mmap_threshold
 from model.distill import feature_similarity_loss, logit_relation_loss
 from model.encoder_ids import describe_encoders
 from model.encoders import (AudioEncoder, FeatureEncoder, VideoEncoder, build_audio_encoder, build_text_encoder,
@@ -540,6 +541,7 @@ def run_stage1(cfg: MAGTKDConfig, dataset: DialogueDataset, log: Log = print,
     """Train stage 1 with seed `cfg.stage1_seed` and encode every split (see the module docstring).
     `media_reader` reads audio and video (pipeline.media_loader gives one over the media store)."""
     start = time.perf_counter()
+    fix_mmap_threshold()   # clip-sized buffers in their own mappings: peak RSS flat in the corpus size
     s1 = cfg.stage1
     device = resolve_device(cfg.train.device)
     tables = split_tables(dataset, cfg.fusion.max_speakers)

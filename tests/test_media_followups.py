@@ -162,3 +162,23 @@ def test_audio_read_after_frames_on_one_clip_is_the_whole_track(tmp_path):
     # After a seek back to 0 the AAC decoder restarts without the packets before it: its first ~15 ms differ a
     # little (as for any range not at the start); the rest of the range is the same samples.
     assert len(ranged_after) == 16000 and np.allclose(ranged_after[320:], alone[320:16000], rtol=0, atol=1e-6)
+
+
+def test_every_process_we_start_gets_a_fixed_mmap_threshold():
+    """glibc's dynamic mmap threshold let clip-sized buffers fragment the heap (a stage-1 task's peak RSS grew by
+    0.3 MB per clip: benchmarks/RESULTS.md, issue 26). Ray's workers get the fixed threshold in their environment,
+    and stage 1 sets it in a process that started without it."""
+    import os
+    import subprocess
+    import sys
+
+    from core.environment import DEFAULTS, fix_mmap_threshold, worker_env
+
+    assert worker_env()["MALLOC_MMAP_THRESHOLD_"] == DEFAULTS["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert fix_mmap_threshold()
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", "from core.environment import apply_defaults; import os; "
+                          "apply_defaults(); print(os.environ['MALLOC_MMAP_THRESHOLD_'])"],
+                         capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+    assert out.stdout.strip() == "131072", out.stderr
