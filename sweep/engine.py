@@ -281,9 +281,10 @@ def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
     if not parents or parents[-1].data.tags.get("sweep_kind") != "tune":
         raise ConfigError(f"--from-tune {name}: no tune sweep called '{name}' in {tracking_uri}")
     tags = parents[-1].data.tags
-    metric, mode = tags.get("objective") or tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
+    base, mode = tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
+    metric = tags.get("objective") or base
     runs = [r for r in tracking.child_runs(client, exp.experiment_id, parents[-1].info.run_id) if "overrides" in r.data.tags]
-    best = best_search_trial(runs, metric, mode)
+    best = best_search_trial(runs, metric, base, mode)
     if best is None:
         raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
     score, group = best
@@ -298,17 +299,14 @@ def _trial_name(group: list) -> str:
     return tags.get("bundle_trial") or tags.get("trial_id", "?")
 
 
-def best_search_trial(runs: list, metric: str, mode: str) -> Optional[tuple[float, list]]:
-    """(score, its runs) of a search's best trial: a trial of several seeds (tag `bundle_trial`) scores the
-    mean over its FINISHED seeds (with `_std`, `_mean_minus_std`, `_mean_plus_std` as the sweep optimised them);
-    None when no trial has the metric."""
-    base = metric
-    for end in ("_mean_minus_std", "_mean_plus_std"):   # the pessimistic objective of `tune --seed-objective`
-        base = base[:-len(end)] if base.endswith(end) else base
+def best_search_trial(runs: list, objective: str, base: str, mode: str) -> Optional[tuple[float, list]]:
+    """(score, its runs) of a search's best trial by `objective`, computed from each run's `base` metric: a trial
+    of several seeds (tag `bundle_trial`) scores their mean over its FINISHED seeds (or the mean -/+ std the sweep
+    optimised, sweep/seed_members.py seed_summary); None when no trial has the metric."""
     scored = []
     for group in seed_groups(runs, lambda r: r.data.tags):
         finished = [r for r in group if r.info.status == "FINISHED" and base in r.data.metrics]
-        value = seed_summary(base, [r.data.metrics[base] for r in finished]).get(metric, math.nan)
+        value = seed_summary(base, [r.data.metrics[base] for r in finished]).get(objective, math.nan)
         if math.isfinite(value):
             scored.append((value, sorted(finished, key=lambda r: int(r.data.tags.get("seed", 0)))))
     if not scored:
@@ -919,7 +917,7 @@ def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions
 
 def _print_best(plan: SweepPlan, runs) -> None:
     spec: SearchSpec = plan.spec
-    best = best_search_trial(runs, spec.objective, spec.mode)
+    best = best_search_trial(runs, spec.objective, spec.metric, spec.mode)
     if best is None:
         return
     score, group = best
