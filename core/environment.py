@@ -40,6 +40,10 @@ DEFAULTS = {
     # such blocks in their own mappings, returned on free (1.21 GB and 0.35 GB at 1,000 clips:
     # benchmarks/RESULTS.md, issue 26). Read by glibc when a process starts: set for the processes we start.
     "MALLOC_MMAP_THRESHOLD_": "131072",
+    # Ray starts its workers at nice 15, so on a machine shared with anyone else's CPU-bound job (nice 0) the
+    # trials and stage-1 tasks got 3% of a core: `make test` beside two busy loops had run 16 minutes with the
+    # stage-1 tasks at 32 s of CPU. Read by the raylet when it starts (Ray's own job server sets it to 0 too).
+    "RAY_worker_niceness": "0",
 }
 
 # What every trial worker gets (also on a cluster joined with --address, whose workers did not run

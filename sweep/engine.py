@@ -60,7 +60,8 @@ from sweep.ray_start import cluster_address, describe, probe, start_ray
 from sweep.search_space import SearchSpec, load_search_space
 from sweep.seed_members import bundle_trials, seed_groups, seed_summary
 from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
-from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
+from sweep.sync import (SyncReport, errored_with_retries_left, ray_trials, restorable, set_aside_unrestorable,
+                        sync_trials)
 from sweep.tracking import SweepError
 from sweep.trainable import train_trial, trial_config
 from model.encoder_ids import describe_encoders
@@ -761,16 +762,9 @@ class _Run:
                      f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
 
         started = time.time()
-        previous = _sigterm_as_sigint()
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the state saved before still resumes
-            pass
-        finally:
-            if gate is not None:   # all settled after a complete fit; interrupted: cancel what still computes
-                gate.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+        completed = _fit(tuner, gate)
+        if completed and plan.kind == "ablate":
+            self.retry_errored_early(trainable, total)
         elapsed = time.time() - started
 
         trials = ray_trials(self.exp_path)  # what Ray saved: the one record of how each trial ended
@@ -794,6 +788,26 @@ class _Run:
                      f"finished trials are kept.")
             return self.outcome
         return self.finish()
+
+    def retry_errored_early(self, trainable, total: int) -> None:
+        """Resume, once, the trials Ray ended ERROR with retries left (`sync.errored_with_retries_left`: a node
+        lost while a trial's actor started on it). Only when every ERROR trial is one of them: resuming ERROR
+        trials resumes them all, and a trial that used its retries must stay FAILED. A search leaves them
+        FAILED (Optuna has already been told the trial failed)."""
+        from ray import tune
+
+        early, errored = errored_with_retries_left(self.exp_path, self.plan.max_failures, total)
+        if not early:
+            return
+        if len(early) < errored:
+            self.say(f"warning: Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} "
+                     f"retries were used (a node lost while they started); they stay FAILED because other "
+                     f"trials failed for good in the same experiment")
+            return
+        self.say(f"Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} retries were used "
+                 f"(a node lost while they started); resuming them once from their last checkpoint")
+        _fit(tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
+                                resume_errored=True), None)
 
     def record(self, trials) -> SyncReport:
         return sync_trials(self.client, self.experiment_id, self.parent_id, self.plan.parent_tags["git_commit"],
@@ -860,6 +874,22 @@ def checkpoints_to_keep(kind: str, spec) -> int | None:
     configs = spec_configs(kind, spec)
     interval = min(cfg.train.checkpoint_interval_s for cfg in configs)
     return 2 if interval >= KEEP_TWO_CHECKPOINTS_FROM_S else None
+
+
+def _fit(tuner, gate) -> bool:
+    """tuner.fit() with SIGTERM as Ctrl-C; False when interrupted (a second Ctrl-C skips Tune's last save; the
+    state saved before still resumes). The stage-1 gate, if any, is closed either way."""
+    previous = _sigterm_as_sigint()
+    try:
+        tuner.fit()
+        return True
+    except KeyboardInterrupt:
+        return False
+    finally:
+        if gate is not None:   # all settled after a complete fit; interrupted: cancel what still computes
+            gate.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions):

@@ -96,6 +96,27 @@ def ray_trials(experiment_path: Path) -> list[StoredTrial]:
     return out
 
 
+def errored_with_retries_left(experiment_path: Path, max_failures: int, total: int) -> tuple[list[str], int]:
+    """(ids of the trials Ray ended ERROR before they used their max_failures retries, how many ended ERROR),
+    for an experiment whose `total` trials all ended (none while it was interrupted: ([], 0)).
+
+    Ray Tune 2.x counts one lost node twice when the node dies while a trial's actor is still starting on
+    it: the actor's first task fails at once with ActorUnavailableError, Tune requeues the trial (failure 1),
+    then handles the same task's error again while the trial is PENDING and ends it ERROR (failure 2), with
+    retries left (`TuneController._process_trial_failure`). Ray's own record shows it: num_failures at most
+    max_failures. A trial that really used its retries ends with max_failures + 1."""
+    from ray import tune
+
+    if not restorable(experiment_path):
+        return [], 0
+    trials = tune.ExperimentAnalysis(str(experiment_path)).trials
+    if len(trials) < total or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        return [], 0
+    errored = [t for t in trials if t.status == "ERROR"]
+    early = [t.trial_id for t in errored if 0 < int(getattr(t.run_metadata, "num_failures", 0)) <= max_failures]
+    return early, len(errored)
+
+
 def _stored(trial, trial_id: str, config: dict, seed, checkpoint) -> StoredTrial:
     history, predictions = {"epochs": [], FAILURE_REASON: None}, ""
     if checkpoint is not None:

@@ -147,6 +147,29 @@ def out_of_memory_reason(err: BaseException, cfg: MAGTKDConfig, share: float, st
     return f"out of GPU memory in {stage}: {what}. ({type(err).__name__}: {first})"
 
 
+SCRATCH_PREFIX = "magtkd-ckpt-"
+
+
+def _checkpoint_scratch() -> tempfile.TemporaryDirectory:
+    """Where a checkpoint is written before Tune copies it into the trial's storage: the trial's own working
+    directory, not /tmp. A trial stopped while Tune holds its report (ASHA, a lost node, a killed driver) never
+    leaves the `with`; in /tmp each such trial left its state behind for good (at width 768, tens of MB)."""
+    from ray import tune
+
+    return tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=tune.get_context().get_trial_dir())
+
+
+def _clear_stale_scratch() -> None:
+    """A trial's earlier attempt (retried, resumed) may have left its scratch checkpoints: no other process
+    writes in this trial's directory, so whatever is there is stale."""
+    import shutil
+
+    from ray import tune
+
+    for stale in Path(tune.get_context().get_trial_dir()).glob(SCRATCH_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def train_trial(config: dict) -> None:
     """Ray Tune function trainable (module level: Ray pickles it by reference)."""
     # torch, Ray and the pipeline are imported in the worker only: the driver plans and records, never trains.
@@ -156,6 +179,7 @@ def train_trial(config: dict) -> None:
     from model.train import DivergedError
     from pipeline.trial import run_trial
 
+    _clear_stale_scratch()
     if is_bundle(config):
         _train_bundle(config)
         return
@@ -180,7 +204,7 @@ def train_trial(config: dict) -> None:
         if "model" not in state:   # stage 2 copies the model to the host only when cadence.due said so
             tune.report(dict(metrics))
             return
-        with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+        with _checkpoint_scratch() as tmp:
             torch.save(state, os.path.join(tmp, STATE))
             if predictions:  # the selected epoch's per-utterance predictions (core/predictions.py)
                 Path(tmp, PREDICTIONS_FILE).write_text(predictions, encoding="utf-8")
@@ -220,7 +244,7 @@ def _report_failure(reason: str, history: list[dict]) -> None:
     _log(f"trial failed: {reason}")
     result = {k: math.nan for k in _METRIC_KEYS}
     result.update({"epoch": float(history[-1]["epoch"]) if history else 0.0, FAILED: 1.0, FAILURE_REASON: reason})
-    with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+    with _checkpoint_scratch() as tmp:
         _write_history(tmp, history, reason)
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -274,7 +298,7 @@ def _train_bundle(config: dict) -> None:
                 (resume_state is not None and int(m["seed"]) in resume_state["seeds"])]
 
     def save_and_report(epoch: int, result: dict, with_state: Optional[dict]) -> None:
-        with tempfile.TemporaryDirectory(prefix="magtkd-ckpt-") as tmp:
+        with _checkpoint_scratch() as tmp:
             if with_state is not None:
                 torch.save(with_state, os.path.join(tmp, STATE))
             for seed in seeds:

@@ -183,3 +183,18 @@ def test_every_process_we_start_gets_a_fixed_mmap_threshold():
                          capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent))
     assert out.stdout.strip() == "131072", out.stderr
 
+
+
+def test_ray_workers_run_at_the_sweeps_own_priority(ray_local):
+    """Ray's default worker niceness (15) starved trials behind any other user's CPU-bound job; the project's
+    environment (core/environment.py, forced by tests/conftest.py) starts workers at nice 0."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert os.environ["RAY_worker_niceness"] == "0"
+    assert ray.get(niceness.remote(), timeout=600) == 0
