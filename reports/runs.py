@@ -1,9 +1,11 @@
 """`runs [NAME] [--best K]`: what the MLflow store holds, as plain text tables.
 
-Without NAME: one line per sweep. With NAME: one line per trial. With --best K: the K best finished
-trials by a metric (dev weighted F1 by default: picking configs on test would leak) and, for each,
-what makes it differ from the sweep's baseline variant (an ablation) or the values it chose (a search), as
-dotted overrides ready for the command line. Scores are printed in percent; MLflow holds them as 0-1.
+Without NAME: one line per sweep. With NAME: one line per trial. With --best K: the K best
+configurations by a metric (dev weighted F1 by default: picking configs on test would leak), each ranked by
+the mean over its finished seeds (a variant of an ablation; one trial of a search, a bundle of seeds under
+`tune --seeds`): the best single seed would reward the luckiest draw. For each, what makes it differ from
+the sweep's baseline variant (an ablation) or the values it chose (a search), as dotted overrides ready for
+the command line. Scores are printed in percent; MLflow holds them as 0-1.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from datetime import datetime, timezone
 
 from reports.stats import pct
 from reports.store import STATES, ReportError, Sweep, Trial, list_sweeps, load_sweep
+from sweep.seed_members import mean_std, seed_groups
 
 # Bookkeeping, not a setting a user chose: the seed is its own column; a shared stage-1 seed is the sweep's.
 NOT_KEY = {"seed", "stage1.shared_seed"}
@@ -44,10 +47,36 @@ def _states(sweep: Sweep) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order) or "no trials"
 
 
-def _best(sweep: Sweep, key: str) -> Trial | None:
+def configurations(sweep: Sweep, key: str) -> list[list[Trial]]:
+    """The finished seeds (with a finite `selected_KEY`) of each configuration, best mean first: an ablation's
+    variants, or a search's trials (the seeds of one bundle together). Ties go to the earliest run, so the
+    answer does not flicker."""
     done = [t for t in sweep.trials if t.status == "FINISHED" and not math.isnan(_metric(t, key))]
-    # Highest value; ties go to the earliest run so the answer does not flicker.
-    return max(done, key=lambda t: (_metric(t, key), -t.start_time, t.run_id), default=None)
+    if sweep.kind == "tune":
+        groups = seed_groups(done, lambda t: t.tags)
+    else:
+        by_variant: dict[str, list[Trial]] = {}
+        for t in done:
+            by_variant.setdefault(t.variant, []).append(t)
+        groups = list(by_variant.values())
+    return sorted(groups, key=lambda g: (-_mean(g, key), min(t.start_time for t in g), g[0].run_id))
+
+
+def _mean(group: list[Trial], key: str) -> float:
+    return mean_std([_metric(t, key) for t in group])[0]
+
+
+def _score(group: list[Trial], key: str) -> str:
+    """'61.23 ± 0.45 over 3 seeds' (sample std), or '61.23, seed 0' for one seed."""
+    values = [_metric(t, key) for t in group]
+    if any(math.isnan(v) for v in values):   # a test metric a finished run lacks
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return "—"
+    mean, std = mean_std(values)
+    if len(values) == 1:
+        return f"{pct(mean)}, seed {group[0].seed}" if len(group) == 1 else pct(mean)
+    return f"{pct(mean)} ± {pct(std)} over {len(values)} seeds"
 
 
 def sweeps_listing(tracking_uri: str, key: str = "dev_wf1") -> str:
@@ -56,9 +85,9 @@ def sweeps_listing(tracking_uri: str, key: str = "dev_wf1") -> str:
         return f"no sweeps in {tracking_uri}"
     rows = []
     for s in sorted(sweeps, key=lambda s: (s.start_time, s.name)):
-        best = _best(s, key)
-        best_text = "—" if best is None else f"{pct(_metric(best, key))} ({best.variant}, seed {best.seed})"
-        test_text = "—" if best is None else pct(_metric(best, "test_wf1"))
+        ranked = configurations(s, key)
+        best_text = "—" if not ranked else f"{_score(ranked[0], key)} ({ranked[0][0].variant})"
+        test_text = "—" if not ranked else _score(ranked[0], "test_wf1")
         rows.append([s.name, s.kind, s.tags.get("dataset", "?"), _when(s.start_time), _states(s), best_text,
                      test_text])
     return ("scores in percent (MLflow holds them as 0-1)\n"
@@ -105,16 +134,18 @@ def best_listing(name: str, tracking_uri: str, k: int, key: str = "dev_wf1") -> 
     if k < 1:
         raise ReportError("--best K needs K >= 1")
     sweep = load_sweep(name, tracking_uri)
-    done = [t for t in sweep.trials if t.status == "FINISHED" and not math.isnan(_metric(t, key))]
-    if not done:
+    groups = configurations(sweep, key)
+    if not groups:
         return f"sweep {name}: no finished trial with selected_{key}"
-    ranked = sorted(done, key=lambda t: (-_metric(t, key), t.start_time, t.run_id))[:k]
     keys = key_params(sweep.trials)
-    lines = [f"sweep {name}: the {len(ranked)} best of {len(done)} finished trials by selected_{key} "
-             f"(scores in percent; MLflow holds them as 0-1)"]
-    for rank, t in enumerate(ranked, start=1):
-        lines.append(f"\n#{rank}  {t.variant}  seed {t.seed}  {key} {pct(_metric(t, key))}  "
-                     f"test_wf1 {pct(_metric(t, 'test_wf1'))}  run {t.run_id}")
+    unit = "trials" if sweep.kind == "tune" else "variants"
+    lines = [f"sweep {name}: the {min(k, len(groups))} best of {len(groups)} {unit} by selected_{key}, each the mean "
+             f"(± sample std) over its finished seeds (scores in percent; MLflow holds them as 0-1)"]
+    for rank, group in enumerate(groups[:k], start=1):
+        t = group[0]
+        runs = f"run {t.run_id}" if len(group) == 1 else "runs " + " ".join(r.run_id for r in group)
+        lines.append(f"\n#{rank}  {t.variant}  {key} {_score(group, key)}  test_wf1 {_score(group, 'test_wf1')}  "
+                     f"{runs}")
         reference = _baseline_trial(sweep, t.seed) if sweep.kind != "tune" else None
         if reference is not None:
             differs = differing_keys(t, reference)

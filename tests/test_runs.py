@@ -41,9 +41,11 @@ def test_runs_lists_sweeps_with_states_and_best(store, capsys):
     out = capsys.readouterr().out
     demo = next(line for line in out.splitlines() if line.startswith("demo "))
     assert "ablate" in demo and "13 FINISHED, 1 FAILED, 1 KILLED" in demo and "2026-01-01 00:00 UTC" in demo
-    df = _children(store["uri"], "demo")
-    best = df[df["status"] == "FINISHED"].sort_values("metrics.selected_dev_wf1").iloc[-1]
-    assert f"{100 * best['metrics.selected_dev_wf1']:.2f} ({best['tags.variant']}, seed {best['tags.seed']})" in demo
+    # The best variant by its mean over its finished seeds (not its luckiest seed), with the spread.
+    means = _variant_means(store["uri"], "demo", "dev_wf1")
+    variant = max(means, key=lambda v: means[v][0])
+    mean, std, n = means[variant]
+    assert f"{100 * mean:.2f} ± {100 * std:.2f} over {n} seeds ({variant})" in demo
     fusion = next(line for line in out.splitlines() if line.startswith("fusion "))
     assert "tune" in fusion and "9 FINISHED, 1 FAILED" in fusion
 
@@ -72,6 +74,32 @@ def test_runs_best_k_gives_the_top_trials_with_overrides(store, capsys):
     assert f"train.lr={first['params.train.lr']}" in out and f"fusion.mode={first['params.fusion.mode']}" in out
     assert "config.yaml" in out
     assert cli_main(["runs", "fusion", "--best", "0", "--output", str(store["out"])]) == 2
+
+
+def _variant_means(uri: str, name: str, key: str) -> dict[str, tuple[float, float, int]]:
+    """variant -> (mean, sample std, n) of selected_KEY over its FINISHED runs, straight from MLflow."""
+    df = _children(uri, name)
+    done = df[df["status"] == "FINISHED"]
+    stats = done.groupby("tags.variant")[f"metrics.selected_{key}"].agg(["mean", "std", "count"])
+    return {v: (row["mean"], row["std"], int(row["count"])) for v, row in stats.iterrows()}
+
+
+def test_runs_best_in_an_ablation_ranks_variants_by_their_mean_over_seeds(store, capsys):
+    """Three seeds per variant, one FAILED and one KILLED run among them: each variant is ranked by the mean of
+    its finished seeds, printed with its sample std and seed count, and lists every one of its runs."""
+    assert cli_main(["runs", "demo", "--best", "3", "--output", str(store["out"])]) == 0
+    out = capsys.readouterr().out
+    means = _variant_means(store["uri"], "demo", "dev_wf1")
+    order = sorted(means, key=lambda v: -means[v][0])[:3]
+    ranks = [line for line in out.splitlines() if line.startswith("#")]
+    assert [line.split()[1] for line in ranks] == order
+    assert f"the 3 best of {len(means)} variants" in out.splitlines()[0]
+    df = _children(store["uri"], "demo")
+    for line, variant in zip(ranks, order):
+        mean, std, n = means[variant]
+        assert f"dev_wf1 {100 * mean:.2f} ± {100 * std:.2f} over {n} seeds" in line
+        finished = df[(df["status"] == "FINISHED") & (df["tags.variant"] == variant)]
+        assert set(line.split("runs ", 1)[1].split()) == set(finished["run_id"])
 
 
 def test_runs_best_in_an_ablation_names_what_differs_from_the_baseline_variant(store, capsys):

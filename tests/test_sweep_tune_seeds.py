@@ -16,6 +16,7 @@ from conftest import child_runs, parent_runs, write_search
 
 from core.config import ConfigError
 from reports.report import make_report
+from reports.runs import best_listing
 from reports.store import tracking_uri_for
 from sweep.engine import SweepOptions, run_sweep
 
@@ -89,6 +90,11 @@ def test_tune_seeds_optimises_the_mean_and_reports_mean_std(tmp_path, ray_local,
     best = rows[0]
     shown = f"{100 * float(best['selected_dev_wf1']):.2f} ± {100 * float(best['selected_dev_wf1_std']):.2f}"
     assert shown in report.markdown and "as one bundle" in report.markdown
+    # `runs --best`: the same trial first, ranked by its mean over its three seeds, every seed's run listed.
+    listing = best_listing("seeded", tracking_uri_for(opts.output), 1)
+    first = next(line for line in listing.splitlines() if line.startswith("#1"))
+    assert f"dev_wf1 {shown} over 3 seeds" in first and "the 1 best of 3 trials" in listing
+    assert set(first.split("runs ", 1)[1].split()) == set(best["seed_run_ids"].split())
 
 
 def test_tune_seed_objective_mean_minus_std(tmp_path, ray_local, stage1_cache):
