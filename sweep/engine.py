@@ -801,11 +801,15 @@ class _Run:
             return
         if len(early) < errored:
             self.say(f"warning: Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} "
-                     f"retries were used (a node lost while they started); they stay FAILED because other "
+                     f"retries were used (Tune counts an actor lost while its trial starts as two failures); they stay FAILED because other "
                      f"trials failed for good in the same experiment")
             return
         self.say(f"Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} retries were used "
-                 f"(a node lost while they started); resuming them once from their last checkpoint")
+                 f"(Tune counts an actor lost while its trial starts as two failures); resuming them once from "
+                 f"their last checkpoint")
+        # Their runs were closed FAILED by the MLflow callback: reopened, the resumed trials take them up again.
+        tracking.reopen_trial_runs(self.client, self.experiment_id, self.parent_id,
+                                   [member for members in early.values() for member in members])
         _fit(tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
                                 resume_errored=True), None)
 

@@ -96,9 +96,10 @@ def ray_trials(experiment_path: Path) -> list[StoredTrial]:
     return out
 
 
-def errored_with_retries_left(experiment_path: Path, max_failures: int, total: int) -> tuple[list[str], int]:
-    """(ids of the trials Ray ended ERROR before they used their max_failures retries, how many ended ERROR),
-    for an experiment whose `total` trials all ended (none while it was interrupted: ([], 0)).
+def errored_with_retries_left(experiment_path: Path, max_failures: int, total: int) -> tuple[dict[str, list[str]], int]:
+    """({Ray trial id: its MLflow trial ids (one per seed of a bundle)} of the trials Ray ended ERROR before
+    they used their max_failures retries, how many trials ended ERROR), for an experiment whose `total` trials
+    all ended (none while it was interrupted: ({}, 0)).
 
     Ray Tune 2.x counts one lost node twice when the node dies while a trial's actor is still starting on
     it: the actor's first task fails at once with ActorUnavailableError, Tune requeues the trial (failure 1),
@@ -108,12 +109,13 @@ def errored_with_retries_left(experiment_path: Path, max_failures: int, total: i
     from ray import tune
 
     if not restorable(experiment_path):
-        return [], 0
+        return {}, 0
     trials = tune.ExperimentAnalysis(str(experiment_path)).trials
     if len(trials) < total or any(t.status not in ("TERMINATED", "ERROR") for t in trials):
-        return [], 0
+        return {}, 0
     errored = [t for t in trials if t.status == "ERROR"]
-    early = [t.trial_id for t in errored if 0 < int(getattr(t.run_metadata, "num_failures", 0)) <= max_failures]
+    early = {t.trial_id: [member_id for member_id, _, _ in members(t.trial_id, dict(t.config or {}))]
+             for t in errored if 0 < int(getattr(t.run_metadata, "num_failures", 0)) <= max_failures}
     return early, len(errored)
 
 

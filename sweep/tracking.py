@@ -511,6 +511,22 @@ def per_class_report(last: dict, labels: list[str], select_on: str) -> dict:
 
 # ---- housekeeping on resume and at the end --------------------------------------------------------------
 
+def reopen_trial_runs(client, experiment_id: str, parent_id: str, trial_ids: list[str]) -> int:
+    """The runs of these trials (this parent's), recorded FAILED when Ray ended them ERROR, become KILLED and
+    lose their `failure_reason`, so that resuming the trials takes their runs up again (open_trial_run) and
+    each stays one run. Returns how many were reopened."""
+    reopened = 0
+    for trial_id in trial_ids:
+        for run in search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                     f"tags.trial_id = '{trial_id}'"):
+            if run.info.status == "FAILED":
+                retrying(client.update_run, run.info.run_id, status="KILLED")
+                if "failure_reason" in run.data.tags:
+                    retrying(client.delete_tag, run.info.run_id, "failure_reason")
+                reopened += 1
+    return reopened
+
+
 def close_stale_runs(client, experiment_id: str, parent_id: str) -> int:
     """This parent's child runs still RUNNING when none of its trials runs (an interrupted sweep, or a
     rerun after a driver that is gone: we hold this output's lock) become KILLED. A trial that resumes
