@@ -1,7 +1,7 @@
 """Ray Tune can end a trial ERROR before it used its retries (a node lost while the trial's actor started on it:
 Tune counts the one loss twice). `sync.errored_with_retries_left` finds such trials in Ray's own record, so
-that the engine resumes them once (`Sweep.retry_errored_early`). Here a real Tune experiment, one trial that
-always crashes and one that finishes, is read back as Ray saved it; the node-loss path itself is
+that the engine resumes them once (`AblationKind.resume_errored_early`, sweep/kinds.py). Here a real Tune
+experiment, one trial that always crashes and one that finishes, is read back as Ray saved it; the node-loss path itself is
 tests/test_sweep_cluster.py::test_losing_the_worker_node_mid_sweep."""
 from __future__ import annotations
 
