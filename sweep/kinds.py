@@ -50,7 +50,9 @@ class PlanInputs:
 class Backlog:
     """What one run of a sweep trains, once MLflow has said what of its plan is already final."""
     complete: bool                         # every trial of the plan is final in MLflow: nothing to train
-    settings: list[dict]                   # what Tune's trials and stage 1 are built from (each kind says what)
+    settings: list[dict]                   # what Tune's trials and stage 1 are built from: an ablation's trials
+                                           # not yet final, one each; a search's settings that every trial
+                                           # Optuna proposes shares, one per seed of a trial
 
 
 class AblationKind:
