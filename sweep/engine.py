@@ -13,7 +13,7 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
     while Ray starts (steps 2-3 in a thread beside it); with an existing store Ray starts after step 3.
  3. record what Ray's storage holds and MLflow lacks; an ablation trains only the identities that have
     no final run (FINISHED or FAILED) yet; nothing left -> nothing to train.
- 4. stage 1 (`sweep/stage1_plan.py`): the distinct entries the pending trials need and the cache lacks
+ 4. stage 1 (`sweep/stage1_plan.py`): the distinct entries the trials still to train need and the cache lacks
     are computed as Ray tasks of their own, each recorded as an MLflow run the trials link to. In a
     fresh ablation this runs in a driver thread beside Tune, whose searcher (`sweep/stage1_gate.py`)
     starts each trial once its entry is ready; a search or a resumed experiment computes them first.
@@ -25,13 +25,20 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
     unfinished plan is "interrupted" (rerun the same command to resume).
  7. finish: duplicates closed, the parent FINISHED, the table; exit code 0, or FAILURES_EXIT when
     some trials FAILED.
+
+Both kinds run through these same steps; where an ablation and a search differ, the engine asks the sweep's
+kind, one object each in `sweep/kinds.py`: `AblationKind` and `SearchKind` load the spec and build the plan
+(step 1), say what a run still trains (step 3: its `Backlog`), what stage 1 is computed from (step 4), which
+Tuner fits it and what the progress line reports (step 5), whether trials Ray ended early are resumed, when
+the plan counts as started, which runs stand for it and what is printed at the end (steps 6-7). In code:
+`prepare` (step 1), `run_sweep` (the lock), then `Sweep.run`: `open_records` (steps 2-3, beside `_ray_init`),
+`stage1_gate` or `schedule_stage1` (step 4), `fit` and `tuner` (step 5), `record_fit` (step 6), `finish` (7).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -45,25 +52,22 @@ from typing import Any, Optional, Sequence
 
 from filelock import FileLock, Timeout
 
-from core.config import ConfigError, absolute_path_overrides, random_encoder_problem, stable_hash
+from core.config import ConfigError, absolute_path_overrides, random_encoder_problem
 from core.schema import DataError
 from core.environment import worker_env
 from dialogue_data.media import SCAN_NOTE
 from dialogue_data.media_store import TO_DECODE
 from dialogue_data.registry import load_dataset
 from sweep import tracking
-from sweep.ablation_spec import load_ablation
 from sweep.identity import code_fingerprint
-from sweep.plan import SweepPlan, ablation_plan, data_key, plan_runs, search_plan
+from sweep.kinds import Backlog, PlanInputs, sweep_kind
+from sweep.plan import SweepPlan, data_key
 from sweep.preflight import check_cluster_devices, check_devices, check_finite, device_notes
 from sweep.ray_start import cluster_address, describe, probe, start_ray
-from sweep.search_space import SearchSpec, load_search_space
-from sweep.seed_members import bundle_trials, seed_groups, seed_summary
-from sweep.spec_common import check_resources, check_sweep_name, parse_cli_overrides, within
-from sweep.sync import (SyncReport, errored_with_retries_left, ray_trials, restorable, set_aside_unrestorable,
-                        sync_trials)
+from sweep.spec_common import check_resources, parse_cli_overrides, within
+from sweep.sync import SyncReport, ray_trials, restorable, set_aside_unrestorable, sync_trials
 from sweep.tracking import SweepError
-from sweep.trainable import train_trial, trial_config
+from sweep.trainable import train_trial
 from model.encoder_ids import describe_encoders
 
 # torch, Ray, MLflow and Optuna are imported inside the functions that use them: each costs seconds, and a
@@ -152,11 +156,6 @@ def check_options(opts: SweepOptions) -> None:
     check_finite("--cpus-per-trial", opts.cpus_per_trial)
     check_finite("--gpus-per-trial", opts.gpus_per_trial)
     check_finite("--time-budget", opts.time_budget, minimum=0)
-
-
-def spec_configs(kind: str, spec) -> list:
-    """Every trial's config of an ablation; a search's base config."""
-    return [t.cfg for t in spec.trials()] if kind == "ablate" else [spec.base]
 
 
 def _data_info(cfgs, strict: bool = False, cache_dir: Optional[Path] = None, scan_only: bool = False) -> dict[str, dict]:
@@ -270,51 +269,6 @@ class _Raising:
         return check(*args, **kwargs)
 
 
-def _best_of_tune(name: str, tracking_uri: str) -> tuple[dict, str]:
-    """Overrides of the best FINISHED trial of tune sweep `name` (by its own metric and mode)."""
-    db = tracking.sqlite_path(tracking_uri)
-    if db is not None and not db.exists():
-        raise ConfigError(f"--from-tune {name}: there is no MLflow store at {db} yet")
-    client = tracking.make_client(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    parents = sorted(tracking.parent_runs(client, exp.experiment_id) if exp is not None else [],
-                     key=lambda r: r.info.start_time or 0)
-    if not parents or parents[-1].data.tags.get("sweep_kind") != "tune":
-        raise ConfigError(f"--from-tune {name}: no tune sweep called '{name}' in {tracking_uri}")
-    tags = parents[-1].data.tags
-    base, mode = tags.get("metric", "selected_dev_wf1"), tags.get("mode", "max")
-    metric = tags.get("objective") or base
-    runs = [r for r in tracking.child_runs(client, exp.experiment_id, parents[-1].info.run_id) if "overrides" in r.data.tags]
-    best = best_search_trial(runs, metric, base, mode)
-    if best is None:
-        raise ConfigError(f"--from-tune {name}: the tune sweep has no FINISHED trial with metric {metric}")
-    score, group = best
-    overrides = json.loads(group[0].data.tags["overrides"])
-    seeds = f" over seeds {','.join(r.data.tags.get('seed', '?') for r in group)}" if len(group) > 1 else ""
-    return overrides, (f"best trial of tune sweep '{name}': trial {_trial_name(group)}, run "
-                       f"{group[0].info.run_id}, {metric} {score:.4f}{seeds}, {overrides}")
-
-
-def _trial_name(group: list) -> str:
-    tags = group[0].data.tags
-    return tags.get("bundle_trial") or tags.get("trial_id", "?")
-
-
-def best_search_trial(runs: list, objective: str, base: str, mode: str) -> Optional[tuple[float, list]]:
-    """(score, its runs) of a search's best trial by `objective`, computed from each run's `base` metric: a trial
-    of several seeds (tag `bundle_trial`) scores their mean over its FINISHED seeds (or the mean -/+ std the sweep
-    optimised, sweep/seed_members.py seed_summary); None when no trial has the metric."""
-    scored = []
-    for group in seed_groups(runs, lambda r: r.data.tags):
-        finished = [r for r in group if r.info.status == "FINISHED" and base in r.data.metrics]
-        value = seed_summary(base, [r.data.metrics[base] for r in finished]).get(objective, math.nan)
-        if math.isfinite(value):
-            scored.append((value, sorted(finished, key=lambda r: int(r.data.tags.get("seed", 0)))))
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda item: item[0])
-
-
 class Problems:
     """Every check before a sweep starts is a function whose error is collected here, so that a user
     sees all of them at once (`--dry-run` prints them; a launch refuses with all of them) instead of
@@ -349,12 +303,10 @@ class Problems:
 MISSING_DATA_PATH = "/data.path-not-given"
 
 
-def _load_spec(kind: str, spec_path, cli: dict, extra, problems: Problems):
+def _load_spec(sweep_type, spec_path, cli: dict, extra, problems: Problems):
     """The spec with the command line; a missing data.path is reported and the spec loaded without it."""
     def load(overrides):
-        if kind == "ablate":
-            return load_ablation(spec_path, overrides, extra_base=extra)
-        return load_search_space(spec_path, overrides)
+        return sweep_type.load_spec(spec_path, overrides, extra)
 
     try:
         return load(cli)
@@ -419,6 +371,7 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
     `problems` given (--dry-run) the caller reads them, else they are raised together at the end."""
     own = problems is None
     problems = Problems() if own else problems
+    sweep_type = sweep_kind(kind)
     output = problems.run(check_output_dir, Path(opts.output))
     problems.run(check_options, opts)
     tracking_uri = opts.tracking_uri or (tracking.default_tracking_uri(output) if output else "")
@@ -434,18 +387,17 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
         problems.run(check_output_dir, cache_dir, "--cache-dir")
 
     extra, note = None, ""
-    if kind == "ablate" and opts.from_tune and tracking_uri:
-        best = problems.run(lambda: _best_of_tune(check_sweep_name(opts.from_tune, "--from-tune"), tracking_uri))
-        if best is not None:
-            extra, note = best
-            notes.append(f"starting from the {note}")
-    spec = _load_spec(kind, spec_path, cli if cli is not None else {}, extra, problems)
+    best = problems.run(sweep_type.starting_point, opts, tracking_uri) if tracking_uri else None
+    if best is not None:
+        extra, note = best
+        notes.append(f"starting from the {note}")
+    spec = _load_spec(sweep_type, spec_path, cli if cli is not None else {}, extra, problems)
     if spec is None:   # _load_spec kept its error
         if own:
             problems.raise_all()
         raise Refused()
 
-    cfgs = [p.cfg for p in spec.trials()] if kind == "ablate" else [spec.base]
+    cfgs = sweep_type.configs(spec)
     data_given = [c for c in cfgs if c.data.path != MISSING_DATA_PATH]
     before = len(problems.errors)
     problems.run(_check_local_paths, data_given)
@@ -476,26 +428,9 @@ def prepare(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: Sw
             problems.raise_all()
         raise Refused()
 
-    if kind == "ablate":
-        # The plan key names the Ray experiment: the identities, and the store (a restored Tune callback
-        # writes to the store it was pickled with).
-        common = {"sweep": spec.name, "cache_dir": str(cache_dir), "code_fingerprint": code}
-        settings, identities, parent_tags = ablation_plan(spec, data, common, lambda c: device_type(c, resources))
-        plan_key = stable_hash([identities, tracking_uri])
-        for s in settings:
-            s["plan_key"] = plan_key
-            s["encoders"] = describe_encoders(trial_config({"trial": s}).stage1)
-        parent_tags.update({"from_tune": opts.from_tune or "", "dataset": _dataset_names(data),
-                            "media_coverage": _media_coverage(data),
-                            "from_tune_source": note})  # the ablation report's caption names the trial
-    else:
-        parent_tags = search_plan(spec, opts.num_samples, opts.time_budget, opts.seeds, opts.seed_objective)
-        settings = []
-        parent_tags["device_type"] = device_type(spec.base, resources)
-        plan_key = stable_hash([spec.plan_key(), data[data_key(spec.base)]["fingerprint"], code, tracking_uri,
-                                parent_tags["device_type"]])
-        parent_tags["dataset"] = _dataset_names(data)
-        parent_tags["media_coverage"] = _media_coverage(data)
+    settings, plan_key, parent_tags = sweep_type.plan(spec, PlanInputs(
+        data, cache_dir, code, tracking_uri, lambda cfg: device_type(cfg, resources), opts, starting_note=note))
+    parent_tags.update({"dataset": _dataset_names(data), "media_coverage": _media_coverage(data)})
     encoders = sorted({json.dumps(describe_encoders(cfg.stage1), sort_keys=True) for cfg in cfgs})
     parent_tags["encoders"] = "; ".join(", ".join(f"{m} {d}" for m, d in json.loads(e).items()) for e in encoders)
     plan = SweepPlan(spec, kind, output, tracking_uri, cache_dir, resources, max_concurrent, max_failures,
@@ -510,12 +445,6 @@ class Refused(Exception):
 
 
 # ---- running ---------------------------------------------------------------------------------------
-
-def trial_dirname(trial) -> str:
-    """Trial directories are named from slugs only (variant names may hold '/', e.g. 'w/o prompt')."""
-    settings = (trial.config or {}).get("trial") or {}
-    return f"{settings.get('slug', 'trial')}-{trial.trial_id}"
-
 
 def _ray_init(opts: SweepOptions) -> bool:
     """Start a private local Ray, or join --address / RAY_ADDRESS (sweep/ray_start.py); returns whether
@@ -546,9 +475,8 @@ def _quiet(verbose: bool) -> None:
 
 
 def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: SweepOptions) -> SweepOutcome:
-    """validate -> lock -> parent run -> [Ray start, stage 1] -> fit -> record -> finish."""
-    if kind not in ("ablate", "tune"):
-        raise ValueError(kind)
+    """validate and plan -> lock -> Sweep.run: [parent run, Ray start] -> stage 1 -> fit -> record -> finish."""
+    sweep_kind(kind)   # raises ValueError for anything but ablate and tune
     if opts.dry_run:   # checks and the plan only: no Ray, no MLflow, nothing written
         from sweep.dry_run import dry_run
 
@@ -567,16 +495,18 @@ def run_sweep(kind: str, spec_path: str | Path, overrides: Sequence[str], opts: 
         raise SweepError(f"sweep '{plan.spec.name}' is already running from another command (lock "
                          f"{sweep_root / '.lock'}); wait for it, or give this sweep another name") from None
     try:
-        return _Run(plan, opts, sweep_root).run()
+        return Sweep(plan, opts, sweep_root).run()
     finally:
         lock.release()
 
 
-class _Run:
-    """One invocation of a sweep, holding the lock of its output directory."""
+class Sweep:
+    """One invocation of a sweep, holding the lock of its output directory. What differs between an ablation
+    and a search is asked of its kind (`self.kind`, sweep/kinds.py)."""
 
     def __init__(self, plan: SweepPlan, opts: SweepOptions, sweep_root: Path):
         self.plan, self.opts, self.sweep_root = plan, opts, sweep_root
+        self.kind = sweep_kind(plan.kind)
         self.spec, self.sweep = plan.spec, plan.spec.name
         self.exp_path = sweep_root / plan.exp_name
 
@@ -600,21 +530,20 @@ class _Run:
                 with ThreadPoolExecutor(1, thread_name_prefix="mlflow-open") as pool:
                     opened = pool.submit(self.open_records)
                     started_ray = _ray_init(self.opts)
-                pending = opened.result()
+                backlog = opened.result()
             else:
-                pending = self.open_records()
-            if pending is not None and not pending:
+                backlog = self.open_records()
+            if backlog.complete:
                 self.say(f"sweep '{self.sweep}': nothing to train (every trial of its plan is final in MLflow)")
                 return self.finish()
             if not early:
                 started_ray = _ray_init(self.opts)
             self.say(f"Ray: {describe(cluster_address(self.opts.address), started_ray)}")
-            _check_cluster(self.plan.resources, spec_configs(self.plan.kind, self.spec))
-            constants = _tune_constants(self.plan) if self.plan.kind == "tune" else []
-            gate = self.stage1_gate(pending)
-            if gate is None and not self.schedule_stage1(pending, constants):
+            _check_cluster(self.plan.resources, self.kind.configs(self.spec))
+            gate = self.stage1_gate(backlog)
+            if gate is None and not self.schedule_stage1(backlog):
                 return self.outcome
-            return self.fit(pending, constants, gate)
+            return self.fit(backlog, gate)
         finally:
             if started_ray:
                 import ray
@@ -625,9 +554,9 @@ class _Run:
         db = tracking.sqlite_path(self.plan.tracking_uri)
         return db is not None and not db.exists()
 
-    def open_records(self) -> Optional[list[dict]]:
+    def open_records(self) -> Backlog:
         """MLflow's side of the start: the experiment, this output's parent run, what Ray's storage holds
-        and MLflow lacks; -> the trial settings still to train (`pending`)."""
+        and MLflow lacks; -> what this run trains (its kind's `backlog`)."""
         plan = self.plan
         self.client = tracking.make_client(plan.tracking_uri)
         artifact_root = plan.output / "mlartifacts" if tracking.sqlite_path(plan.tracking_uri) else None
@@ -645,25 +574,7 @@ class _Run:
         synced = self.record(ray_trials(self.exp_path))
         if synced.written:
             self.say(f"wrote {synced.written} trial(s) from Ray's storage into MLflow")
-        return self.pending()
-
-    def pending(self) -> Optional[list[dict]]:
-        """Trial settings still to train ([] = nothing), or None for a search (Optuna decides)."""
-        plan = self.plan
-        if plan.kind == "tune":
-            done = tracking.retrying(self.client.get_run, self.parent_id).data.tags.get("completed_plan")
-            return [] if done == plan.plan_key else None
-        pending = self.not_final()
-        self.outcome.skipped = len(plan.trial_settings) - len(pending)
-        if self.outcome.skipped and pending:
-            self.say(f"{self.outcome.skipped} of {len(plan.trial_settings)} trials of this plan are already final "
-                     f"in MLflow (same config, data, code and stage-1 key): skipped")
-        return pending
-
-    def not_final(self) -> list[dict]:
-        """The ablation's trial settings whose identity has no final run under this parent."""
-        final = tracking.representatives(tracking.child_runs(self.client, self.experiment_id, self.parent_id))
-        return [s for s in self.plan.trial_settings if s["identity"] not in final]
+        return self.kind.backlog(self)
 
     def stage1_context(self):
         from sweep.stage1_plan import Stage1Context
@@ -673,36 +584,28 @@ class _Run:
                              str(plan.cache_dir), self.spec.resources.stage1 or plan.resources,
                              plan.max_concurrent, plan.max_failures, self.say)
 
-    def stage1_gate(self, pending: Optional[list[dict]]):
+    def stage1_gate(self, backlog: Backlog):
         """A fresh ablation computes stage 1 beside its trials (sweep/stage1_gate.py): each trial starts as
         soon as its own entry is ready. None when stage 1 goes first instead: a search, a resumed
         experiment (its restored searcher needs every entry settled), or `stage1_barrier`."""
         from sweep.stage1_gate import Stage1Gate
         from sweep.stage1_plan import check_fits
 
-        if self.plan.kind != "ablate" or self.opts.stage1_barrier or restorable(self.exp_path):
-            return None
-        if getattr(self.spec, "seed_bundle", 1) > 1:   # a bundle needs every seed's entry: stage 1 goes first
+        if not self.kind.stage1_beside_trials(self.spec) or self.opts.stage1_barrier or restorable(self.exp_path):
             return None
         context = self.stage1_context()
         check_fits(context.resources)   # a task that never fits is bad input: exit 2 before anything runs
-        return Stage1Gate(pending, context)
+        return Stage1Gate(backlog.settings, context)
 
-    def schedule_stage1(self, pending: Optional[list[dict]], tune_constants: list[dict]) -> bool:
+    def schedule_stage1(self, backlog: Backlog) -> bool:
         """Stage 1 before any trial, as Ray tasks of its own (sweep/stage1_plan.py): each distinct entry is
         computed once with resources.stage1, recorded in MLflow, and linked from the trials' settings, so
         every trial finds its entry in the cache and no slot waits. False when interrupted meanwhile
         (finished entries stay cached: the rerun computes only the missing ones)."""
-        from sweep.stage1_plan import fixed_stage1, link_trials, schedule_stage1
+        from sweep.stage1_plan import link_trials, schedule_stage1
 
-        plan = self.plan
-        if plan.kind == "ablate":
-            settings = pending
-        elif fixed_stage1(self.spec.searched_keys, self.spec.base.stage1.shared_seed):
-            settings = tune_constants   # one per seed of a trial (seeds sharing a stage 1 share its entry)
-        else:
-            self.say(f"sweep '{self.sweep}' searches stage-1 keys: each stage-1 entry is computed by the first "
-                     f"trial that needs it")
+        settings = self.kind.stage1_settings(self, backlog)
+        if settings is None:   # each trial computes its own entry
             return True
         previous = _sigterm_as_sigint()
         try:
@@ -717,7 +620,30 @@ class _Run:
                 signal.signal(signal.SIGTERM, previous)
         return True
 
-    def fit(self, pending: Optional[list[dict]], tune_constants: list[dict], gate=None) -> SweepOutcome:
+    def fit(self, backlog: Backlog, gate=None) -> SweepOutcome:
+        """Tune's fit (restored or fresh), then how each trial ended into MLflow, then the end of the sweep."""
+        from ray import tune
+
+        trainable = tune.with_resources(train_trial, self.plan.resources.as_ray())
+        total = self.kind.trial_count(self.spec, backlog)
+        before = {t.trial_id for t in ray_trials(self.exp_path) if t.status}
+        tuner = self.tuner(trainable, backlog, total, gate)
+        started = time.time()
+        completed = _fit(tuner, gate)
+        resumed = self.kind.errored_early(self.plan, self.exp_path, total, self.say) if completed else []
+        if resumed:
+            # Their runs were closed FAILED by the MLflow callback: reopened, the resumed trials take them up again.
+            tracking.reopen_trial_runs(self.client, self.experiment_id, self.parent_id, resumed)
+            _fit(tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
+                                    resume_errored=True), None)
+        elapsed = time.time() - started
+
+        trials = ray_trials(self.exp_path)  # what Ray saved: the one record of how each trial ended
+        self.outcome.trained = len([t for t in trials if t.status and t.trial_id not in before])
+        return self.record_fit(trials, elapsed)
+
+    def tuner(self, trainable, backlog: Backlog, total: int, gate):
+        """The same plan's Ray experiment restored, else a fresh one of this sweep's kind."""
         from ray import tune
 
         # These two import Ray at module level: only a sweep that trains pays for it.
@@ -725,50 +651,28 @@ class _Run:
         from sweep.progress import ProgressCallback
 
         plan, spec = self.plan, self.spec
-        trainable = tune.with_resources(train_trial, plan.resources.as_ray())
-        if pending is not None:   # seeds of a variant as one trial each k (sweep/seed_members.py); 1: as they are
-            pending = bundle_trials(pending, getattr(spec, "seed_bundle", 1))
-        total = len(pending) if pending is not None else spec.num_samples
-        before = {t.trial_id for t in ray_trials(self.exp_path) if t.status}
         if restorable(self.exp_path):
             # The callbacks come back from the experiment (Ray pickled them at the first launch); their
             # record names this run's store and parent, which the experiment's name pins down.
             self.say(f"resuming sweep '{self.sweep}' from {self.exp_path} (interrupted trials continue from their "
                      f"last checkpoint; trials that failed stay failed)")
-            tuner = tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False)
-        else:
-            record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id,
-                                 plan.parent_tags["git_commit"])
-            metric, mode, budget = ("selected_dev_wf1", "max", 0.0) if plan.kind == "ablate" else \
-                (spec.metric, spec.mode, spec.time_budget_s)
-            progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
-            run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record, self.client), progress,
-                                                             *self.opts.callbacks], self.opts)
-            if plan.kind == "ablate":
-                if gate is not None:   # each trial is handed to Tune once its stage-1 entry is ready
-                    space, order = {}, {"search_alg": gate.searcher(plan.tracking_uri), "num_samples": len(pending)}
-                else:                  # the plan as one grid
-                    space, order = {"trial": tune.grid_search(pending)}, {}
-                tuner = tune.Tuner(trainable, param_space=space,
-                                   tune_config=tune.TuneConfig(reuse_actors=True,
-                                                               max_concurrent_trials=plan.max_concurrent or None,
-                                                               trial_dirname_creator=trial_dirname, **order),
-                                   run_config=run_config)
-            else:
-                tuner = _tuner_for_search(plan, trainable, run_config, self.opts, tune_constants)
-            self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
-                     f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
-                     f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
+            return tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False)
+        record = SweepRecord(self.sweep, plan.kind, plan.tracking_uri, self.experiment_id, self.parent_id,
+                             plan.parent_tags["git_commit"])
+        metric, mode, budget = self.kind.progress_target(spec)
+        progress = ProgressCallback(self.sweep, total, metric, mode, budget, spec.base.train.epochs)
+        run_config = _run_config(plan, self.sweep_root, [MLflowSweepCallback(record, self.client), progress,
+                                                         *self.opts.callbacks], self.opts)
+        tuner = self.kind.tuner(plan, trainable, run_config, backlog, gate, self.opts)
+        self.say(f"sweep '{self.sweep}': {total} trial(s), {plan.resources.cpu:g} CPU + {plan.resources.gpu:g} "
+                 f"GPU each{', at most ' + str(plan.max_concurrent) + ' at once' if plan.max_concurrent else ''}"
+                 f"; MLflow {plan.tracking_uri}; Ray storage {self.exp_path}")
+        return tuner
 
-        started = time.time()
-        completed = _fit(tuner, gate)
-        if completed and plan.kind == "ablate":
-            self.retry_errored_early(trainable, total)
-        elapsed = time.time() - started
-
-        trials = ray_trials(self.exp_path)  # what Ray saved: the one record of how each trial ended
-        self.outcome.trained = len([t for t in trials if t.status and t.trial_id not in before])
+    def record_fit(self, trials, elapsed: float) -> SweepOutcome:
+        """How each trial ended, into MLflow; the sweep finished, or interrupted, or left for `sync`."""
+        plan = self.plan
         try:
             report = self.record(trials)
             missing = self.unfinished(report, elapsed)
@@ -789,46 +693,15 @@ class _Run:
             return self.outcome
         return self.finish()
 
-    def retry_errored_early(self, trainable, total: int) -> None:
-        """Resume, once, the trials Ray ended ERROR with retries left (`sync.errored_with_retries_left`: a node
-        lost while a trial's actor started on it). Only when every ERROR trial is one of them: resuming ERROR
-        trials resumes them all, and a trial that used its retries must stay FAILED. A search leaves them
-        FAILED (Optuna has already been told the trial failed)."""
-        from ray import tune
-
-        early, errored = errored_with_retries_left(self.exp_path, self.plan.max_failures, total)
-        if not early:
-            return
-        if len(early) < errored:
-            self.say(f"warning: Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} "
-                     f"retries were used (Tune counts an actor lost while its trial starts as two failures); they stay FAILED because other "
-                     f"trials failed for good in the same experiment")
-            return
-        self.say(f"Ray ended {len(early)} trial(s) ERROR before their {self.plan.max_failures} retries were used "
-                 f"(Tune counts an actor lost while its trial starts as two failures); resuming them once from "
-                 f"their last checkpoint")
-        # Their runs were closed FAILED by the MLflow callback: reopened, the resumed trials take them up again.
-        tracking.reopen_trial_runs(self.client, self.experiment_id, self.parent_id,
-                                   [member for members in early.values() for member in members])
-        _fit(tune.Tuner.restore(str(self.exp_path), trainable=trainable, resume_unfinished=True,
-                                resume_errored=True), None)
-
     def record(self, trials) -> SyncReport:
         return sync_trials(self.client, self.experiment_id, self.parent_id, self.plan.parent_tags["git_commit"],
                            trials)
 
     def unfinished(self, report: SyncReport, elapsed: float) -> str:
         """Why the sweep is not complete ('' when it is): Ray's unfinished trials, then the plan in MLflow."""
-        plan = self.plan
         if report.unfinished:
             return f"{len(report.unfinished)} trial(s) unfinished"
-        if plan.kind == "tune":
-            if plan.spec.time_budget_s and elapsed >= plan.spec.time_budget_s * 0.95:
-                return ""  # the budget ran out: trials cut short stay as they are
-            started = len(report.trials)
-            return f"{started} of {plan.spec.num_samples} trial(s) started" if started < plan.spec.num_samples else ""
-        left = len(self.not_final())
-        return f"{left} of {len(plan.trial_settings)} trial(s) not started" if left else ""
+        return self.kind.not_started(self, report, elapsed)
 
     def finish(self) -> SweepOutcome:
         """Record the end: duplicates closed, the parent FINISHED with its plan marked complete, the table."""
@@ -836,7 +709,7 @@ class _Run:
         closed = tracking.deduplicate(client, self.experiment_id, self.parent_id)
         if closed:
             self.outcome.messages.append(f"closed {closed} duplicate run(s)")
-        runs = plan_runs(plan, tracking.child_runs(client, self.experiment_id, self.parent_id))
+        runs = self.kind.runs_of_plan(plan, tracking.child_runs(client, self.experiment_id, self.parent_id))
         counts: dict[str, int] = {}
         for run in runs:
             counts[run.info.status] = counts.get(run.info.status, 0) + 1
@@ -845,8 +718,7 @@ class _Run:
         text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         print(f"sweep '{self.sweep}' complete: {text or 'no runs'} in MLflow experiment '{self.sweep}' "
               f"({plan.tracking_uri})", flush=True)
-        if plan.kind == "tune":   # an ablation's table is printed by the command line (run_sweep.py), not here
-            _print_best(plan, runs)
+        self.kind.print_summary(plan, runs)
         failed = [r for r in runs if r.info.status == "FAILED"]
         if failed:
             self.outcome.status = "failures"
@@ -875,7 +747,7 @@ KEEP_TWO_CHECKPOINTS_FROM_S = 60.0
 def checkpoints_to_keep(kind: str, spec) -> int | None:
     """Ray's num_to_keep for a sweep: 2 when every trial saves at most every KEEP_TWO_CHECKPOINTS_FROM_S
     seconds (train.checkpoint_interval_s, default 300), else None (all kept)."""
-    configs = spec_configs(kind, spec)
+    configs = sweep_kind(kind).configs(spec)
     interval = min(cfg.train.checkpoint_interval_s for cfg in configs)
     return 2 if interval >= KEEP_TWO_CHECKPOINTS_FROM_S else None
 
@@ -909,53 +781,3 @@ def _run_config(plan: SweepPlan, sweep_root: Path, callbacks, opts: SweepOptions
                           # it does not exist on storage anymore").
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(plan.kind, plan.spec)),
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
-
-
-def _tune_constants(plan: SweepPlan) -> list[dict]:
-    """The settings every trial of a tune sweep shares (Optuna adds the sampled overrides), one dict per seed a
-    trial trains (`tune --seeds k`: k, trained as one bundle)."""
-    spec: SearchSpec = plan.spec
-    shared = {"sweep": spec.name, "variant": "tune", "slug": "trial",
-              "base": spec.base.to_dict(), "cache_dir": str(plan.cache_dir),
-              "data": plan.data_info[data_key(spec.base)], "code_fingerprint": plan.code,
-              "plan_key": plan.plan_key, "device_type": plan.parent_tags["device_type"],
-              "encoders": describe_encoders(spec.base.stage1)}
-    return [{**shared, "seed": seed} for seed in spec.trial_seeds]
-
-
-def _tuner_for_search(plan: SweepPlan, trainable, run_config, opts: SweepOptions, constants: dict):
-    import optuna
-    from ray import tune
-
-    from sweep.optuna_search import PruningAwareOptunaSearch, asha_scheduler, intermediate_metric
-
-    spec: SearchSpec = plan.spec
-    optuna.logging.set_verbosity(optuna.logging.INFO if opts.verbose else optuna.logging.WARNING)
-    optuna_dir = plan.output / "optuna"
-    optuna_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_dir / (spec.name + '.db')}")
-    searcher = PruningAwareOptunaSearch(  # ASHA-stopped trials reach the study as PRUNED (sweep/optuna_search.py)
-        space=spec.define_by_run(constants), metric=spec.objective, mode=spec.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), storage=storage, study_name=plan.exp_name,
-        intermediate_metric=intermediate_metric(spec.metric, spec.mode, spec.asha.metric),
-        budget_epochs=spec.base.train.epochs, max_t=spec.asha.max_t)
-    scheduler = asha_scheduler(spec.asha, spec.base.train.epochs)
-    return tune.Tuner(trainable, tune_config=tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-        max_concurrent_trials=plan.max_concurrent or None, time_budget_s=spec.time_budget_s or None,
-        # No actor reuse: a trial ASHA stops keeps training until its epoch ends, and Ray gives a reused actor
-        # 2 s for that (TUNE_FUNCTION_THREAD_TIMEOUT_S) before failing the next trial (sweep/optuna_search.py).
-        reuse_actors=False, trial_dirname_creator=trial_dirname),
-        run_config=run_config)
-
-
-def _print_best(plan: SweepPlan, runs) -> None:
-    spec: SearchSpec = plan.spec
-    best = best_search_trial(runs, spec.objective, spec.metric, spec.mode)
-    if best is None:
-        return
-    score, group = best
-    seeds = f" (mean over seeds {','.join(r.data.tags.get('seed', '?') for r in group)})" if len(group) > 1 else ""
-    print(f"best trial: {_trial_name(group)} {spec.objective} {score:.4f}{seeds} with "
-          f"{group[0].data.tags.get('overrides')}\n"
-          f"ablate from it: python run_sweep.py ablate ablations/FILE.yaml --from-tune {spec.name}", flush=True)

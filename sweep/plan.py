@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core.config import ConfigError
-from sweep import tracking
 from sweep.identity import plan_tags, trial_identity
 from sweep.ablation_spec import AblationSpec
 from sweep.search_space import SearchSpec, check_seeds
@@ -123,12 +122,3 @@ def search_plan(spec: SearchSpec, num_samples: Optional[int], time_budget: Optio
             "baseline": "", "metric": spec.metric, "mode": spec.mode, "selection_rule": spec.base.train.select_on,
             "stage1_seed_mode": "shared" if spec.base.stage1.shared_seed >= 0 else "per-seed",
             "search_params": json.dumps(spec.searched_keys), "num_samples": str(spec.num_samples)}
-
-
-def plan_runs(plan: SweepPlan, runs: list) -> list:
-    """The runs that stand for this plan: per identity of an ablation's plan its representative; for a
-    search every run launched under this plan key."""
-    if plan.kind == "tune":
-        return [r for r in runs if r.data.tags.get("plan_key") == plan.plan_key]
-    chosen = tracking.representatives(runs)
-    return [chosen[i] for i in plan.identities if i in chosen]

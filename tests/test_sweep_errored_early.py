@@ -1,14 +1,14 @@
-"""Ray Tune can end a trial ERROR before it used its retries (a node lost while the trial's actor started on it:
-Tune counts the one loss twice). `sync.errored_with_retries_left` finds such trials in Ray's own record, so
-that the engine resumes them once (`Sweep.retry_errored_early`). Here a real Tune experiment, one trial that
-always crashes and one that finishes, is read back as Ray saved it; the node-loss path itself is
-tests/test_sweep_cluster.py::test_losing_the_worker_node_mid_sweep."""
+"""Ray Tune can end a trial ERROR before it used its retries: when the actor a PENDING trial waits on dies (its
+node lost while it starts, or a cached actor dead before the trial's reset), Tune counts the one loss twice.
+`sync.errored_with_retries_left` finds such trials in Ray's own record and the engine resumes them once
+(`AblationKind.errored_early`, sweep/kinds.py). First Ray's record, read back from a real Tune experiment (one
+trial that always crashes, one that finishes); then the double count itself, reproduced in a real ablation.
+The node-loss path: tests/test_sweep_cluster.py::test_losing_the_worker_node_mid_sweep."""
 from __future__ import annotations
 
 import os
 import signal
 import sys
-
 from pathlib import Path
 
 from conftest import child_runs, wait_for, write_ablation
