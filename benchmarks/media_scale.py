@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/media_scale.py --n 100 300 [--old-sample 20] [--work /tmp/media_scale]
     .venv/bin/python benchmarks/media_scale.py --n 30 100 --stage1-only     # a stage-1 task's memory
+    .venv/bin/python benchmarks/media_scale.py --n 100 1000 --distinct 50 --stage1-only --variants views capped
 
 For each N it writes N MELD-like clips (1280x720, 3.6 s, 24 fps, H.264 + AAC stereo 48 kHz, a little
 noise so the bit rate is not trivial) in MELD's layout (80% train, 10% dev, 10% test), then measures,
@@ -24,6 +25,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,8 +167,43 @@ def child(kind: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+class RssParts:
+    """Peaks of this process's resident memory by kind, sampled from /proc/self/status every 20 ms: RssAnon (heap,
+    tensors: what grows if something is held), RssFile (mapped files: libraries, memory-mapped store clips; page
+    cache the kernel can take back) and RssShmem (DataLoader batches handed over in shared memory). The peak RSS
+    (ru_maxrss, VmHWM) is exact but mixes the three; a sample can miss a spike shorter than 20 ms. Empty where
+    there is no /proc."""
+    KEYS = ("RssAnon", "RssFile", "RssShmem")
+
+    def __init__(self):
+        self.peaks = {key: 0 for key in self.KEYS}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if Path("/proc/self/status").exists():
+            self.thread.start()
+
+    def _sample(self) -> None:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in self.peaks:
+                self.peaks[key] = max(self.peaks[key], int(value.split()[0]))
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            self._sample()
+
+    def result(self) -> dict:
+        if not self.thread.is_alive():
+            return {}
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+        return {f"peak_{key[3:].lower()}_mb": kb / 1024 for key, kb in self.peaks.items()}
+
+
 def run_child(kind: str, args: list[str]) -> None:
     paths = [Path(a) for a in args]
+    parts = RssParts()
     if kind == "old":
         result = old_load(paths[0], int(args[1]))
     elif kind == "new":
@@ -176,8 +213,13 @@ def run_child(kind: str, args: list[str]) -> None:
             from model import stage1
 
             stage1.MAX_EVAL_VIDEO_FRAME_PIXELS = 1 << 62
+        if args[5:] == ["views"]:      # predict as before own_copy: each batch's vector kept as the model gave it
+            from model import stage1
+
+            stage1.own_copy = lambda output: output.float().cpu()
         result = trial(paths[0], paths[1], paths[2], paths[3], int(args[4]))
     me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.update(parts.result())
     result["peak_rss_mb"] = me.ru_maxrss / 1024
     result["children_peak_rss_mb"] = children.ru_maxrss / 1024
     # CPU seconds of this process and its pool (less sensitive to a shared machine than wall time)
@@ -205,15 +247,21 @@ def measure(work: Path, n: int, old_sample: int, old_all_max: int, distinct: int
     return row
 
 
-def measure_stage1(work: Path, n: int) -> dict:
+STAGE1_VARIANTS = {"uncapped": "64 clips per evaluation batch (before the video cap)",
+                   "views": "each batch's vector kept as a view of the encoder's output (before own_copy)",
+                   "capped": "as now"}
+
+
+def measure_stage1(work: Path, n: int, distinct: int = 0, variants: tuple = ("uncapped", "capped")) -> dict:
     """Peak RSS of a stage-1 task (a trial on a stage-1 cache miss: tiny encoders at 224 px, epochs 0, so
-    stage 1 is the encoding of every split) with the video evaluation batches capped by
-    model.stage1.MAX_EVAL_VIDEO_FRAME_PIXELS and, side by side, uncapped (the batch before the cap)."""
-    root = work / f"n{n}"
-    data, media = make_corpus(root, n)
+    stage 1 is the encoding of every split) as now ("capped") and, side by side, as before a fix
+    (STAGE1_VARIANTS): the video evaluation batches uncapped by model.stage1.MAX_EVAL_VIDEO_FRAME_PIXELS, or
+    predict keeping each batch's vector as the model returned it (model.stage1.own_copy)."""
+    root = work / (f"d{distinct}n{n}" if distinct else f"n{n}")
+    data, media = make_corpus(root, n, distinct)
     store = root / "store2"
     row = {"n": n, "load": child("new", str(data), str(media), str(store), "2")}   # decodes only what is missing
-    for variant in ("uncapped", "capped"):
+    for variant in variants:
         cache = root / f"cache_stage1_{variant}"
         shutil.rmtree(cache, ignore_errors=True)
         row[variant] = child("trial", str(data), str(media), str(store), str(cache), "2", variant)
@@ -221,14 +269,15 @@ def measure_stage1(work: Path, n: int) -> dict:
 
 
 def report_stage1(rows: list[dict]) -> str:
-    lines = ["| N | stage-1 task peak RSS MB, uncapped (64 clips per evaluation batch) | capped (4 clips of 8 x 224 x 224) "
-             "| ratio | DataLoader workers' peak RSS MB (uncapped / capped) | stage 1 + one stage-2 epoch s (uncapped / capped) |",
-             "|" + "---|" * 6]
+    lines = ["| N | stage 1 | peak RSS MB | peak RssAnon / RssFile / RssShmem MB (sampled) | DataLoader workers' "
+             "peak RSS MB | stage 1 + one stage-2 epoch s | CPU s |", "|" + "---|" * 7]
     for r in rows:
-        u, c = r["uncapped"], r["capped"]
-        lines.append(f"| {r['n']} | {u['peak_rss_mb']:.0f} | {c['peak_rss_mb']:.0f} | "
-                     f"{u['peak_rss_mb'] / c['peak_rss_mb']:.1f}x | {u['children_peak_rss_mb']:.0f} / "
-                     f"{c['children_peak_rss_mb']:.0f} | {u['ready_s'] + u['epoch_s']:.1f} / {c['ready_s'] + c['epoch_s']:.1f} |")
+        for variant in (v for v in STAGE1_VARIANTS if v in r):
+            c = r[variant]
+            parts = " / ".join(f"{c[k]:.0f}" if k in c else "-"
+                               for k in ("peak_anon_mb", "peak_file_mb", "peak_shmem_mb"))
+            lines.append(f"| {r['n']} | {variant}: {STAGE1_VARIANTS[variant]} | {c['peak_rss_mb']:.0f} | {parts} | "
+                         f"{c['children_peak_rss_mb']:.0f} | {c['ready_s'] + c['epoch_s']:.1f} | {c['cpu_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -269,7 +318,9 @@ def main() -> None:
                         help="encode only this many clips; the others are copies made distinct files (copy_distinct)")
     parser.add_argument("--rows", nargs="*", default=[], help="earlier rows (JSON lines files) to print with these")
     parser.add_argument("--stage1-only", action="store_true",
-                        help="only the stage-1 task's peak RSS, video evaluation batches capped and uncapped")
+                        help="only the stage-1 task's peak RSS, as now and as before a fix (--variants)")
+    parser.add_argument("--variants", nargs="+", default=["uncapped", "capped"], choices=list(STAGE1_VARIANTS),
+                        help="with --stage1-only: the stage-1 variants run, each in a fresh process, fresh cache")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -277,7 +328,7 @@ def main() -> None:
         return
     rows = [json.loads(line) for f in args.rows for line in Path(f).read_text().splitlines() if line.startswith("{")]
     if args.stage1_only:
-        rows = [measure_stage1(Path(args.work), n) for n in args.n]
+        rows = [measure_stage1(Path(args.work), n, args.distinct, tuple(args.variants)) for n in args.n]
         for row in rows:
             print(json.dumps(row), flush=True)
         print(f"\nmachine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

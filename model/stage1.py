@@ -115,6 +115,15 @@ def eval_batches(rows: Sequence[int], batch_size: int, order_key: Optional[Calla
     return batches
 
 
+def own_copy(output: torch.Tensor) -> torch.Tensor:
+    """A model's per-batch output as a float32 CPU tensor with a storage of its own. An encoder's vector can be a
+    view: with hidden size == width the head's projection is the identity and the vector is the CLS row of the
+    whole last hidden state (B, 1 + T*patches, H). Kept as such until predict's concatenation, each batch held all
+    of it: 0.19 MB per clip for the benchmark's tiny video encoder, a stage-1 task's peak 144 MB higher at 1,000
+    clips than at 100 (benchmarks/RESULTS.md, issue 26). `.float().cpu()` alone returns that same view on a CPU."""
+    return output.float().cpu().clone(memory_format=torch.contiguous_format)
+
+
 def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size: int, device: torch.device,
             order_key: Optional[Callable[[int], int]] = None, grad_free=torch.inference_mode,
             precision: str = "fp32", max_padded: Optional[int] = None):
@@ -134,8 +143,8 @@ def predict(model: nn.Module, batcher: Batcher, rows: Sequence[int], batch_size:
     with grad_free(), autocast(precision, device):
         for _, inputs in batches_of(batcher, chunks):
             v, z = model(*to_device(inputs, device))
-            vecs.append(v.float().cpu())
-            logits.append(z.float().cpu())
+            vecs.append(own_copy(v))
+            logits.append(own_copy(z))
     # Concatenated outside inference mode: ordinary tensors, usable as stage-2 inputs under autograd.
     vec, logit = torch.cat(vecs), torch.cat(logits)
     inverse = torch.empty(len(order), dtype=torch.long)

@@ -94,6 +94,49 @@ def test_predict_returns_rows_in_order_whatever_the_batching():
     assert not plain.is_inference()
 
 
+
+def test_predict_keeps_no_view_of_an_encoders_whole_output():
+    """Issue 26: with hidden size == width the video head's projection is the identity, so the encoder's vector is
+    a view of its whole last hidden state (B, 1 + T*patches, H). predict kept every batch's view until the end: a
+    stage-1 task's memory grew by that state per clip (0.19 MB at 224 px). Each batch's rows must be copied out."""
+    import dataclasses
+    import weakref
+
+    from model.encoders import build_video_encoder
+
+    s1 = dataclasses.replace(default_config().stage1, video_encoder="tiny", tiny_hidden=8, tiny_layers=1, width=8)
+    encoder = build_video_encoder(s1, 3, frames=2, size=32, channels=3)
+    clips = torch.rand(12, 2, 3, 32, 32)
+    returned = []   # (weak reference to the vector the encoder returned, bytes of its storage)
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x):
+            vector, logits = self.encoder(x)
+            returned.append((weakref.ref(vector), vector.untyped_storage().nbytes()))
+            return vector, logits
+
+    alive = []   # how many returned vectors are still alive when the next batch is read
+
+    class Batcher:
+        def __call__(self, rows):
+            return (clips[list(rows)],)
+
+        def batches(self, chunks):
+            for chunk in chunks:
+                alive.append(sum(ref() is not None for ref, _ in returned))
+                yield chunk, self(chunk)
+
+    rows = list(range(len(clips)))
+    vectors, _ = predict(Recording(), Batcher(), rows, 2, torch.device("cpu"))
+    # the case at hand: the vector (2 rows x 8) shares the storage of the whole hidden state (2 x (1 + 2 x 16) x 8)
+    assert returned[0][1] == 2 * 33 * 8 * 4
+    assert len(alive) == 6 and max(alive) <= 1, alive   # the previous batch's loop variable at most
+    torch.testing.assert_close(vectors, Recording()(clips)[0].detach())
+
 def test_stage1_shapes_speakers_and_learning():
     data = make_dataset(train=24, dev=8, test=6)
     cfg = tiny_cfg(**{"stage1.epochs": 12})
