@@ -35,10 +35,10 @@ DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     # glibc's malloc raises its mmap threshold each time a large block is freed, after which blocks of a clip's
-    # size (1.2 MB of frames) come from the heap and fragment it: a stage-1 task's peak RSS grew by 0.3 MB per
-    # clip over 1,000 clips (1.17 -> 1.47 GB, its DataLoader workers 0.40 -> 0.68 GB). A fixed threshold keeps
-    # such blocks in their own mappings, returned on free (1.21 GB and 0.35 GB at 1,000 clips:
-    # benchmarks/RESULTS.md, issue 26). Read by glibc when a process starts: set for the processes we start.
+    # size (1.2 MB of frames) come from the heap and fragment it: a stage-1 task's peak RSS grew with the number
+    # of clips. A fixed threshold keeps such blocks in their own mappings, returned on free (the figures, before
+    # and after: benchmarks/RESULTS.md, issue 26). Read by glibc when a process starts: set for the processes
+    # we start.
     "MALLOC_MMAP_THRESHOLD_": "131072",
     # Ray starts its workers at nice 15, so on a machine shared with anyone else's CPU-bound job (nice 0) the
     # trials and stage-1 tasks got 3% of a core: `make test` beside two busy loops had run 16 minutes with the
