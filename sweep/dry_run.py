@@ -16,10 +16,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from sweep.engine import Problems, Refused, SweepOptions, SweepOutcome, local_gpus, prepare
-from sweep.plan import SweepPlan, data_key
+from sweep.kinds import sweep_kind
+from sweep.plan import SweepPlan
 from sweep.ray_start import cluster_address
 
 
@@ -49,21 +50,10 @@ def describe_plan(plan: SweepPlan, opts: SweepOptions) -> str:
     from model.encoder_ids import describe_encoders
     from sweep.trainable import trial_config
 
-    spec = plan.spec
-    lines = [f"plan of sweep '{spec.name}' ({plan.kind}, {spec.path})"]
-    if plan.kind == "ablate":
-        cfgs = [trial_config({"trial": s}) for s in plan.trial_settings]
-        variants = list(dict.fromkeys(s["variant"] for s in plan.trial_settings))
-        seeds = sorted({s["seed"] for s in plan.trial_settings})
-        lines.append(f"  trials: {len(cfgs)} = {len(variants)} variant(s) x {len(seeds)} seed(s) {seeds}; "
-                     f"variants: {', '.join(variants)}")
-        lines += _stage1_lines(plan)
-    else:
-        cfgs = [spec.base]
-        budget = f", time budget {spec.time_budget_s:g} s" if spec.time_budget_s else ""
-        lines.append(f"  trials: {spec.num_samples} proposed by Optuna (TPE){budget}, ASHA on {spec.asha.metric}; "
-                     f"searched: {', '.join(spec.searched_keys)}")
-        lines += _stage1_lines(plan)
+    spec, kind = plan.spec, sweep_kind(plan.kind)
+    lines = [f"plan of sweep '{spec.name}' ({plan.kind}, {spec.path})", kind.describe_trials(plan)]
+    lines += _stage1_lines(plan, kind.planned_stage1(plan))
+    cfgs = [trial_config({"trial": s}) for s in plan.trial_settings] or kind.configs(spec)
     lines.append("  encoders:")
     for described in dict.fromkeys(json.dumps(describe_encoders(c.stage1)) for c in cfgs):
         users = [c for c in cfgs if json.dumps(describe_encoders(c.stage1)) == described]
@@ -92,16 +82,11 @@ def describe_plan(plan: SweepPlan, opts: SweepOptions) -> str:
     return "\n".join(lines)
 
 
-def _stage1_lines(plan: SweepPlan) -> list[str]:
-    from sweep.stage1_plan import fixed_stage1, plan_entries
+def _stage1_lines(plan: SweepPlan, settings: Optional[list[dict]]) -> list[str]:
+    from sweep.stage1_plan import plan_entries
 
-    if plan.kind == "ablate":
-        settings = plan.trial_settings
-    else:
-        if not fixed_stage1(plan.spec.searched_keys, plan.spec.base.stage1.shared_seed):
-            return ["  stage 1: searched keys change it; each entry is computed by the first trial that needs it"]
-        settings = [{"base": plan.spec.base.to_dict(), "seed": plan.spec.seed, "overrides": {},
-                     "data": plan.data_info[data_key(plan.spec.base)], "run_name": "trials"}]
+    if settings is None:
+        return ["  stage 1: searched keys change it; each entry is computed by the first trial that needs it"]
     entries = plan_entries(settings)
     if not entries:
         return ["  stage 1: none (the data are the authors' released stage-1 features)"]
@@ -180,8 +165,5 @@ def _output_lines(plan: SweepPlan) -> list[str]:
            f"    stage-1 cache: {plan.cache_dir}"]
     if plan.tracking_uri.startswith("sqlite:///"):
         out.append(f"    MLflow artifacts: {output / 'mlartifacts'}")
-    if plan.kind == "tune":
-        out.append(f"    Optuna study: {output / 'optuna' / (plan.spec.name + '.db')}")
-    else:
-        out.append(f"    tables: {output / 'reports' / plan.spec.name} (python run_sweep.py report {plan.spec.name})")
+    out.append(f"    {sweep_kind(plan.kind).results_at(plan)}")
     return out

@@ -20,7 +20,9 @@ validate -> lock -> parent run -> Ray start -> stage 1 -> fit -> record -> finis
     Either way no trial slot waits on stage 1.
  5. fit: the same plan's Ray experiment present -> `Tuner.restore` (trials that failed stay failed),
     else a fresh one. One that Ray cannot restore (a driver killed after tuner.pkl, before the first
-    snapshot: `sync.restorable`) is set aside under ray/NAME/.unrestorable and started afresh.
+    snapshot: `sync.restorable`) is set aside under ray/NAME/.unrestorable and started afresh. After the
+    fit, an ablation's trials that Ray ended ERROR with retries left (Tune counts one actor lost under a
+    PENDING trial twice: `sync.errored_with_retries_left`) have their runs reopened and are resumed once.
  6. record: how each trial ended comes from Ray's results (`sync.ray_trials`) into MLflow; an
     unfinished plan is "interrupted" (rerun the same command to resume).
  7. finish: duplicates closed, the parent FINISHED, the table; exit code 0, or FAILURES_EXIT when

@@ -170,6 +170,21 @@ class AblationKind:
         """Nothing: an ablation's table is printed by the command line (run_sweep.py)."""
 
 
+    # ---- describe (--dry-run, sweep/dry_run.py) ----
+    def describe_trials(self, plan: SweepPlan) -> str:
+        variants = list(dict.fromkeys(s["variant"] for s in plan.trial_settings))
+        seeds = sorted({s["seed"] for s in plan.trial_settings})
+        return (f"  trials: {len(plan.trial_settings)} = {len(variants)} variant(s) x {len(seeds)} seed(s) {seeds}; "
+                f"variants: {', '.join(variants)}")
+
+    def planned_stage1(self, plan: SweepPlan) -> Optional[list[dict]]:
+        """The settings stage 1's entries come from (None: searched keys change stage 1, so no plan of it)."""
+        return plan.trial_settings
+
+    def results_at(self, plan: SweepPlan) -> str:
+        return f"tables: {plan.output / 'reports' / plan.spec.name} (python run_sweep.py report {plan.spec.name})"
+
+
 class SearchKind:
     """An Optuna search with ASHA: its plan is its spec, data and code; Optuna proposes the trials."""
     name = "tune"
@@ -288,6 +303,26 @@ class SearchKind:
         print(f"best trial: {_trial_name(group)} {spec.objective} {score:.4f}{seeds} with "
               f"{group[0].data.tags.get('overrides')}\n"
               f"ablate from it: python run_sweep.py ablate ablations/FILE.yaml --from-tune {spec.name}", flush=True)
+
+    # ---- describe (--dry-run, sweep/dry_run.py) ----
+    def describe_trials(self, plan: SweepPlan) -> str:
+        spec: SearchSpec = plan.spec
+        budget = f", time budget {spec.time_budget_s:g} s" if spec.time_budget_s else ""
+        return (f"  trials: {spec.num_samples} proposed by Optuna (TPE){budget}, ASHA on {spec.asha.metric}; "
+                f"searched: {', '.join(spec.searched_keys)}")
+
+    def planned_stage1(self, plan: SweepPlan) -> Optional[list[dict]]:
+        """The base's stage-1 entry (None: searched keys change stage 1, so each trial's is its own)."""
+        from sweep.stage1_plan import fixed_stage1
+
+        spec: SearchSpec = plan.spec
+        if not fixed_stage1(spec.searched_keys, spec.base.stage1.shared_seed):
+            return None
+        return [{"base": spec.base.to_dict(), "seed": spec.seed, "overrides": {},
+                 "data": plan.data_info[data_key(spec.base)], "run_name": "trials"}]
+
+    def results_at(self, plan: SweepPlan) -> str:
+        return f"Optuna study: {plan.output / 'optuna' / (plan.spec.name + '.db')}"
 
 
 def sweep_kind(name: str) -> AblationKind | SearchKind:
