@@ -68,11 +68,9 @@ def _mean(group: list[Trial], key: str) -> float:
 
 def _score(group: list[Trial], key: str) -> str:
     """'61.23 ± 0.45 over 3 seeds' (sample std), or '61.23, seed 0' for one seed."""
-    values = [_metric(t, key) for t in group]
-    if any(math.isnan(v) for v in values):   # a test metric a finished run lacks
-        values = [v for v in values if not math.isnan(v)]
-        if not values:
-            return "—"
+    values = [v for v in (_metric(t, key) for t in group) if not math.isnan(v)]   # a finished run may lack test
+    if not values:
+        return "—"
     mean, std = mean_std(values)
     if len(values) == 1:
         return f"{pct(mean)}, seed {group[0].seed}" if len(group) == 1 else pct(mean)
