@@ -54,6 +54,25 @@ MASK_FILL = -1e9           # what padded / absent key scores are set to before t
 
 # ---- packed rows ---------------------------------------------------------------------------------
 
+def _cpu_vector_floats() -> int:
+    """Floats per SIMD vector of the CPU kernels torch dispatched to (AVX-512: 16, AVX2 and below: 8)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """x.softmax(dim=-1), a few times faster on a CPU when the last dimension is shorter than one vector.
+
+    torch's CPU softmax (forward and backward) takes a scalar loop when the dimension is shorter than a
+    SIMD vector: 17 ns per element at a dialogue's 14 keys against 1 ns at 16 on an AVX-512 host. Padding
+    the keys with -inf to one vector gives the same probabilities (exp(-inf) = 0) within float rounding
+    (benchmarks/RESULTS.md: Softmax over short dialogues).
+    """
+    t, vector = x.shape[-1], _cpu_vector_floats() if x.device.type == "cpu" else 0
+    if t >= vector:
+        return x.softmax(dim=-1)
+    return F.pad(x, (0, vector - t), value=float("-inf")).softmax(dim=-1)[..., :t]
+
+
 class PackedRows:
     """The real utterances of a (B, T) batch as rows 0..N-1 (dialogue by dialogue, in order).
 
@@ -115,7 +134,7 @@ class PackedRows:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)         # (B, H, T, hd)
         else:
             scores = (q @ k.transpose(-2, -1)) * (w // heads) ** -0.5                   # (B, H, T, T)
-            probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            probs = softmax_last(scores.masked_fill(~allowed, float("-inf")))
             context = dropout(probs) @ v
         context = self.pack(context.transpose(1, 2).reshape(b, t, w))                  # (N, W)
         keep = self._keep(has_key, context.dtype)

@@ -43,7 +43,8 @@ from torch.func import stack_module_state
 
 from core.config import ConfigError, FusionConfig, MAGTKDConfig
 from core.features import Stage1Features
-from model.fusion import PackedRows, build_fusion, count_parameters, keep_from_draws, stage2_loss, uniform16
+from model.fusion import (PackedRows, build_fusion, count_parameters, keep_from_draws, softmax_last, stage2_loss,
+                          uniform16)
 from model.metrics import classification_scores
 from model.runtime import resolve_device, seed_everything
 from model.train import (EVAL_BATCH_FACTOR, SPLITS, DivergedError, PaddedSplit, Stage2Result, _check_features,
@@ -94,7 +95,11 @@ class SeedRows:
         self.valid_rows = torch.arange(self.n_max, device=device) < torch.tensor(self.counts, device=device)[:, None]
         t_valid = torch.arange(self.t_max, device=device) < torch.tensor(self.lengths, device=device)[:, None]
         self.valid_cells = t_valid[:, :, None] & t_valid[:, None, :]                    # (k, Tmax, Tmax)
+        # every seed holds the same utterances in the same rows (evaluation: one order for all seeds)
+        self.aligned = copies == 1 and all(m is masks[0] or (m.shape == masks[0].shape and torch.equal(m, masks[0]))
+                                           for m in masks[1:])
         self._stacked: dict[int, SeedRows] = {}
+        self._aligned_masks: dict[int, tuple] = {}
 
     def stacked(self, copies: int) -> "SeedRows":
         if copies not in self._stacked:
@@ -118,7 +123,7 @@ class SeedRows:
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(k, copies * Nmax, F) rows -> (k * copies * B, Tmax, F) grid, zeros where no row is."""
         flat = x.reshape(-1, x.shape[-1])
-        grid = flat.new_zeros((self.cells + 1, flat.shape[1])).index_copy(0, self.index, flat)
+        grid = flat.new_zeros((self.cells + 1, flat.shape[1])).index_copy_(0, self.index, flat)
         return grid[:-1].view(self.k * self.copies * self.b, self.t_max, -1)
 
     def to_rows(self, grid: torch.Tensor) -> torch.Tensor:
@@ -148,6 +153,8 @@ class SeedRows:
         """`PackedRows._attend_on_grid` for every seed at once: q, k, v (k, copies * Nmax, W) -> context, same shape.
 
         p None: no attention dropout. Otherwise seed s draws its (copies * B, H, T_s, T_s) mask."""
+        if p is None and self.aligned:
+            return self._attend_aligned(q, k, v, key_grid, heads)
         w = q.shape[-1]
         grid = self.to_grid(torch.cat([q, k, v], dim=-1)).view(-1, self.t_max, 3, heads, w // heads)
         q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)                                 # each (kCB, H, Tmax, hd)
@@ -157,7 +164,7 @@ class SeedRows:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         else:
             scores = (q @ k.transpose(-2, -1)) * (w // heads) ** -0.5                   # (kCB, H, Tmax, Tmax)
-            probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            probs = softmax_last(scores.masked_fill(~allowed, float("-inf")))
             cb = self.copies * self.b
             mask = self._masks([cb * heads * t * t for t in self.lengths], self.valid_cells[:, None, None],
                                (self.k, cb, heads, self.t_max, self.t_max), p, q.dtype, generators)
@@ -166,6 +173,30 @@ class SeedRows:
         if bool(has_key.all()):
             return context
         return context * has_key[self.dialogue].view(self.k, -1, 1).to(context.dtype)
+
+    def _attend_aligned(self, q, k, v, key_grid: torch.Tensor, heads: int) -> torch.Tensor:
+        """`PackedRows.attend` without dropout, for k seeds whose rows are the same utterances: all N rows
+        of each seed attend in one (k, H, N, N) product (no grid), as the single run evaluates."""
+        n, w = self.n_max, q.shape[-1]
+        scores_bias, keep = self._aligned_mask(key_grid, q.dtype)                       # (k or 1, 1, N, N), (k or 1, N, 1)
+        q, k, v = (x.view(self.k, n, heads, w // heads).transpose(1, 2) for x in (q, k, v))  # (k, H, N, hd)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias)
+        return context.transpose(1, 2).reshape(self.k, n, w) * keep
+
+    def _aligned_mask(self, key_grid: torch.Tensor, dtype) -> tuple:
+        """`PackedRows._attention_mask` for each seed's key mask, stacked; once per key grid."""
+        if id(key_grid) not in self._aligned_masks:
+            rows = self.per_seed[0]                                                     # the same rows for every seed
+            grids = key_grid.view(self.k, -1)
+            # seeds that read one set of features have one key mask: one (N, N) mask broadcast over the seeds
+            masks = 1 if bool((grids == grids[:1]).all()) else self.k
+            has_key = key_grid.view(self.k, self.b, self.t_max)[:masks].any(dim=-1)     # (masks, B)
+            key_ok = (key_grid.view(self.k, -1, self.t_max)[:masks] | ~has_key[..., None]).view(masks, -1)[:, rows.index]
+            allowed = (rows.dialogue[:, None] == rows.dialogue[None, :]) & key_ok[:, None, :]   # (masks, N, N)
+            scores_bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+            keep = has_key[:, rows.dialogue, None].to(dtype)                             # (masks, N, 1)
+            self._aligned_masks[id(key_grid)] = (key_grid, scores_bias[:, None], keep)  # key_grid kept: its id stays unique
+        return self._aligned_masks[id(key_grid)][1:]
 
 
 # ---- the bundled model -----------------------------------------------------------------------------
@@ -205,22 +236,45 @@ class SeedBundle(nn.Module):
         self.register_buffer("pe", template.inputs.positions.pe, persistent=False)
         params, _ = stack_module_state(models)                                          # name -> (k, ...)
         self.names = list(params)
-        self.stacked = nn.ParameterDict({n.replace(".", "/"): nn.Parameter(t.detach().clone()) for n, t in params.items()})
+        # nn.Linear weights are kept as (k, in, out): baddbmm then reads them as they lie, and their
+        # gradients come out in that layout (stored as (k, out, in), each step copied every weight gradient)
+        self.transposed = {f"{n}.weight" for n, m in template.named_modules() if isinstance(m, nn.Linear)}
+        self.stacked = nn.ParameterDict({n.replace(".", "/"): nn.Parameter(self._layout(n, t.detach()).clone())
+                                         for n, t in params.items()})
+        # in the order of self.parameters() (ParameterDict sorts its keys): the optimiser's state is indexed so
+        self.names = [key.removeprefix("stacked.").replace("/", ".") for key, _ in self.named_parameters()]
+        self._params = {n: self.stacked[n.replace(".", "/")] for n in self.names}       # the forward's lookups
+
+    def _layout(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """A stacked single-model tensor (k, ...) in the bundle's layout, or back (the swap is its own inverse)."""
+        return t.transpose(1, 2).contiguous() if name in self.transposed else t
 
     def param(self, name: str) -> torch.Tensor:
-        return self.stacked[name.replace(".", "/")]
+        return self._params[name]
+
+    def portable(self, model_state: dict, optimizer_state: dict) -> tuple[dict, dict]:
+        """The bundle's and its AdamW's state_dicts with every linear weight (and its Adam moments) laid
+        out as the single model keeps them, (k, out, in); given that form, the bundle's own. Checkpoints
+        hold the portable form, so a resume never depends on how the bundle lays out its weights."""
+        model_state = {key: self._layout(key.removeprefix("stacked.").replace("/", "."), t) for key, t in model_state.items()}
+        moments = {}
+        for index, state in optimizer_state["state"].items():
+            name = self.names[int(index)]
+            moments[index] = {key: self._layout(name, v) if key.endswith("exp_avg") or key.endswith("exp_avg_sq") else v
+                              for key, v in state.items()}
+        return model_state, {**optimizer_state, "state": moments}
 
     def has(self, name: str) -> bool:
-        return name.replace(".", "/") in self.stacked
+        return name in self._params
 
     def seed_state_dict(self, s: int) -> dict:
-        """Seed s's parameters under the single model's names (load into build_fusion's model)."""
-        return {n: self.param(n)[s].detach() for n in self.names}
+        """Seed s's parameters under the single model's names and shapes (load into build_fusion's model)."""
+        return {n: self._layout(n, self.param(n).detach())[s] for n in self.names}
 
     # ---- layers, with parameters (k, ...) ----
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x (k, R, in) -> (k, R, out) with seed s's weight (out, in) and bias."""
-        return torch.baddbmm(self.param(f"{name}.bias").unsqueeze(1), x, self.param(f"{name}.weight").transpose(1, 2))
+        """x (k, R, in) -> (k, R, out) with seed s's weight (kept as (in, out)) and bias."""
+        return torch.baddbmm(self.param(f"{name}.bias").unsqueeze(1), x, self.param(f"{name}.weight"))
 
     def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         normed = F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
@@ -237,12 +291,12 @@ class SeedBundle(nn.Module):
 
     def _attention(self, name: str, query, source, key_grid, rows: SeedRows) -> torch.Tensor:
         w = self.fusion.width
-        weight, bias = self.param(f"{name}.qkv.weight"), self.param(f"{name}.qkv.bias")  # (k, 3W, W), (k, 3W)
+        weight, bias = self.param(f"{name}.qkv.weight"), self.param(f"{name}.qkv.bias")  # (k, W, 3W), (k, 3W)
         if source is query:
-            q, k, v = torch.baddbmm(bias.unsqueeze(1), query, weight.transpose(1, 2)).chunk(3, dim=-1)
+            q, k, v = torch.baddbmm(bias.unsqueeze(1), query, weight).chunk(3, dim=-1)
         else:
-            q = torch.baddbmm(bias[:, None, :w], query, weight[:, :w].transpose(1, 2))
-            k, v = torch.baddbmm(bias[:, None, w:], source, weight[:, w:].transpose(1, 2)).chunk(2, dim=-1)
+            q = torch.baddbmm(bias[:, None, :w], query, weight[..., :w])
+            k, v = torch.baddbmm(bias[:, None, w:], source, weight[..., w:]).chunk(2, dim=-1)
         p = self.fusion.dropout if self.training and self.fusion.dropout > 0 else None
         return self._linear(rows.attend(q, k, v, key_grid, self.fusion.heads, p, self.generators), f"{name}.out")
 
@@ -372,9 +426,10 @@ def _train_epoch(cfg, bundle: SeedBundle, data: list[PaddedSplit], optimizer, sc
             break
         optimizer.zero_grad(set_to_none=True)
         torch.where(active, per_seed, 0.0).sum().backward()
-        for p in bundle.parameters():  # a failed seed's slice learns nothing more (its gradients may be NaN)
-            if p.grad is not None and not bool(active.all()):
-                p.grad[~active] = 0.0
+        if not bool(active.all()):
+            for p in bundle.parameters():  # a failed seed's slice learns nothing more (its gradients may be NaN)
+                if p.grad is not None:
+                    p.grad[~active] = 0.0
         bundle.clip_gradients(cfg.train.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -470,8 +525,9 @@ def train_stage2_bundle(cfgs: list[MAGTKDConfig], features: list[Stage1Features]
     if resume_state is not None:
         if list(resume_state["seeds"]) != seeds:
             raise ConfigError(f"resume state of seeds {list(resume_state['seeds'])} given to a bundle of {seeds}")
-        bundle.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        model_state, optimizer_state = bundle.portable(resume_state["model"], resume_state["optimizer"])
+        bundle.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(resume_state["scheduler"])
         done = int(resume_state["epoch"])
         best, history = copy.deepcopy(list(resume_state["best"])), copy.deepcopy(list(resume_state["history"]))
@@ -495,8 +551,9 @@ def train_stage2_bundle(cfgs: list[MAGTKDConfig], features: list[Stage1Features]
             history[s].append(epoch_report(epoch, train_losses[s], dev[s], test[s], best[s], labels))
             per_seed[seed] = dict(history[s][-1])
         if on_epoch is not None:
-            state = {"epoch": epoch, "seeds": list(seeds), "model": _cpu_copy(bundle.state_dict()),
-                     "optimizer": _cpu_copy(optimizer.state_dict()), "scheduler": _cpu_copy(scheduler.state_dict()),
+            model_state, optimizer_state = bundle.portable(bundle.state_dict(), optimizer.state_dict())
+            state = {"epoch": epoch, "seeds": list(seeds), "model": _cpu_copy(model_state),
+                     "optimizer": _cpu_copy(optimizer_state), "scheduler": _cpu_copy(scheduler.state_dict()),
                      "best": copy.deepcopy(best), "history": copy.deepcopy(history), "failures": dict(failures),
                      "rng": {"shuffle": _generator_states(shufflers), "dropout": _generator_states(bundle.generators)},
                      "config_hash": cfg.content_hash(exclude=("seed", "train.device", "train.checkpoint_interval_s"))}

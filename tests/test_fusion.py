@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from core.config import load_config
 from model.fusion import (AnchorGatedTransformer, AttentionPath, ConcatFusion, CheapDropout, Gate,
-                          MultiHeadCrossAttention, PackedRows, build_fusion, count_parameters, keep_mask, stage2_loss)
+                          MultiHeadCrossAttention, PackedRows, build_fusion, count_parameters, keep_mask, softmax_last,
+                          stage2_loss)
 from model.distill import feature_similarity_loss, logit_relation_loss
 
 W, C, S = 16, 5, 9           # width, classes, fusion.max_speakers
@@ -373,3 +374,20 @@ def test_packed_model_trains_with_cheap_dropout_and_evaluates_without_it():
     model.eval()
     assert torch.equal(model(inputs, speakers, mask, present)["logits"]["anchor"],
                        model(inputs, speakers, mask, present)["logits"]["anchor"])
+
+
+@pytest.mark.parametrize("keys", [1, 5, 14, 15, 16, 24])
+def test_softmax_last_gives_softmax_and_its_gradient_at_any_number_of_keys(keys):
+    """softmax_last pads short key dimensions to one CPU vector: same probabilities and gradients as softmax,
+    masked (-inf) keys included."""
+    g = torch.Generator().manual_seed(keys)
+    scores = torch.randn(3, 2, 4, keys, generator=g)
+    scores[0, :, :, -1] = float("-inf")  # a masked key (one key: a row of one -inf is NaN in both)
+    grad = torch.randn(scores.shape, generator=g)
+    x, y = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    expected, got = x.softmax(dim=-1), softmax_last(y)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0, equal_nan=True)
+    expected.backward(grad)
+    got.backward(grad)
+    assert torch.allclose(y.grad, x.grad, atol=1e-6, rtol=0, equal_nan=True)

@@ -3,6 +3,7 @@
 After one epoch: logits and loss within 1e-5. After a short run: the same selected epoch and metrics
 within 1e-4. A seed whose loss diverges fails alone; a resumed bundle continues exactly.
 """
+import copy
 import io
 
 import pytest
@@ -41,7 +42,7 @@ def test_one_epoch_logits_and_loss_match_the_single_runs(overrides):
     cfg = tiny_cfg(*overrides)
     dims = {m: features.dims()[m] for m in cfg.fusion.modalities}
     bundle = SeedBundle(cfg.fusion, len(features.labels), dims, SEEDS, torch.device("cpu"))
-    bundle.load_state_dict(bundled["model"])
+    bundle.load_state_dict(bundle.portable(bundled["model"], {"state": {}})[0])
     bundle.eval()
     dev = PaddedSplit.build(features.splits["dev"], cfg.fusion.modalities, cfg.fusion.max_speakers, torch.device("cpu"))
     batch = dev.batch(torch.arange(len(dev)))
@@ -132,3 +133,33 @@ def test_seed_bundle_in_a_spec_is_validated_and_groups_the_seeds_of_each_variant
     assert [[m["seed"] for m in t.get("members", [t])] for t in trials] == [[0, 1], [2], [0], [1], [2]]
     ids = [member_id for member_id, _, _ in members("abc", {"trial": trials[0]})]
     assert ids == ["abc-s0", "abc-s1"]
+
+
+def _with_missing_clips(features, seed: int):
+    """A copy of `features` with clips missing: random audio and video clips, and every audio clip of the
+    first dialogue of each split (a dialogue with no audio key at all, whose audio context must be zero)."""
+    out = copy.deepcopy(features)
+    g = torch.Generator().manual_seed(seed)
+    for split in out.splits.values():
+        for m in ("audio", "video"):
+            split.present[m] &= torch.rand(split.present[m].shape, generator=g) > 0.3
+        split.present["audio"][:split.dialogue_lengths[0]] = False
+    return out
+
+
+def test_seeds_with_their_own_missing_clips_match_their_single_runs():
+    """Evaluation puts every seed's rows side by side in one product: with missing clips (one mask per seed
+    when the seeds' stage-1 features differ, one shared when they agree) the seeds still match their single runs."""
+    base = make_features(n_train=16)
+    own = [_with_missing_clips(base, seed) for seed in SEEDS]       # every seed its own missing clips
+    shared = [own[0]] * len(SEEDS)                                   # the same missing clips for every seed
+    for features in (own, shared):
+        cfgs = [tiny_cfg(f"seed={seed}", "train.epochs=2") for seed in SEEDS]
+        result = train_stage2_bundle(cfgs, features)
+        for cfg, feats in zip(cfgs, features):
+            alone = train_stage2(cfg, feats)
+            bundled = result.results[cfg.seed]
+            assert bundled.metrics["selected_epoch"] == alone.metrics["selected_epoch"]
+            for mine, theirs in zip(bundled.history, alone.history):
+                for key in _float_keys(theirs):
+                    assert abs(mine[key] - theirs[key]) <= 1e-4, (cfg.seed, mine["epoch"], key, mine[key], theirs[key])
