@@ -20,6 +20,8 @@ rounding: tests/test_seed_bundle.py), so identities, caches and tables do not de
 - optimiser: AdamW is elementwise, so one AdamW over the stacked parameters is k AdamWs (same lr
   schedule for all). Gradient clipping is not elementwise: each seed is clipped by the norm of its own
   slice of the gradients;
+- loss: `bundle_loss` computes stage2_loss's terms for every seed at once, each a masked mean over
+  that seed's own rows;
 - a seed whose loss becomes NaN or inf fails alone (its reason is kept); the others go on.
 
 Batches differ from seed to seed (each has its own order), so seed s's N_s real utterances sit in rows
@@ -43,11 +45,12 @@ from torch.func import stack_module_state
 
 from core.config import ConfigError, FusionConfig, MAGTKDConfig
 from core.features import Stage1Features
-from model.fusion import (PackedRows, build_fusion, count_parameters, keep_from_draws, softmax_last, stage2_loss,
-                          uniform16)
+from model.distill import PEARSON_EPS, row_pearson
+from model.fusion import (STAGE2_FEATURE_T, STAGE2_TAU, PackedRows, build_fusion, count_parameters, keep_from_draws,
+                          softmax_last, uniform16)
 from model.metrics import classification_scores
 from model.runtime import resolve_device, seed_everything
-from model.train import (EVAL_BATCH_FACTOR, SPLITS, DivergedError, PaddedSplit, Stage2Result, _check_features,
+from model.train import (EVAL_BATCH_FACTOR, IGNORE_LABEL, SPLITS, DivergedError, PaddedSplit, Stage2Result, _check_features,
                          _cpu_copy, _select, build_optimizer, epoch_report, linear_warmup_decay)
 
 LN_EPS = 1e-6   # every LayerNorm of the fusion model
@@ -112,9 +115,9 @@ class SeedRows:
         return torch.stack([torch.cat([x, x.new_full((self.n_max - x.shape[0],) + tuple(x.shape[1:]), fill)])
                             for x in packed])
 
-    def seed_rows(self, x: torch.Tensor, s: int) -> torch.Tensor:
-        """Seed s's real rows of a (k, Nmax, ...) tensor: (N_s, ...)."""
-        return x[s, :self.counts[s]]
+    def seed_rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each seed's real rows of a (k, Nmax, ...) tensor: k x (N_s, ...)."""
+        return [x_s[:n] for x_s, n in zip(x.unbind(0), self.counts)]
 
     def key_grid(self, per_seed: list[torch.Tensor]) -> torch.Tensor:
         """Per-seed (copies * B, T_s) key masks -> (k * copies * B, Tmax), False beyond T_s."""
@@ -199,6 +202,85 @@ class SeedRows:
         return self._aligned_masks[id(key_grid)][1:]
 
 
+# ---- what the bundle returns, and its loss ----------------------------------------------------------
+
+@dataclass
+class BundleOutput:
+    """Every head's logits and features for all k seeds; rows N_s..Nmax-1 of seed s are padding."""
+    logits: dict[str, torch.Tensor]                     # head -> (k, Nmax, C)
+    features: dict[str, torch.Tensor]                   # head -> (k, Nmax, W)
+    rows: SeedRows
+
+    def seed(self, s: int) -> dict:
+        """Seed s's output as the single model gives it on packed rows: {"logits": {head: (N_s, C)},
+        "features": {head: (N_s, W)}, "prediction": "anchor"}."""
+        n = self.rows.counts[s]
+        return {"logits": {h: z[s, :n] for h, z in self.logits.items()},
+                "features": {h: f[s, :n] for h, f in self.features.items()}, "prediction": "anchor"}
+
+
+def _masked_pearson(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, eps: float = PEARSON_EPS) -> torch.Tensor:
+    """`row_pearson` along dim 1 over the rows where valid (k, N, 1) is True: (k, N, K) x 2 -> (k, K)."""
+    count = valid.sum(dim=1, keepdim=True)                                              # (k, 1, 1)
+    a = (a - (a * valid).sum(dim=1, keepdim=True) / count) * valid
+    b = (b - (b * valid).sum(dim=1, keepdim=True) / count) * valid
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def bundle_logit_relation_loss(student, teacher, valid, tau: float) -> torch.Tensor:
+    """`logit_relation_loss` of every seed at once on padded rows: (k, N, C) x 2, valid (k, N, 1) -> (k,)."""
+    p_s, p_t = F.softmax(student / tau, dim=-1), F.softmax(teacher / tau, dim=-1)
+    inter = 1.0 - (row_pearson(p_s.flatten(0, 1), p_t.flatten(0, 1)).view(valid.shape[:2]) * valid[..., 0]).sum(1) \
+        / valid[..., 0].sum(1)
+    intra = 1.0 - _masked_pearson(p_s, p_t, valid).mean(dim=1)
+    return tau ** 2 * (inter + intra)
+
+
+def bundle_feature_similarity_loss(student, teacher, valid, t: float) -> torch.Tensor:
+    """`feature_similarity_loss` of every seed at once on padded rows: (k, N, W) x 2, valid (k, N, 1) -> (k,)."""
+    s, te = F.normalize(student, p=2, dim=-1), F.normalize(teacher, p=2, dim=-1)
+    columns = valid.transpose(1, 2)                                                     # (k, 1, N): real keys
+    log_p = F.log_softmax((te @ te.transpose(1, 2) / t).masked_fill(~columns, float("-inf")), dim=-1)
+    log_q = F.log_softmax((te @ s.transpose(1, 2) / t).masked_fill(~columns, float("-inf")), dim=-1)
+    # KL(P || Q) as F.kl_div computes it, written out: both logs are set to 0 (not -inf) at padding columns,
+    # so those add P (log P - log Q) = 0 with finite gradients (kl_div's d/dP = log P would be -inf there)
+    log_p, log_q = log_p.masked_fill(~columns, 0.0), log_q.masked_fill(~columns, 0.0)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)                                     # (k, N)
+    return (kl * valid[..., 0]).sum(dim=1) / valid[..., 0].sum(dim=1)
+
+
+def bundle_loss(cfg, output: BundleOutput, labels: torch.Tensor) -> torch.Tensor:
+    """`stage2_loss` of every seed at once: labels (k, Nmax), IGNORE_LABEL at padding rows -> (k,).
+
+    The same terms as model/fusion.py's stage2_loss, each a masked mean over seed s's N_s rows, so that
+    seed s's loss is the one its single run computes (within float rounding: tests/test_seed_bundle.py)."""
+    fusion = getattr(cfg, "fusion", cfg)
+    valid = (labels != IGNORE_LABEL)[..., None]                                         # (k, Nmax, 1)
+    count = valid[..., 0].sum(dim=1)                                                    # (k,)
+    flat = labels.flatten()
+
+    def ce(logits):
+        per_row = F.cross_entropy(logits.flatten(0, 1), flat, ignore_index=IGNORE_LABEL, reduction="none")
+        return per_row.view(labels.shape).sum(dim=1) / count
+
+    logits, feats = output.logits, output.features
+    teacher_logits, teacher_feats = logits["anchor"], feats["anchor"]
+    if fusion.detach_anchor:
+        teacher_logits, teacher_feats = teacher_logits.detach(), teacher_feats.detach()
+    loss = ce(logits["anchor"])
+    for head, weight in (("audio", fusion.kd_audio_weight), ("video", fusion.kd_video_weight)):
+        if head in logits and weight > 0 and fusion.kd_terms:
+            kd = torch.zeros_like(loss)
+            if "ce" in fusion.kd_terms:
+                kd = kd + ce(logits[head])
+            if "logit" in fusion.kd_terms:
+                kd = kd + bundle_logit_relation_loss(logits[head], teacher_logits, valid, STAGE2_TAU)
+            if "feature" in fusion.kd_terms:
+                kd = kd + bundle_feature_similarity_loss(feats[head], teacher_feats, valid, STAGE2_FEATURE_T)
+            loss = loss + weight * kd
+    return loss
+
+
 # ---- the bundled model -----------------------------------------------------------------------------
 
 def _generator_after_init(device: torch.device) -> torch.Generator:
@@ -215,8 +297,7 @@ class SeedBundle(nn.Module):
     """The anchor gated transformer (model/fusion.py) for k seeds at once; parameters (k, ...).
 
     forward(batches) takes one padded batch per seed (model/train.py's `PaddedSplit.batch`) and returns
-    one output per seed, as the single model's but packed: {"logits": {head: (N_s, C)},
-    "features": {head: (N_s, W)}, "prediction": "anchor"}, and the `SeedRows` of the step.
+    a `BundleOutput`: every head's logits and features for all seeds at once.
     """
 
     def __init__(self, fusion: FusionConfig, num_classes: int, input_dims: dict[str, int], seeds: list[int],
@@ -372,11 +453,8 @@ class SeedBundle(nn.Module):
         a = self.anchor_modality
         features["anchor"] = self._block("anchor", self.fusion.shared_anchor_layers, streams[a], keys[a],
                                          [(features[m], keys[m]) for m in self.branch_modalities], bias, rows)
-        logits = {h: self._linear(f, f"heads.{h}") for h, f in features.items()}
-        outputs = [{"logits": {h: rows.seed_rows(z, s) for h, z in logits.items()},
-                    "features": {h: rows.seed_rows(f, s) for h, f in features.items()}, "prediction": "anchor"}
-                   for s in range(rows.k)]
-        return outputs, rows
+        logits = {h: self._linear(f, f"heads.{h}") for h, f in features.items()}       # h: (k, Nmax, C)
+        return BundleOutput(logits, features, rows)
 
     def clip_gradients(self, max_norm: float) -> None:
         """clip_grad_norm_ per seed: each seed's gradients scaled by max_norm / (the norm of its own slice)."""
@@ -398,11 +476,6 @@ class BundleResult:
     failures: dict[int, str] = field(default_factory=dict)  # seed -> why it stopped (diverged)
 
 
-def _packed_loss(cfg, output: dict, labels: torch.Tensor) -> torch.Tensor:
-    """stage2_loss on packed rows: every row is real."""
-    return stage2_loss(cfg, output, labels, torch.ones_like(labels, dtype=torch.bool))
-
-
 def _train_epoch(cfg, bundle: SeedBundle, data: list[PaddedSplit], optimizer, scheduler, shufflers, epoch: int,
                  failures: dict[int, str]) -> list[float]:
     """One epoch for every seed still training; -> mean train loss per seed (NaN for a failed seed)."""
@@ -412,9 +485,8 @@ def _train_epoch(cfg, bundle: SeedBundle, data: list[PaddedSplit], optimizer, sc
     losses: list[list[float]] = [[] for _ in range(k)]
     for step, start in enumerate(range(0, len(data[0]), bs), start=1):
         batches = [data[s].batch(orders[s][start:start + bs]) for s in range(k)]
-        outputs, rows = bundle(batches)
-        per_seed = torch.stack([_packed_loss(cfg, outputs[s], rows.per_seed[s].pack(batches[s]["labels"]))
-                                for s in range(k)])                                     # (k,)
+        output = bundle(batches)
+        per_seed = bundle_loss(cfg, output, output.rows.pack([b["labels"] for b in batches], fill=IGNORE_LABEL))  # (k,)
         values = per_seed.detach().cpu().tolist()
         for s, value in enumerate(values):
             if bundle.seeds[s] not in failures and not math.isfinite(value):
@@ -448,14 +520,13 @@ def evaluate_bundle(cfg, bundle: SeedBundle, data: list[PaddedSplit], labels: li
     for start in range(0, len(data[0]), size):
         index = torch.arange(start, min(start + size, len(data[0])))
         batches = [d.batch(index) for d in data]
-        outputs, rows = bundle(batches)
-        gold = rows.per_seed[0].pack(batches[0]["labels"])                               # the same rows for every seed
+        output = bundle(batches)
+        gold = output.rows.per_seed[0].pack(batches[0]["labels"])                        # the same rows for every seed
         n = int(gold.shape[0])
         count += n
-        batch_losses = torch.stack([_packed_loss(cfg, out, gold) for out in outputs]).tolist()
-        for s, out in enumerate(outputs):
+        batch_losses = bundle_loss(cfg, output, gold.expand(k, -1)).tolist()
+        for s, logits in enumerate(output.rows.seed_rows(output.logits["anchor"])):
             loss_sum[s] += batch_losses[s] * n
-            logits = out["logits"][out["prediction"]]
             preds[s].append(logits.argmax(dim=-1).cpu())
             probs[s].append(torch.softmax(logits.float(), dim=-1).cpu())
         trues.append(gold.cpu())

@@ -33,8 +33,11 @@ def _state_at(cfg_overrides, features, seeds=None):
     return singles, bundled
 
 
-@pytest.mark.parametrize("overrides", [[], ["fusion.shared_anchor_layers=false", "fusion.layers=2"]],
-                         ids=["authors-shared-anchor", "separate-anchor-2-layers"])
+@pytest.mark.parametrize("overrides", [[], ["fusion.shared_anchor_layers=false", "fusion.layers=2"],
+                                       ["fusion.kd_terms=[ce,logit,feature]", "fusion.kd_audio_weight=0"],
+                                       ["fusion.kd_terms=[logit,feature]", "fusion.detach_anchor=true"]],
+                         ids=["authors-shared-anchor", "separate-anchor-2-layers", "every-kd-term-no-audio",
+                              "detached-anchor"])
 def test_one_epoch_logits_and_loss_match_the_single_runs(overrides):
     features = make_features(n_train=24)
     overrides = ["train.epochs=1", *overrides]
@@ -47,7 +50,7 @@ def test_one_epoch_logits_and_loss_match_the_single_runs(overrides):
     dev = PaddedSplit.build(features.splits["dev"], cfg.fusion.modalities, cfg.fusion.max_speakers, torch.device("cpu"))
     batch = dev.batch(torch.arange(len(dev)))
     with torch.no_grad():
-        outputs, _ = bundle([batch] * len(SEEDS))
+        output = bundle([batch] * len(SEEDS))
     rows = PackedRows(batch["mask"])
     for s, seed in enumerate(SEEDS):
         single = build_fusion(cfg.fusion, len(features.labels), dims)
@@ -56,7 +59,7 @@ def test_one_epoch_logits_and_loss_match_the_single_runs(overrides):
         with torch.no_grad():
             alone = single(batch["inputs"], batch["speakers"], batch["mask"], batch["present"])
         for head, logits in alone["logits"].items():
-            assert torch.allclose(rows.pack(logits), outputs[s]["logits"][head], atol=1e-5, rtol=0), (seed, head)
+            assert torch.allclose(rows.pack(logits), output.seed(s)["logits"][head], atol=1e-5, rtol=0), (seed, head)
         mine, theirs = bundled["history"][s][0], singles[seed]["history"][0]
         for key in ("train_loss", "dev_loss", "test_loss"):
             assert abs(mine[key] - theirs[key]) <= 1e-5, (seed, key, mine[key], theirs[key])
