@@ -130,9 +130,9 @@ def probe(k: int = 5, width: int = 64, steps: int = 12, warmup: int = 3) -> dict
 
     def bundled_step(indices):
         batches = [data.batch(index) for index in indices]
-        outputs, rows = bundle(batches)
-        loss = sum(_dense_loss(out["logits"], rows.per_seed[s].pack(batches[s]["labels"]))
-                   for s, out in enumerate(outputs))
+        output = bundle(batches)
+        loss = sum(_dense_loss(output.seed(s)["logits"], output.rows.per_seed[s].pack(batches[s]["labels"]))
+                   for s in range(k))
         bundle_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         bundle.clip_gradients(cfg.train.grad_clip)
