@@ -6,6 +6,8 @@
 #   1. stage-2 training throughput, fp32 against bf16 autocast, at width 768 (benchmarks/precision_check.py stage2)
 #   2. stage-1 fine-tuning throughput of the bundled all-MiniLM-L6-v2, fp32 against bf16 (... minilm)
 #   3. the demo's wall time with 0.25 GPU per trial (four trials share the GPU; stage-1 tasks take a whole one)
+#   4. seed bundles on the GPU: wall per seed of k seeds as one bundle against k separate trainings
+#      (benchmarks/seed_bundle.py --device cuda; a small model leaves most of the GPU idle)
 # Paste the output into benchmarks/RESULTS.md with the date and the GPU's name (printed first).
 # PYTHON (default .venv/bin/python) and OUT (default a fresh temporary directory) may be set in the environment.
 set -euo pipefail
@@ -26,10 +28,12 @@ if [[ $MODE == gpu ]]; then
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     DEVICE=cuda; QUICK=""; DEMO_OVERRIDES=(); DEMO_ARGS=(--gpus-per-trial 0.25)
+    BUNDLE_ARGS=(--ks 1,5,8 --widths 64,768 --threads 1 --epochs 2 --repeats 3)
 else
     DEVICE=cpu; QUICK="--quick"
     # No GPU: the demo is only planned, on logical GPUs (Ray schedules by the count; trials use the CPU).
     DEMO_OVERRIDES=(train.device=cpu); DEMO_ARGS=(--gpus-per-trial 0.25 --num-gpus 1 --dry-run)
+    BUNDLE_ARGS=(--ks 2 --widths 64 --threads 1 --epochs 1 --dialogues-64 8)
 fi
 date -u +"%Y-%m-%d %H:%M UTC, $(hostname), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
@@ -44,3 +48,6 @@ start=$(date +%s)
 "$PYTHON" run_sweep.py ablate ablations/demo.yaml "${DEMO_OVERRIDES[@]}" --output "$OUT" --max-concurrent 0 \
     "${DEMO_ARGS[@]}" | tail -n 25
 echo "demo wall: $(( $(date +%s) - start )) s"
+
+echo "== 4. seed bundles on $DEVICE: k seeds as one bundle against k separate trainings"
+"$PYTHON" benchmarks/seed_bundle.py --device "$DEVICE" --no-probe "${BUNDLE_ARGS[@]}"

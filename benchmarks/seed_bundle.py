@@ -1,7 +1,9 @@
 """Seed bundles: wall per seed of k seeds trained as one bundle against k separate stage-2 trainings.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/seed_bundle.py [--ks 1,3,5,8] [--widths 64,768]
-        [--threads 1,2] [--epochs 2] [--repeats 1] [--probe-only] [--no-probe]
+        [--threads 1,2] [--epochs 2] [--repeats 1] [--probe-only] [--no-probe] [--device cpu|cuda]
+
+`--device cuda` trains on the GPU (benchmarks/gpu_check.sh runs it; the probe is CPU-only and is skipped).
 
 For each thread count, width and k: k separate `train_stage2` runs (seeds 0..k-1, one after another,
 as k trials on one core would run) and one `train_stage2_bundle` of the same k seeds, on the same
@@ -68,8 +70,8 @@ def width_settings(width: int) -> dict:
     return {"input_dim": width, "overrides": [f"fusion.width={width}", "fusion.heads=8", "train.batch_size=16"]}
 
 
-def configs(width: int, k: int, epochs: int):
-    return [load_config(None, [*width_settings(width)["overrides"], f"train.epochs={epochs}", "train.device=cpu",
+def configs(width: int, k: int, epochs: int, device: str = "cpu"):
+    return [load_config(None, [*width_settings(width)["overrides"], f"train.epochs={epochs}", f"train.device={device}",
                                f"seed={seed}"]) for seed in range(k)]
 
 
@@ -181,10 +183,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="measure this many times; medians are printed")
     ap.add_argument("--probe-only", action="store_true")
     ap.add_argument("--no-probe", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where the whole trainings run")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.2f}")
 
-    if not args.no_probe:
+    if not args.no_probe and args.device == "cpu":
         torch.set_num_threads(1)
         rates = probe()
         print("\nProbe: k=5 seeds, width 64, 1 thread, training steps/s (each step trains all 5 seeds once):")
@@ -193,7 +196,7 @@ def main() -> None:
         if args.probe_only:
             return
 
-    print(f"\nWhole trainings ({args.epochs} epochs, dev and test evaluated each epoch), wall s per seed, median "
+    print(f"\nWhole trainings on {args.device} ({args.epochs} epochs, dev and test evaluated each epoch), wall s per seed, median "
           f"of {args.repeats}; speed-up = separate / bundled:")
     print(f"  {'threads':>7} {'width':>5} {'k':>2} {'separate s/seed':>15} {'bundled s/seed':>14} {'speed-up':>8}")
     for threads in (int(n) for n in args.threads.split(",")):
@@ -202,7 +205,7 @@ def main() -> None:
             dialogues = args.dialogues_64 if width == 64 else args.dialogues_768
             features = make_features(dialogues, width_settings(width)["input_dim"])
             for k in (int(n) for n in args.ks.split(",")):
-                cfgs = configs(width, k, args.epochs)
+                cfgs = configs(width, k, args.epochs, args.device)
                 walls = {"separate": [], "bundled": []}
                 for repeat in range(args.repeats):
                     order = ("separate", "bundled") if repeat % 2 == 0 else ("bundled", "separate")

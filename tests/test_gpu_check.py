@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def test_gpu_check_runs_every_part_on_the_cpu(tmp_path):
     assert "utterances/s (stage 2 training, width 32): fp32" in out and "bf16/fp32 x" in out
     assert "sequences/s (MiniLM fine-tuning, batch 8): fp32" in out
     assert "per trial: 1 CPU + 0.25 GPU" in out and "demo wall:" in out
+    # 4. the seed-bundle part: one row (threads 1, width 64, k 2, separate and bundled s/seed, speed-up)
+    assert "Whole trainings on cpu" in out and re.search(r"^ +1 +64 +2 +[0-9.]+ +[0-9.]+ +[0-9.]+$", out, re.M), out
     assert not (tmp_path / "out").exists()      # the demo was only planned
 
 
