@@ -187,18 +187,15 @@ class SeedRows:
         return context.transpose(1, 2).reshape(self.k, n, w) * keep
 
     def _aligned_mask(self, key_grid: torch.Tensor, dtype) -> tuple:
-        """`PackedRows._attention_mask` for each seed's key mask, stacked; once per key grid."""
+        """`PackedRows._attention_mask` of each seed's key mask, stacked; once per key grid."""
         if id(key_grid) not in self._aligned_masks:
-            rows = self.per_seed[0]                                                     # the same rows for every seed
-            grids = key_grid.view(self.k, -1)
+            key_masks = key_grid.view(self.k, self.b, self.t_max)                       # aligned: T_s = Tmax
             # seeds that read one set of features have one key mask: one (N, N) mask broadcast over the seeds
-            masks = 1 if bool((grids == grids[:1]).all()) else self.k
-            has_key = key_grid.view(self.k, self.b, self.t_max)[:masks].any(dim=-1)     # (masks, B)
-            key_ok = (key_grid.view(self.k, -1, self.t_max)[:masks] | ~has_key[..., None]).view(masks, -1)[:, rows.index]
-            allowed = (rows.dialogue[:, None] == rows.dialogue[None, :]) & key_ok[:, None, :]   # (masks, N, N)
-            scores_bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
-            keep = has_key[:, rows.dialogue, None].to(dtype)                             # (masks, N, 1)
-            self._aligned_masks[id(key_grid)] = (key_grid, scores_bias[:, None], keep)  # key_grid kept: its id stays unique
+            seeds = 1 if bool((key_masks == key_masks[:1]).all()) else self.k
+            masks = [self.per_seed[s]._attention_mask(key_masks[s], dtype) for s in range(seeds)]
+            scores_bias = torch.stack([bias for bias, _ in masks])[:, None]            # (seeds, 1, N, N)
+            keep = torch.stack([keep for _, keep in masks])                             # (seeds, N, 1)
+            self._aligned_masks[id(key_grid)] = (key_grid, scores_bias, keep)           # key_grid kept: its id stays unique
         return self._aligned_masks[id(key_grid)][1:]
 
 
@@ -219,6 +216,11 @@ class BundleOutput:
                 "features": {h: f[s, :n] for h, f in self.features.items()}, "prediction": "anchor"}
 
 
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x (k, N) over the rows where valid (k, N, 1) is True: (k,)."""
+    return (x * valid[..., 0]).sum(dim=1) / valid[..., 0].sum(dim=1)
+
+
 def _masked_pearson(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, eps: float = PEARSON_EPS) -> torch.Tensor:
     """`row_pearson` along dim 1 over the rows where valid (k, N, 1) is True: (k, N, K) x 2 -> (k, K)."""
     count = valid.sum(dim=1, keepdim=True)                                              # (k, 1, 1)
@@ -230,8 +232,7 @@ def _masked_pearson(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, eps: 
 def bundle_logit_relation_loss(student, teacher, valid, tau: float) -> torch.Tensor:
     """`logit_relation_loss` of every seed at once on padded rows: (k, N, C) x 2, valid (k, N, 1) -> (k,)."""
     p_s, p_t = F.softmax(student / tau, dim=-1), F.softmax(teacher / tau, dim=-1)
-    inter = 1.0 - (row_pearson(p_s.flatten(0, 1), p_t.flatten(0, 1)).view(valid.shape[:2]) * valid[..., 0]).sum(1) \
-        / valid[..., 0].sum(1)
+    inter = 1.0 - _masked_mean(row_pearson(p_s.flatten(0, 1), p_t.flatten(0, 1)).view(valid.shape[:2]), valid)
     intra = 1.0 - _masked_pearson(p_s, p_t, valid).mean(dim=1)
     return tau ** 2 * (inter + intra)
 
@@ -246,7 +247,7 @@ def bundle_feature_similarity_loss(student, teacher, valid, t: float) -> torch.T
     # so those add P (log P - log Q) = 0 with finite gradients (kl_div's d/dP = log P would be -inf there)
     log_p, log_q = log_p.masked_fill(~columns, 0.0), log_q.masked_fill(~columns, 0.0)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)                                     # (k, N)
-    return (kl * valid[..., 0]).sum(dim=1) / valid[..., 0].sum(dim=1)
+    return _masked_mean(kl, valid)
 
 
 def bundle_loss(cfg, output: BundleOutput, labels: torch.Tensor) -> torch.Tensor:
@@ -316,7 +317,6 @@ class SeedBundle(nn.Module):
         self.branch_modalities = template.branch_modalities
         self.register_buffer("pe", template.inputs.positions.pe, persistent=False)
         params, _ = stack_module_state(models)                                          # name -> (k, ...)
-        self.names = list(params)
         # nn.Linear weights are kept as (k, in, out): baddbmm then reads them as they lie, and their
         # gradients come out in that layout (stored as (k, out, in), each step copied every weight gradient)
         self.transposed = {f"{n}.weight" for n, m in template.named_modules() if isinstance(m, nn.Linear)}
